@@ -1,0 +1,141 @@
+"""The only user of `requests`: the Archety backend's three endpoints.
+
+Failures come back as `HttpOutcome` values (see policy); requests' exceptions never leave here.
+The session is built so nothing but our settings decides where the secret goes:
+- `trust_env = False`: a `~/.netrc` entry would silently replace our Bearer header, and proxy
+  variables from the environment would route the secret through a proxy;
+- redirects are never followed: requests would turn a redirected POST into a GET that returns
+  200, which looks exactly like a delivery.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from . import __version__
+from .config import Secret
+from .policy import HttpOutcome
+
+MESSAGE_PATH = "/orchestrator/message"
+HEARTBEAT_PATH = "/orchestrator/heartbeat"
+SYNC_PATH = "/edge/sync"
+BODY_EXCERPT_CHARS = 2000
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class Backend:
+    def __init__(
+        self,
+        base_url: str,
+        agent_id: str,
+        secret: Callable[[], Secret],
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.agent_id = agent_id
+        self._secret = secret
+        self._timeout = (connect_timeout, read_timeout)
+        # One keep-alive session per thread: requests.Session is not thread-safe, and the
+        # sender must never wait behind a slow heartbeat.
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+
+    @property
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+            session.max_redirects = 0
+            self._local.session = session
+            self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._secret().reveal()}",
+            "Content-Type": "application/json",
+            "User-Agent": f"Archety-Edge-Client/{self.agent_id}",
+            "X-Edge-Agent-Id": self.agent_id,
+            "X-Relay-Version": __version__,
+        }
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def post(self, path: str, body: bytes, extra: dict[str, str] | None = None) -> HttpOutcome:
+        started = time.monotonic()
+        try:
+            response = self._session.post(
+                self.base_url + path,
+                data=body,
+                headers=self._headers(extra),
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+            text = response.text[:BODY_EXCERPT_CHARS]
+        except requests.exceptions.ConnectTimeout:
+            return self._failed("connect_timeout", started)
+        except requests.exceptions.Timeout:
+            return self._failed("timeout", started)
+        except requests.exceptions.SSLError:
+            return self._failed("tls", started)
+        except requests.exceptions.ConnectionError as exc:
+            kind = "reset" if _is_reset(exc) else "connect"
+            return self._failed(kind, started)
+        except requests.exceptions.RequestException:
+            return self._failed("other", started)
+        return HttpOutcome(
+            status=response.status_code,
+            retry_after=parse_retry_after(response.headers.get("Retry-After"), time.time()),
+            body=text,
+            elapsed_ms=(time.monotonic() - started) * 1000,
+        )
+
+    @staticmethod
+    def _failed(kind: str, started: float) -> HttpOutcome:
+        return HttpOutcome(status=None, error=kind, elapsed_ms=(time.monotonic() - started) * 1000)
+
+    def post_message(self, body: bytes, message_guid: str) -> HttpOutcome:
+        return self.post(MESSAGE_PATH, body, {"Idempotency-Key": message_guid})
+
+    def heartbeat(self) -> HttpOutcome:
+        return self.post(HEARTBEAT_PATH, _json({"edge_agent_id": self.agent_id}))
+
+    def sync(self, payload: dict[str, Any]) -> HttpOutcome:
+        return self.post(SYNC_PATH, _json(payload))
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _is_reset(exc: Exception) -> bool:
+    text = repr(exc)
+    return any(s in text for s in ("Connection reset", "RemoteDisconnected", "ProtocolError"))

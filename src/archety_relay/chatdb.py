@@ -1,0 +1,213 @@
+"""The only code that touches Apple's Messages database, and it only reads.
+
+Rules this module keeps, each learned from another bridge's lost messages or grown WAL:
+- Open read-only through a `mode=ro` URI, never `immutable=1` (that reads a stale snapshot).
+- Every read is one short explicit transaction whose cursors are read to the end before COMMIT:
+  an open read snapshot stops Messages.app from checkpointing, and chat.db-wal grows unbounded.
+- A replaced file (restore from backup, a new Mac) is noticed by its inode: an open connection
+  would otherwise go on reading the old, unlinked file forever.
+- Every query walks an index from the cursor (message ROWID, chat_message_join.message_id, ...),
+  so the cost of a read does not grow with the size of the history.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ChatDbUnavailable
+from .rows import ChatRef, RawMessage, attachment
+
+FULL_DISK_ACCESS_HINT = (
+    "On a Mac this is almost always missing Full Disk Access: open System Settings > "
+    "Privacy & Security > Full Disk Access and add the Python interpreter the relay runs "
+    "(`archety-relay doctor` prints its exact path)."
+)
+
+_MESSAGES_SQL = """
+SELECT m.ROWID, m.guid, m.text, m.attributedBody, h.id, m.service, m.is_from_me, m.item_type,
+       m.associated_message_type, m.date
+FROM message AS m LEFT JOIN handle AS h ON h.ROWID = m.handle_id
+WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?
+"""
+_CHATS_SQL = """
+SELECT j.message_id, c.ROWID, c.guid, c.style, c.chat_identifier
+FROM chat_message_join AS j JOIN chat AS c ON c.ROWID = j.chat_id
+WHERE j.message_id IN ({ids})
+"""
+_PARTICIPANTS_SQL = """
+SELECT chj.chat_id, h.id FROM chat_handle_join AS chj JOIN handle AS h ON h.ROWID = chj.handle_id
+WHERE chj.chat_id IN ({ids}) ORDER BY chj.chat_id, h.ROWID
+"""
+_ATTACHMENTS_SQL = """
+SELECT j.message_id, a.guid, a.filename, a.mime_type, a.transfer_name, a.total_bytes, a.uti
+FROM message_attachment_join AS j JOIN attachment AS a ON a.ROWID = j.attachment_id
+WHERE j.message_id IN ({ids}) ORDER BY j.message_id, a.ROWID
+"""
+
+
+def _placeholders(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+class ChatDb:
+    """A read-only view of chat.db that reopens itself when the file is replaced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._inode: int | None = None
+        self._data_version: int | None = None
+        # Counts (re)connections, so callers can tell when to re-read the fingerprint.
+        self.generation = 0
+
+    # -- connection -------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._inode == self._current_inode():
+            return self._conn
+        self.close()
+        if not self.path.exists():
+            raise ChatDbUnavailable(
+                f"chat.db not found at {self.path}",
+                hint="Open Messages.app once and sign in to iMessage, or set ARCHETY_CHAT_DB. "
+                + FULL_DISK_ACCESS_HINT,
+            )
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("SELECT 1 FROM message LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise ChatDbUnavailable(
+                f"chat.db at {self.path} cannot be read: {exc}", hint=FULL_DISK_ACCESS_HINT
+            ) from exc
+        self._conn = conn
+        self._inode = self._current_inode()
+        self.generation += 1
+        self._data_version = None
+        return conn
+
+    def _current_inode(self) -> int | None:
+        try:
+            return os.stat(self.path).st_ino
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One short read transaction; every cursor inside must be fully fetched."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.close()
+            raise ChatDbUnavailable(
+                f"reading chat.db failed: {exc}", hint=FULL_DISK_ACCESS_HINT
+            ) from exc
+
+    # -- reads ------------------------------------------------------------------------------
+    def changed(self) -> bool:
+        """True when another connection committed (or the file was replaced) since last asked.
+
+        `PRAGMA data_version` costs microseconds, so the periodic safety check is nearly free.
+        """
+        conn = self._connect()
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            self.close()
+            raise ChatDbUnavailable(f"reading chat.db failed: {exc}") from exc
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    def fingerprint(self) -> str:
+        """Identifies this database instance: its inode and Messages' own unique identifier."""
+        with self._snapshot() as conn:
+            try:
+                rows = conn.execute(
+                    "SELECT value FROM _SqliteDatabaseProperties WHERE key = '_UniqueIdentifier'"
+                ).fetchall()
+            except sqlite3.OperationalError:
+                rows = []
+        unique = rows[0][0] if rows and rows[0][0] else "-"
+        return f"{self._inode}:{unique}"
+
+    def max_rowid(self) -> int:
+        with self._snapshot() as conn:
+            value = conn.execute("SELECT MAX(ROWID) FROM message").fetchone()[0]
+        return int(value or 0)
+
+    def read_after(self, cursor: int, limit: int) -> list[RawMessage]:
+        """Up to `limit` message rows with ROWID > cursor, in ROWID order, with their joins."""
+        with self._snapshot() as conn:
+            rows = conn.execute(_MESSAGES_SQL, (cursor, limit)).fetchall()
+            if not rows:
+                return []
+            ids = [r[0] for r in rows]
+            chats = conn.execute(_CHATS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
+            chat_ids = sorted({c[1] for c in chats})
+            people = (
+                conn.execute(
+                    _PARTICIPANTS_SQL.format(ids=_placeholders(chat_ids)), chat_ids
+                ).fetchall()
+                if chat_ids
+                else []
+            )
+            files = conn.execute(_ATTACHMENTS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
+        return _assemble(rows, chats, people, files)
+
+    def __enter__(self) -> ChatDb:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _assemble(
+    rows: list[tuple], chats: list[tuple], people: list[tuple], files: list[tuple]
+) -> list[RawMessage]:
+    participants: dict[int, list[str]] = {}
+    for chat_id, handle in people:
+        if handle:
+            participants.setdefault(chat_id, []).append(handle)
+    chats_of: dict[int, list[ChatRef]] = {}
+    for message_id, chat_id, guid, style, identifier in chats:
+        ref = ChatRef(chat_id, guid, style, identifier, tuple(participants.get(chat_id, ())))
+        chats_of.setdefault(message_id, []).append(ref)
+    files_of: dict[int, list] = {}
+    for message_id, guid, filename, mime, name, size, uti in files:
+        if guid:
+            files_of.setdefault(message_id, []).append(
+                attachment(guid, filename, mime, name, size, uti)
+            )
+    return [
+        RawMessage(
+            rowid=rowid,
+            guid=guid,
+            text=text if isinstance(text, str) else None,
+            attributed_body=body if isinstance(body, bytes) else None,
+            sender=sender,
+            service=service,
+            is_from_me=is_from_me,
+            item_type=item_type,
+            associated_message_type=assoc,
+            date=date if isinstance(date, int) else None,
+            chats=tuple(chats_of.get(rowid, ())),
+            attachments=tuple(files_of.get(rowid, ())),
+        )
+        for rowid, guid, text, body, sender, service, is_from_me, item_type, assoc, date in rows
+    ]

@@ -1,0 +1,140 @@
+"""`archety-relay demo`: the whole path on this machine, no Mac and no credentials needed.
+
+A sample chat.db from Apple's schema, a stand-in backend on 127.0.0.1 that checks the Bearer
+secret and prints what it receives, the real daemon between them, and messages written the way
+Messages.app writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .. import config, logs
+from ..daemon import Daemon
+from ..demo.messages_writer import AttachmentSpec, MessagesWriter
+from ..demo.stub_backend import Received, StubBackend
+from ..store import open_store
+
+ALICE = "+15555550101"
+BOB = "bob@example.com"
+CAROL = "+15555550103"
+
+
+def _show(received: Received) -> None:
+    body = received.body or {}
+    print(
+        f"  backend ← {body.get('mode', '?'):6} {body.get('chat_guid')}  "
+        f"from {body.get('sender')}: {json.dumps(body.get('text'), ensure_ascii=False)}"
+        + (f"  +{len(body['attachments'])} attachment(s)" if body.get("attachments") else "")
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="archety-relay-demo-"))
+    secret = secrets.token_hex(32)
+    print(f"archety-relay demo — working in {workdir}")
+    (workdir / "Messages").mkdir()
+    writer = MessagesWriter(workdir / "Messages" / "chat.db")
+    backend = StubBackend(secret, on_message=_show).start()
+    print(f"  stand-in backend on {backend.url} (checks the Bearer secret)")
+    settings = config.load(
+        environ={
+            "RELAY_WEBHOOK_SECRET": secret,
+            "ARCHETY_BACKEND_URL": backend.url,
+            "ARCHETY_CHAT_DB": str(writer.path),
+            "ARCHETY_STATE_DIR": str(workdir / "state"),
+            "ARCHETY_LOG_FILE": str(workdir / "relay.log"),
+            "EDGE_AGENT_ID": "demo-mac-mini",
+            "ARCHETY_CHAT_JOIN_WAIT": "2",
+        },
+        cwd=workdir,
+    )
+    logs.configure(log_file=settings.log_file, console=args.log_format, secrets=(secret,))
+    ready = threading.Event()
+    store = open_store(settings.state_dir)
+    daemon = Daemon(settings, store, on_ready=ready.set)
+    daemon.start()
+    ok = False
+    try:
+        if not ready.wait(10):
+            print("❌ the relay did not become ready", file=sys.stderr)
+            return 1
+        print("  relay ready; writing messages as Messages.app would:\n")
+        committed = _write_sample(writer)
+        expected = len(committed)
+        received = backend.wait_for_messages(expected, timeout=15)
+        ok = len(received) == expected
+        latencies = sorted(r.at - t for r, t in zip(received, committed, strict=False))
+        print()
+        if ok:
+            median_ms = latencies[len(latencies) // 2] * 1000 if latencies else 0.0
+            print(
+                f"✅ {len(received)} of {expected} messages relayed "
+                f"(2 rows skipped on purpose: one sent by us, one tapback); "
+                f"median commit → backend {median_ms:.0f} ms"
+            )
+        else:
+            print(
+                f"❌ only {len(received)} of {expected} messages arrived; see {settings.log_file}"
+            )
+    finally:
+        daemon.shutdown()
+        backend.stop()
+        writer.close()
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"  kept {workdir} (relay.log, state/, Messages/chat.db)")
+    return 0 if ok else 1
+
+
+def _write_sample(writer: MessagesWriter) -> list[float]:
+    """Write the sample conversation; returns when each message that should arrive committed."""
+    committed: list[float] = []
+    alice = writer.direct_chat(ALICE)
+    bob = writer.direct_chat(BOB)
+    group = writer.group_chat("chat493827461", [ALICE, BOB, CAROL])
+
+    def send(text: str | None, **kw: object) -> None:
+        writer.message(text, **kw)  # type: ignore[arg-type]
+        committed.append(time.time())
+        time.sleep(0.25)
+
+    send(
+        "hey, are you around? (text column, like older macOS)",
+        sender=ALICE,
+        chat=alice,
+        text_in_column=True,
+    )
+    send(
+        "this one lives only in attributedBody, like most on recent macOS", sender=ALICE, chat=alice
+    )
+    send("group hello 👋 from Bob", sender=BOB, chat=bob)
+    send("dinner at 8? — asked in the group", sender=CAROL, chat=group)
+    send(
+        "a photo \ufffc",
+        sender=ALICE,
+        chat=alice,
+        attachments=[AttachmentSpec("~/Library/Messages/Attachments/ab/IMG_0001.jpeg")],
+    )
+    # Rows the relay must skip: our own reply, and a tapback on Alice's message.
+    writer.message("sure!", sender=ALICE, chat=alice, is_from_me=1)
+    writer.message(None, sender=ALICE, chat=alice, associated_message_type=2000)
+    # Messages writes the chat join after the message row; the relay waits for it.
+    rowid = writer.message(
+        "the chat join for this one lands 300 ms late", sender=ALICE, chat=alice, join_chat=False
+    )
+    committed.append(time.time())
+    time.sleep(0.3)
+    writer.conn.execute("BEGIN")
+    writer.join(rowid, alice)
+    writer.conn.execute("COMMIT")
+    return committed

@@ -1,0 +1,156 @@
+"""`status`, `retry-dead`, `purge-dead`: what the relay's state says, for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from ..chatdb import ChatDb
+from ..config import Settings
+from ..errors import RelayError
+from ..pidlock import running_pid
+from ..store import OUTBOX_FILE, Store, open_store
+from .common import settings_and_logs
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 2h or 7d, got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def _open_existing(settings: Settings) -> Store | None:
+    if not (settings.state_dir / OUTBOX_FILE).exists():
+        return None
+    return open_store(settings.state_dir)
+
+
+def collect_status(settings: Settings, now: float) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "daemon_pid": running_pid(settings.state_dir),
+        "state_dir": str(settings.state_dir),
+        "chat_db": str(settings.chat_db),
+        "backend": settings.backend_url,
+    }
+    report["daemon_running"] = report["daemon_pid"] is not None
+    try:
+        with ChatDb(settings.chat_db) as chatdb:
+            report["chatdb_max_rowid"] = chatdb.max_rowid()
+        report["chatdb_error"] = None
+    except RelayError as exc:
+        report["chatdb_max_rowid"] = None
+        report["chatdb_error"] = exc.message
+    store = _open_existing(settings)
+    if store is None:
+        report.update(
+            cursor_rowid=None,
+            queue_depth=0,
+            oldest_undelivered_age_s=None,
+            dead_letters=[],
+            last_delivery_at=None,
+            last_error=None,
+            auth_state=None,
+        )
+        return report
+    try:
+        cursor = store.cursor()
+        stats = store.stats()
+        meta = store.meta()
+        dead = store.dead_letters()
+    finally:
+        store.close()
+    last_delivery = meta.get("last_delivery_at")
+    report.update(
+        cursor_rowid=cursor.rowid if cursor else None,
+        queue_depth=stats.depth,
+        oldest_undelivered_age_s=(
+            round(now - stats.oldest_enqueued_at, 1) if stats.oldest_enqueued_at else None
+        ),
+        dead_letters=[
+            {
+                "message_guid": d.message_guid,
+                "status": d.status,
+                "attempts": d.attempts,
+                "dead_at": _iso(d.dead_at),
+                "response": (d.response or "")[:200],
+            }
+            for d in dead
+        ],
+        last_delivery_at=_iso(float(last_delivery)) if last_delivery else None,
+        last_error=meta.get("last_error"),
+        auth_state=meta.get("auth_state", "ok"),
+    )
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = settings_and_logs(args, require_secret=False)
+    report = collect_status(settings, time.time())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    pid = report["daemon_pid"]
+    lines = [
+        f"daemon        : {'running (pid ' + str(pid) + ')' if pid else 'not running'}",
+        f"backend       : {report['backend']}",
+        f"chat.db       : {report['chat_db']}",
+        f"cursor        : ROWID {report['cursor_rowid']} of chat.db MAX(ROWID) "
+        f"{report['chatdb_max_rowid'] if report['chatdb_error'] is None else 'unreadable'}",
+    ]
+    if report["chatdb_error"]:
+        lines.append(f"chat.db error : {report['chatdb_error']}")
+    age = report["oldest_undelivered_age_s"]
+    lines += [
+        f"queue         : {report['queue_depth']} undelivered"
+        + (f", oldest {age:.0f}s old" if age is not None else ""),
+        f"dead letters  : {len(report['dead_letters'])}",
+    ]
+    for dead in report["dead_letters"]:
+        lines.append(
+            f"  - {dead['message_guid']} HTTP {dead['status']} at {dead['dead_at']}: "
+            f"{dead['response'][:80]}"
+        )
+    lines += [
+        f"last delivery : {report['last_delivery_at'] or 'never'}",
+        f"last error    : {report['last_error'] or 'none'}",
+        f"auth          : {report['auth_state'] or 'unknown'}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_retry_dead(args: argparse.Namespace) -> int:
+    settings = settings_and_logs(args, require_secret=False)
+    store = _open_existing(settings)
+    moved = store.retry_dead(time.time()) if store else 0
+    if store:
+        store.close()
+    print(
+        f"re-queued {moved} dead letter(s)"
+        + ("; the running daemon sends them within a minute" if moved else ""),
+        file=sys.stdout,
+    )
+    return 0
+
+
+def cmd_purge_dead(args: argparse.Namespace) -> int:
+    settings = settings_and_logs(args, require_secret=False)
+    store = _open_existing(settings)
+    removed = store.purge_dead(time.time() - args.older_than) if store else 0
+    if store:
+        store.close()
+    print(f"purged {removed} dead letter(s) older than {args.older_than:g}s")
+    return 0

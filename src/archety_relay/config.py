@@ -1,0 +1,223 @@
+"""Settings: one frozen value, built once from real environment > `.env` file > Keychain > default.
+
+An invalid value raises `ConfigError` naming the variable and what it got. The secret is wrapped in
+`Secret`, whose repr never shows it, so it cannot leak through a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from . import keychain
+from .errors import ConfigError
+
+DEFAULT_BACKEND_URL = "https://archety-backend-prod.up.railway.app"
+DEFAULT_AGENT_ID = "mac-mini-primary"
+DEFAULT_CHAT_DB = "~/Library/Messages/chat.db"
+DEFAULT_STATE_DIR = "~/Library/Application Support/archety-relay"
+DEFAULT_LOG_FILE = "~/Library/Logs/archety-relay/relay.log"
+SECRET_VARIABLE = "RELAY_WEBHOOK_SECRET"
+
+SECRET_HELP = f"""No webhook secret found. Set it one of three ways:
+  1. In the Keychain (recommended on the Mac mini):
+       archety-relay set-secret
+     or: security add-generic-password -a {keychain.KEYCHAIN_ACCOUNT} \
+-s {keychain.KEYCHAIN_SERVICE} -w
+  2. In a .env file (mode 0600) in the working directory or the state directory:
+       {SECRET_VARIABLE}=<secret>
+  3. In the environment: export {SECRET_VARIABLE}=<secret>"""
+
+
+class Secret:
+    """The webhook secret. Its repr and str never contain it; `reveal()` is the one way out."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def last4(self) -> str:
+        return self._value[-4:] if len(self._value) >= 12 else ""
+
+    def __repr__(self) -> str:
+        return "Secret(****)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend_url: str
+    secret: Secret
+    secret_source: str  # "environment" | ".env" | "keychain"
+    agent_id: str
+    chat_db: Path
+    state_dir: Path
+    log_file: Path
+    env_file: Path | None
+    heartbeat_interval: float = 60.0
+    sync_interval: float = 300.0
+    max_message_age: float = 21600.0
+    poll_interval: float = 1.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_backoff: float = 60.0
+    auth_probe_interval: float = 60.0
+    chat_join_wait: float = 5.0
+    notes: tuple[str, ...] = field(default=())  # things worth a log line once logging is up
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_env_file(environ: Mapping[str, str], cwd: Path) -> Path | None:
+    explicit = environ.get("ARCHETY_ENV_FILE")
+    if explicit:
+        return Path(explicit).expanduser()
+    local = cwd / ".env"
+    if local.is_file():
+        return local
+    state_dir = Path(environ.get("ARCHETY_STATE_DIR") or DEFAULT_STATE_DIR).expanduser()
+    candidate = state_dir / ".env"
+    return candidate if candidate.is_file() else None
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    keychain_lookup: Callable[[], keychain.Lookup] = keychain.get_secret,
+    *,
+    require_secret: bool = True,
+) -> Settings:
+    """Build Settings. Raises ConfigError (exit 2) with the variable's name on any bad value.
+
+    `require_secret=False` is for commands that only read local state (status, logs): they
+    skip the Keychain and get an empty Secret when none is configured.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    env_file = resolve_env_file(environ, cwd or Path.cwd())
+    notes: list[str] = []
+    file_values: dict[str, str] = {}
+    if env_file is not None:
+        if not env_file.is_file():
+            raise ConfigError(f"ARCHETY_ENV_FILE: {env_file} does not exist")
+        try:
+            file_values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        except OSError as exc:
+            raise ConfigError(f"ARCHETY_ENV_FILE: {env_file} cannot be read: {exc}") from exc
+        if env_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            notes.append(f"env_file_not_private:{env_file}")
+
+    def get(name: str) -> str | None:
+        value = environ.get(name)
+        if value is None or value == "":
+            value = file_values.get(name)
+        return value if value not in (None, "") else None
+
+    secret_value = get(SECRET_VARIABLE)
+    if secret_value is not None:
+        source = "environment" if environ.get(SECRET_VARIABLE) else ".env"
+    elif not require_secret:
+        secret_value, source = "", "none"
+    else:
+        found = keychain_lookup()
+        if found.problem:
+            notes.append(f"keychain_unavailable:{found.problem}")
+        secret_value, source = found.value, "keychain"
+    if not secret_value and require_secret:
+        raise ConfigError(SECRET_HELP)
+    secret_value = (secret_value or "").strip()
+
+    backend_url = _backend_url(get("ARCHETY_BACKEND_URL") or DEFAULT_BACKEND_URL, get)
+    return Settings(
+        backend_url=backend_url,
+        secret=Secret(secret_value),
+        secret_source=source,
+        agent_id=_agent_id(get("EDGE_AGENT_ID") or DEFAULT_AGENT_ID),
+        chat_db=Path(get("ARCHETY_CHAT_DB") or DEFAULT_CHAT_DB).expanduser(),
+        state_dir=Path(get("ARCHETY_STATE_DIR") or DEFAULT_STATE_DIR).expanduser(),
+        log_file=Path(get("ARCHETY_LOG_FILE") or DEFAULT_LOG_FILE).expanduser(),
+        env_file=env_file,
+        heartbeat_interval=_seconds(get, "ARCHETY_HEARTBEAT_INTERVAL", 60.0, low=1.0),
+        sync_interval=_seconds(get, "ARCHETY_SYNC_INTERVAL", 300.0, low=1.0),
+        max_message_age=_seconds(get, "ARCHETY_MAX_MESSAGE_AGE", 21600.0, low=1.0),
+        poll_interval=_seconds(get, "ARCHETY_POLL_INTERVAL", 1.0, low=0.05, high=60.0),
+        connect_timeout=_seconds(get, "ARCHETY_CONNECT_TIMEOUT", 5.0, low=0.1, high=120.0),
+        read_timeout=_seconds(get, "ARCHETY_READ_TIMEOUT", 30.0, low=0.1, high=600.0),
+        max_backoff=_seconds(get, "ARCHETY_MAX_BACKOFF", 60.0, low=0.1, high=3600.0),
+        auth_probe_interval=_seconds(get, "ARCHETY_AUTH_PROBE_INTERVAL", 60.0, low=0.1),
+        chat_join_wait=_seconds(get, "ARCHETY_CHAT_JOIN_WAIT", 5.0, low=0.0, high=300.0),
+        notes=tuple(notes),
+    )
+
+
+def _backend_url(raw: str, get: Callable[[str], str | None]) -> str:
+    parts = urllib.parse.urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"ARCHETY_BACKEND_URL must be an http(s) URL with a host, got {raw!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            "ARCHETY_BACKEND_URL must not carry a query, fragment or credentials, "
+            f"got {parts.scheme}://{parts.hostname}..."
+        )
+    insecure_ok = get("ARCHETY_ALLOW_INSECURE_HTTP") == "1"
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure_ok:
+        raise ConfigError(
+            f"ARCHETY_BACKEND_URL is plain http to {parts.hostname}: the webhook secret "
+            "would travel in clear text. Use https (or set ARCHETY_ALLOW_INSECURE_HTTP=1 "
+            "if you really mean it)."
+        )
+    return raw.strip().rstrip("/")
+
+
+def _agent_id(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(ch.isspace() or ord(ch) < 0x20 for ch in value) or len(value) > 128:
+        raise ConfigError(f"EDGE_AGENT_ID must be a short name without spaces, got {raw!r}")
+    return value
+
+
+def _seconds(
+    get: Callable[[str], str | None],
+    name: str,
+    default: float,
+    *,
+    low: float,
+    high: float | None = None,
+) -> float:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value != value or value < low or (high is not None and value > high):
+        bounds = f"at least {low:g}" + (f" and at most {high:g}" if high is not None else "")
+        raise ConfigError(f"{name} must be {bounds} seconds, got {raw!r}")
+    return value

@@ -1,0 +1,221 @@
+"""The only module that starts threads: it repeats the relay's steps until told to stop.
+
+    capture thread   waits for a file event or the poll interval, then `capture_step`
+    sender thread    `deliver_step` until idle, then waits for the capture thread or a deadline
+    timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL
+    watchdog         sets the capture thread's wake event (see watcher)
+
+No thread dies silently or holds up shutdown: each catches, logs (at most once a minute for a
+repeating error, plus a "recovered" line), backs off, and waits with `stop.wait(timeout)`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from . import watcher
+from .chatdb import ChatDb
+from .config import Secret, Settings
+from .errors import ChatDbUnavailable, RelayError
+from .relay import Relay
+from .store import Store
+
+log = structlog.get_logger("archety_relay.daemon")
+
+ERROR_LOG_INTERVAL = 60.0
+MAX_ERROR_BACKOFF = 30.0
+IDLE_RECHECK_SECONDS = 30.0
+CHAT_JOIN_RECHECK_SECONDS = 0.1
+SETTLE_WINDOW_SECONDS = 0.25
+SETTLE_STEP_SECONDS = 0.002
+SHUTDOWN_GRACE_SECONDS = 4.0
+
+
+class _ErrorLog:
+    """Logs a repeating error once a minute, with a count, and a line when it clears."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self.since: float | None = None
+        self.last_logged = 0.0
+        self.count = 0
+
+    def failed(self, exc: BaseException, now: float) -> float:
+        self.count += 1
+        if self.since is None:
+            self.since = now
+        if self.count == 1 or now - self.last_logged >= ERROR_LOG_INTERVAL:
+            self.last_logged = now
+            fields: dict[str, Any] = {"error": str(exc), "failures": self.count}
+            if isinstance(exc, RelayError) and exc.hint:
+                fields["hint"] = exc.hint
+            if isinstance(exc, RelayError):
+                log.error(self.event, **fields)
+            else:
+                log.exception(self.event, **fields)
+        return min(MAX_ERROR_BACKOFF, 0.5 * 2 ** min(self.count, 8))
+
+    def ok(self, now: float) -> None:
+        if self.since is not None:
+            log.info(
+                self.event + "_recovered", after_s=round(now - self.since, 1), failures=self.count
+            )
+        self.since = None
+        self.count = 0
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        reload_secret: Callable[[], Secret] | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.chatdb = ChatDb(settings.chat_db)
+        self.relay = Relay(settings, self.chatdb, store, reload_secret=reload_secret)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.outbox_ready = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._observer: Any = None
+        self._ready = False
+        self._on_ready = on_ready
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        log.info(
+            "relay_starting",
+            backend=self.settings.backend_url,
+            agent_id=self.settings.agent_id,
+            chat_db=str(self.settings.chat_db),
+            secret_source=self.settings.secret_source,
+        )
+        for name, target in (
+            ("capture", self._capture_loop),
+            ("sender", self._sender_loop),
+            ("timer", self._timer_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"relay-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self) -> bool:
+        """Stop every loop; the request in flight may finish. True when all stopped in time."""
+        self.stop.set()
+        self.wake.set()
+        self.outbox_ready.set()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._observer is not None:
+            self._observer.stop()
+        clean = not any(t.is_alive() for t in self._threads)
+        if clean:
+            self.chatdb.close()
+            self.relay.backend.close()
+        log.info("relay_stopped", clean=clean)
+        return clean
+
+    def reload(self) -> None:
+        self.relay.reload_secret_now()
+        self.outbox_ready.set()
+
+    # -- loops ------------------------------------------------------------------------------
+    def _ensure_watcher(self) -> None:
+        if self._observer is None and self.settings.chat_db.parent.is_dir():
+            self._observer = watcher.watch(self.settings.chat_db, self.wake)
+            if self._observer is not None and not self._ready:
+                self._ready = True
+                log.info(
+                    "relay_ready",
+                    watching=str(self.settings.chat_db.parent),
+                    poll_interval_s=self.settings.poll_interval,
+                )
+                if self._on_ready:
+                    self._on_ready()
+
+    def _capture_loop(self) -> None:
+        errors = _ErrorLog("capture_failed")
+        holding = False
+        settle_until = 0.0
+        wait = 0.0
+        while not self.stop.is_set():
+            woke = self.wake.wait(wait)
+            self.wake.clear()
+            if self.stop.is_set():
+                break
+            try:
+                self._ensure_watcher()
+                changed = self.chatdb.changed()
+                read = 0
+                if woke or holding or changed:
+                    result = self.relay.capture_step(time.time())
+                    holding, read = result.holding, result.read
+                    if result.enqueued:
+                        self.outbox_ready.set()
+                    if read:
+                        log.debug(
+                            "captured",
+                            read=read,
+                            enqueued=result.enqueued,
+                            skipped=dict(result.skipped),
+                        )
+                now = time.monotonic()
+                errors.ok(now)
+                if woke and not read:
+                    # The WAL write that woke us lands a moment before the commit becomes
+                    # visible (the wal-index lives in mmapped -shm, which raises no event):
+                    # look again every few ms for a short while instead of a whole poll later.
+                    settle_until = now + SETTLE_WINDOW_SECONDS
+                if holding:
+                    wait = CHAT_JOIN_RECHECK_SECONDS
+                elif now < settle_until:
+                    wait = SETTLE_STEP_SECONDS
+                else:
+                    wait = self.settings.poll_interval
+            except ChatDbUnavailable as exc:
+                errors.event = "chatdb_unavailable"
+                wait = errors.failed(exc, time.monotonic())
+            except Exception as exc:
+                errors.event = "capture_failed"
+                wait = errors.failed(exc, time.monotonic())
+
+    def _sender_loop(self) -> None:
+        errors = _ErrorLog("delivery_loop_failed")
+        while not self.stop.is_set():
+            try:
+                delivery = self.relay.deliver_step(time.monotonic())
+                errors.ok(time.monotonic())
+            except Exception as exc:
+                self.stop.wait(errors.failed(exc, time.monotonic()))
+                continue
+            if delivery.kind in ("delivered", "dead_lettered"):
+                continue
+            timeout = delivery.wait if delivery.wait is not None else IDLE_RECHECK_SECONDS
+            self.outbox_ready.wait(timeout)
+            self.outbox_ready.clear()
+
+    def _timer_loop(self) -> None:
+        errors = _ErrorLog("timer_failed")
+        next_heartbeat = next_sync = time.monotonic()
+        while not self.stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.settings.heartbeat_interval
+                    self.relay.heartbeat_step()
+                if now >= next_sync:
+                    next_sync = now + self.settings.sync_interval
+                    self.relay.sync_step(time.time())
+                errors.ok(now)
+            except Exception as exc:
+                errors.failed(exc, now)
+            self.stop.wait(max(0.05, min(next_heartbeat, next_sync) - time.monotonic()))

@@ -1,0 +1,230 @@
+"""Plays Messages.app: writes a chat.db from Apple's schema the way Messages writes it.
+
+Used by the demo, the tests and the benchmarks. It writes what Messages writes: the message row,
+then its chat join in a separate step (optionally later, as happens for real), text only in
+`attributedBody` on recent macOS, dates in nanoseconds since 2001, WAL journal.
+Never point it at a real chat.db.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .. import typedstream
+from ..rows import apple_date
+
+# Functions only Messages.app registers; the schema's triggers call them.
+_STAND_INS: tuple[tuple[str, int, object], ...] = (
+    ("verify_chat", 1, None),
+    ("guid_for_chat", 3, None),
+    ("is_mic_enabled", 0, 0),
+    ("delete_chat_background_before_deleting_chat", 2, None),
+    ("before_delete_attachment_path", 2, None),
+    ("delete_attachment_path", 1, None),
+    ("after_delete_message_plugin", 2, None),
+)
+
+
+def schema_sql() -> str:
+    return resources.files(__package__).joinpath("chatdb_schema.sql").read_text()
+
+
+@dataclass(frozen=True)
+class AttachmentSpec:
+    filename: str
+    mime_type: str = "image/jpeg"
+    transfer_name: str | None = None
+    total_bytes: int = 1024
+    uti: str = "public.jpeg"
+
+
+class MessagesWriter:
+    def __init__(self, path: Path, *, unique_id: str | None = None) -> None:
+        self.path = path
+        fresh = not path.exists()
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        for name, nargs, result in _STAND_INS:
+            self.conn.create_function(name, nargs, lambda *_args, _r=result: _r)
+        if fresh:
+            self.conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            self.conn.executescript(schema_sql())
+            self.conn.execute(
+                "INSERT INTO _SqliteDatabaseProperties (key, value) VALUES ('_UniqueIdentifier', ?)",
+                (unique_id or str(uuid.uuid4()).upper(),),
+            )
+        self._handles: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> MessagesWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- people and chats -------------------------------------------------------------------
+    def handle(self, address: str, service: str = "iMessage") -> int:
+        if address in self._handles:
+            return self._handles[address]
+        row = self.conn.execute(
+            "SELECT ROWID FROM handle WHERE id = ? AND service = ?", (address, service)
+        ).fetchone()
+        if row is None:
+            cur = self.conn.execute(
+                "INSERT INTO handle (id, service, uncanonicalized_id) VALUES (?, ?, ?)",
+                (address, service, address),
+            )
+            row = (cur.lastrowid,)
+        self._handles[address] = row[0]
+        return int(row[0])
+
+    def direct_chat(self, address: str, service: str = "iMessage") -> int:
+        return self.chat(f"{service};-;{address}", 45, [address], identifier=address)
+
+    def group_chat(self, name: str, members: Sequence[str], service: str = "iMessage") -> int:
+        return self.chat(f"{service};+;{name}", 43, members, identifier=name)
+
+    def chat(self, guid: str, style: int, members: Sequence[str], identifier: str) -> int:
+        row = self.conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (guid,)).fetchone()
+        if row:
+            return int(row[0])
+        self.conn.execute("BEGIN")
+        cur = self.conn.execute(
+            "INSERT INTO chat (guid, style, state, chat_identifier, service_name) "
+            "VALUES (?, ?, 3, ?, 'iMessage')",
+            (guid, style, identifier),
+        )
+        chat_id = int(cur.lastrowid or 0)
+        for member in members:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO chat_handle_join (chat_id, handle_id) VALUES (?, ?)",
+                (chat_id, self.handle(member)),
+            )
+        self.conn.execute("COMMIT")
+        return chat_id
+
+    # -- messages ---------------------------------------------------------------------------
+    def message(
+        self,
+        text: str | None,
+        *,
+        sender: str | None,
+        chat: int | None,
+        text_in_column: bool = False,
+        is_from_me: int = 0,
+        item_type: int = 0,
+        associated_message_type: int = 0,
+        sent_at: float | None = None,
+        attachments: Iterable[AttachmentSpec] = (),
+        attributed_body: bytes | None = None,
+        guid: str | None = None,
+        join_chat: bool = True,
+    ) -> int:
+        """Write one message as Messages does: the row, its attachments, then its chat join."""
+        self.conn.execute("BEGIN")
+        try:
+            rowid = self._insert_message(
+                text,
+                sender,
+                text_in_column,
+                is_from_me,
+                item_type,
+                associated_message_type,
+                sent_at,
+                attachments,
+                attributed_body,
+                guid,
+            )
+            if chat is not None and join_chat:
+                self.join(rowid, chat)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return rowid
+
+    def burst(self, texts: Sequence[str], *, sender: str, chat: int) -> list[int]:
+        """Many messages committed in one transaction (a sync catching up, a busy group)."""
+        self.conn.execute("BEGIN")
+        rowids = []
+        for text in texts:
+            rowid = self._insert_message(text, sender, False, 0, 0, 0, None, (), None, None)
+            self.join(rowid, chat)
+            rowids.append(rowid)
+        self.conn.execute("COMMIT")
+        return rowids
+
+    def join(self, message_rowid: int, chat: int) -> None:
+        date = self.conn.execute(
+            "SELECT date FROM message WHERE ROWID = ?", (message_rowid,)
+        ).fetchone()[0]
+        self.conn.execute(
+            "INSERT OR IGNORE INTO chat_message_join (chat_id, message_id, message_date) "
+            "VALUES (?, ?, ?)",
+            (chat, message_rowid, date),
+        )
+
+    def _insert_message(
+        self,
+        text: str | None,
+        sender: str | None,
+        text_in_column: bool,
+        is_from_me: int,
+        item_type: int,
+        associated_message_type: int,
+        sent_at: float | None,
+        attachments: Iterable[AttachmentSpec],
+        attributed_body: bytes | None,
+        guid: str | None,
+    ) -> int:
+        body = attributed_body
+        if body is None and text is not None:
+            body = typedstream.encode(text)
+        cur = self.conn.execute(
+            "INSERT INTO message (guid, text, attributedBody, handle_id, service, date, "
+            "is_from_me, item_type, associated_message_type, is_finished, is_sent, is_delivered) "
+            "VALUES (?, ?, ?, ?, 'iMessage', ?, ?, ?, ?, 1, ?, 1)",
+            (
+                guid or str(uuid.uuid4()).upper(),
+                text if text_in_column else None,
+                body,
+                self.handle(sender) if sender else 0,
+                apple_date(time.time() if sent_at is None else sent_at),
+                is_from_me,
+                item_type,
+                associated_message_type,
+                is_from_me,
+            ),
+        )
+        rowid = int(cur.lastrowid or 0)
+        for spec in attachments:
+            att = self.conn.execute(
+                "INSERT INTO attachment (guid, original_guid, filename, mime_type, transfer_name,"
+                " total_bytes, uti) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (g := str(uuid.uuid4()).upper()),
+                    g,
+                    spec.filename,
+                    spec.mime_type,
+                    spec.transfer_name or Path(spec.filename).name,
+                    spec.total_bytes,
+                    spec.uti,
+                ),
+            )
+            self.conn.execute(
+                "INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (?, ?)",
+                (rowid, att.lastrowid),
+            )
+        return rowid
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """`PRAGMA wal_checkpoint(TRUNCATE)` as Messages runs it: (busy, log, checkpointed)."""
+        row = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])

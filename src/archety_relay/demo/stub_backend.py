@@ -1,0 +1,193 @@
+"""A stand-in Archety backend on 127.0.0.1 that records what it receives and misbehaves on cue.
+
+Used by the demo, the tests and the benchmarks. It checks the Bearer secret like the real one
+(401 otherwise). Behaviours are queued with `script()`: a status with headers and body, a delay,
+a hang (accept, never answer), or a reset mid-response; unscripted requests get 200.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    hang: bool = False  # accept, read, and never answer (until the server stops)
+    reset: bool = False  # start a response, then reset the connection
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    raw: bytes
+    at: float  # time.time() when the request was read
+    status: int  # what we answered (0: no answer)
+
+
+class StubBackend:
+    def __init__(
+        self, secret: str, *, on_message: Callable[[Received], None] | None = None
+    ) -> None:
+        self.secret = secret
+        self.received: list[Received] = []
+        self._scripts: dict[str, deque[Behaviour]] = {}
+        self._default: dict[str, Behaviour] = {}
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition()
+        self._stopping = threading.Event()
+        self._on_message = on_message
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> StubBackend:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name="stub-backend"
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> StubBackend:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- scripting --------------------------------------------------------------------------
+    def script(self, path: str, *behaviours: Behaviour) -> None:
+        """Answer the next requests to `path` with these behaviours, in order."""
+        with self._lock:
+            self._scripts.setdefault(path, deque()).extend(behaviours)
+
+    def set_default(self, path: str, behaviour: Behaviour | None) -> None:
+        """Answer every unscripted request to `path` like this (None: plain 200)."""
+        with self._lock:
+            if behaviour is None:
+                self._default.pop(path, None)
+            else:
+                self._default[path] = behaviour
+
+    def _next(self, path: str) -> Behaviour:
+        with self._lock:
+            queue = self._scripts.get(path)
+            if queue:
+                return queue.popleft()
+            return self._default.get(path, Behaviour())
+
+    # -- what arrived -----------------------------------------------------------------------
+    def messages(self, *, accepted_only: bool = True) -> list[Received]:
+        with self._lock:
+            return [
+                r
+                for r in self.received
+                if r.path == "/orchestrator/message"
+                and (not accepted_only or 200 <= r.status < 300)
+            ]
+
+    def requests_to(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == path]
+
+    def wait_for(self, predicate: Callable[[StubBackend], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._arrived:
+                self._arrived.wait(min(remaining, 0.05))
+        return True
+
+    def wait_for_messages(self, count: int, timeout: float = 10.0) -> list[Received]:
+        self.wait_for(lambda b: len(b.messages()) >= count, timeout)
+        return self.messages()
+
+    def _record(self, received: Received) -> None:
+        with self._lock:
+            self.received.append(received)
+        with self._arrived:
+            self._arrived.notify_all()
+        if self._on_message and received.path == "/orchestrator/message" and received.status == 200:
+            self._on_message(received)
+
+    # -- the handler ------------------------------------------------------------------------
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Like any production server: no Nagle delay between headers and body.
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                arrived = time.time()
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                headers = {k: v for k, v in self.headers.items()}
+                behaviour = stub._next(self.path)
+                if behaviour.delay:
+                    stub._stopping.wait(behaviour.delay)
+                if behaviour.hang:
+                    stub._record(Received(self.path, headers, body, raw, arrived, 0))
+                    stub._stopping.wait(3600)
+                    self.close_connection = True
+                    return
+                if behaviour.reset:
+                    stub._record(Received(self.path, headers, body, raw, arrived, 0))
+                    self.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"pa')
+                    self.wfile.flush()
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.close_connection = True
+                    return
+                status = behaviour.status
+                if self.headers.get("Authorization") != f"Bearer {stub.secret}":
+                    status = 401
+                stub._record(Received(self.path, headers, body, raw, arrived, status))
+                reply = behaviour.body
+                if reply is None:
+                    reply = {"ok": status < 300}
+                payload = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for key, value in behaviour.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler

@@ -1,0 +1,69 @@
+"""The values the relay passes around: what a chat.db row becomes, and why a row was skipped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Attachment:
+    guid: str
+    path: str | None
+    mime_type: str | None
+    transfer_name: str | None
+    total_bytes: int | None
+    uti: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "guid": self.guid,
+            "path": self.path,
+            "mime_type": self.mime_type,
+            "transfer_name": self.transfer_name,
+            "total_bytes": self.total_bytes,
+            "uti": self.uti,
+        }
+
+
+@dataclass(frozen=True)
+class Message:
+    """An incoming iMessage, ready for `POST /orchestrator/message`."""
+
+    rowid: int
+    message_guid: str
+    chat_guid: str
+    mode: str  # "direct" | "group"
+    sender: str
+    text: str
+    timestamp: int  # Unix seconds
+    participants: tuple[str, ...]
+    attachments: tuple[Attachment, ...] = field(default=())
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "chat_guid": self.chat_guid,
+            "mode": self.mode,
+            "sender": self.sender,
+            "text": self.text,
+            "timestamp": self.timestamp,
+            "participants": list(self.participants),
+            "message_guid": self.message_guid,
+        }
+        if self.attachments:
+            body["attachments"] = [a.to_json() for a in self.attachments]
+        return body
+
+    def frozen_body(self) -> bytes:
+        """The exact bytes every delivery attempt of this message sends."""
+        return json.dumps(self.payload(), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row that is not forwarded, and why (a fixed snake_case reason for logs and summaries)."""
+
+    rowid: int
+    guid: str | None
+    reason: str

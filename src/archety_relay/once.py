@@ -1,0 +1,69 @@
+"""`archety-relay --once`: one pass of every step, for a manual test. Returns a report value."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .errors import EXIT_AUTH, EXIT_BACKEND, EXIT_OK
+from .policy import HttpOutcome
+from .relay import Relay
+
+# Enough to drain any realistic queue in one manual run, but never an endless loop.
+MAX_DELIVERIES = 100_000
+
+
+@dataclass
+class OnceReport:
+    health: HttpOutcome | None = None
+    read: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    enqueued: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    failed: HttpOutcome | None = None  # the delivery that stopped the run, if one did
+    still_queued: int = 0
+    sync: HttpOutcome | None = None
+
+    @property
+    def exit_code(self) -> int:
+        for outcome in (self.health, self.failed):
+            if outcome is not None and outcome.status in (401, 403):
+                return EXIT_AUTH
+        if self.health is not None and not self.health.ok:
+            return EXIT_BACKEND
+        if self.failed is not None:
+            return EXIT_BACKEND
+        return EXIT_OK
+
+
+def run_once(relay: Relay) -> OnceReport:
+    """Health check, capture, deliver everything queued, one sync.
+
+    Capture runs even when the backend is down: storing rows in the outbox is always safe.
+    ChatDbUnavailable propagates (exit 5).
+    """
+    report = OnceReport()
+    report.health = relay.heartbeat_step()
+    captured = relay.capture_step(time.time())
+    report.read, report.enqueued, report.skipped = (
+        captured.read,
+        captured.enqueued,
+        captured.skipped,
+    )
+    if report.health.ok:
+        for _ in range(MAX_DELIVERIES):
+            delivery = relay.deliver_step(time.monotonic())
+            if delivery.kind == "delivered":
+                report.delivered += 1
+            elif delivery.kind == "dead_lettered":
+                report.dead_lettered += 1
+            elif delivery.kind == "idle":
+                break
+            else:
+                report.failed = delivery.outcome
+                break
+        report.sync = relay.sync_step(time.time())
+    report.still_queued = relay.store.stats().depth
+    return report

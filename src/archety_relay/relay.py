@@ -1,0 +1,349 @@
+"""The relay's steps. Each does one unit of work for a given `now` and returns what it did.
+
+`daemon` repeats them on threads; `--once` and the tests call them directly. Steps take time as an
+argument instead of reading the clock, so a test can put any moment in:
+- `capture_step(now)`: wall-clock `now` (message age, how long a row has waited for its chat);
+- `deliver_step(now)`: monotonic `now` (backoff and auth-pause deadlines survive clock jumps).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from . import __version__, rows
+from .backend import Backend
+from .chatdb import ChatDb
+from .config import Secret, Settings
+from .model import Message, Skipped
+from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
+from .store import Cursor, Store
+
+log = structlog.get_logger("archety_relay.relay")
+
+# Rows read per transaction: bounds memory during a burst and keeps each read snapshot short.
+READ_BATCH = 500
+CAPABILITIES = ("message_relay", "attributed_body", "attachments_metadata", "idempotency_key")
+# An outage's warning is repeated at most this often; each attempt still logs at info.
+OUTAGE_LOG_INTERVAL = 60.0
+
+
+@dataclass
+class CaptureResult:
+    read: int = 0
+    enqueued: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    holding: bool = False  # a row is waiting for its chat join: capture again soon
+    rebased: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    kind: str  # "delivered" | "retry" | "auth_paused" | "dead_lettered" | "idle" | "waiting"
+    wait: float | None = None  # seconds until the next step is worth running; None: until woken
+    outcome: HttpOutcome | None = None
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        chatdb: ChatDb,
+        store: Store,
+        *,
+        backend: Backend | None = None,
+        reload_secret: Callable[[], Secret] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.chatdb = chatdb
+        self.store = store
+        self.secret = settings.secret
+        self.backend = backend or Backend(
+            settings.backend_url,
+            settings.agent_id,
+            lambda: self.secret,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+        self._reload_secret = reload_secret
+        self._rng = rng or random.Random()
+        self._held_since: dict[int, float] = {}
+        self._fingerprint_generation = -1
+        self._fingerprint = ""
+        self.failures = 0
+        self.retry_at = 0.0
+        self.auth_paused_until: float | None = None
+        self._outage_logged_at: float | None = None
+        self.started_at = time.time()
+        self.last_sync_at: float | None = None
+
+    # -- capture: chat.db -> outbox ---------------------------------------------------------
+    def _cursor(self, now: float, result: CaptureResult) -> Cursor:
+        if self._fingerprint_generation != self.chatdb.generation:
+            self._fingerprint = self.chatdb.fingerprint()
+            self._fingerprint_generation = self.chatdb.generation
+        saved = self.store.cursor()
+        if saved is None:
+            top = self.chatdb.max_rowid()
+            cursor = Cursor(top, self._fingerprint)
+            self.store.set_cursor(cursor, now)
+            log.info("cursor_initialised", rowid=top, reason="first_start_no_history_replay")
+            return cursor
+        if saved.fingerprint != self._fingerprint:
+            return self._rebase(saved, now, result, "chatdb_fingerprint_changed")
+        if self.chatdb.max_rowid() < saved.rowid:
+            return self._rebase(saved, now, result, "chatdb_max_rowid_below_cursor")
+        return saved
+
+    def _rebase(self, saved: Cursor, now: float, result: CaptureResult, reason: str) -> Cursor:
+        top = self.chatdb.max_rowid()
+        cursor = Cursor(top, self._fingerprint)
+        self.store.set_cursor(cursor, now)
+        self._held_since.clear()
+        result.rebased = True
+        log.warning(
+            "chatdb_replaced_cursor_rebased",
+            reason=reason,
+            old_rowid=saved.rowid,
+            new_rowid=top,
+            hint="chat.db was replaced (restore, new Mac or reset); history is not replayed",
+        )
+        return cursor
+
+    def capture_step(self, now: float) -> CaptureResult:
+        """Move every new chat.db row into the outbox (or past it, with a reason)."""
+        result = CaptureResult()
+        cursor = self._cursor(now, result)
+        while True:
+            batch = self.chatdb.read_after(cursor.rowid, READ_BATCH)
+            if not batch:
+                break
+            result.read += len(batch)
+            items: list[tuple[str, int, bytes]] = []
+            last = cursor.rowid
+            for raw in batch:
+                if self._must_wait_for_chat(raw, now):
+                    result.holding = True
+                    break
+                outcome = rows.to_message(raw, now, self.settings.max_message_age)
+                if isinstance(outcome, Skipped):
+                    result.skipped[outcome.reason] += 1
+                    log.debug(
+                        "row_skipped", rowid=outcome.rowid, guid=outcome.guid, reason=outcome.reason
+                    )
+                else:
+                    items.append((outcome.message_guid, outcome.rowid, outcome.frozen_body()))
+                    _log_captured(outcome)
+                last = raw.rowid
+            if last > cursor.rowid:
+                cursor = Cursor(last, cursor.fingerprint)
+                result.enqueued += self.store.enqueue(items, cursor, time.time())
+                for rowid in [r for r in self._held_since if r <= last]:
+                    del self._held_since[rowid]
+            if result.holding or len(batch) < READ_BATCH:
+                break
+        return result
+
+    def _must_wait_for_chat(self, raw: rows.RawMessage, now: float) -> bool:
+        """Messages writes a message row and its chat join in separate steps. Wait a little."""
+        if raw.chats or rows.skip_reason(raw, now, self.settings.max_message_age) is not None:
+            return False
+        first_seen = self._held_since.setdefault(raw.rowid, now)
+        if first_seen > now:  # the clock went backwards: start the wait again
+            self._held_since[raw.rowid] = first_seen = now
+        if now - first_seen < self.settings.chat_join_wait:
+            return True
+        log.warning(
+            "chat_join_missing", rowid=raw.rowid, guid=raw.guid, waited_s=round(now - first_seen, 2)
+        )
+        return False
+
+    # -- delivery: outbox -> backend --------------------------------------------------------
+    def deliver_step(self, now: float) -> Delivery:
+        """Try to deliver the oldest queued message once."""
+        if self.auth_paused_until is not None and now < self.auth_paused_until:
+            return Delivery("waiting", self.auth_paused_until - now)
+        if now < self.retry_at:
+            return Delivery("waiting", self.retry_at - now)
+        item = self.store.head()
+        if item is None:
+            return Delivery("idle")
+        if self.auth_paused_until is not None:
+            self._refresh_secret()
+        outcome = self.backend.post_message(item.body, item.message_guid)
+        decided = verdict(outcome)
+        log.info(
+            "message_delivery_attempt",
+            message_guid=item.message_guid,
+            status=outcome.status,
+            error=outcome.error,
+            attempt=item.attempts + 1,
+            ms=round(outcome.elapsed_ms, 1),
+            verdict=decided.value,
+        )
+        if decided is Verdict.DELIVERED:
+            self.store.mark_delivered(item, time.time())
+            self._recovered(item.message_guid, now)
+            return Delivery("delivered", 0.0, outcome)
+        if decided is Verdict.DEAD_LETTER:
+            self.store.dead_letter(item, outcome.status, outcome.body, time.time())
+            log.error(
+                "message_dead_lettered",
+                message_guid=item.message_guid,
+                status=outcome.status,
+                response=outcome.body[:300],
+                hint="the backend refused this message; `archety-relay status` lists it and "
+                "`archety-relay retry-dead` queues it again",
+            )
+            return Delivery("dead_lettered", 0.0, outcome)
+        self.store.record_attempt(item.id, outcome.status, outcome.error)
+        self.store.set_meta("last_error", _describe(outcome))
+        if decided is Verdict.AUTH_PAUSED:
+            interval = self.settings.auth_probe_interval
+            self.auth_paused_until = now + interval
+            self.store.set_meta("auth_state", f"rejected_{outcome.status}")
+            log.error(
+                "auth_rejected",
+                status=outcome.status,
+                queued=self.store.stats().depth,
+                next_probe_s=interval,
+                hint=f"the backend rejected RELAY_WEBHOOK_SECRET ({outcome.status}). Sending is "
+                "paused and nothing is dropped. Fix the secret in the Keychain "
+                "(`archety-relay set-secret`) or .env; the relay re-reads it before each probe.",
+            )
+            return Delivery("auth_paused", interval, outcome)
+        self.failures += 1
+        delay = backoff_seconds(
+            self.failures, outcome.retry_after, self.settings.max_backoff, self._rng
+        )
+        self.retry_at = now + delay
+        if self._outage_logged_at is None or now - self._outage_logged_at >= OUTAGE_LOG_INTERVAL:
+            self._outage_logged_at = now
+            log.warning(
+                "backend_unavailable",
+                status=outcome.status,
+                error=outcome.error,
+                failures=self.failures,
+                retry_in_s=round(delay, 2),
+                queued=self.store.stats().depth,
+            )
+        return Delivery("retry", delay, outcome)
+
+    def _recovered(self, message_guid: str, now: float) -> None:
+        if self.auth_paused_until is not None:
+            log.info("auth_recovered", message_guid=message_guid)
+            self.store.set_meta("auth_state", "ok")
+        if self.failures:
+            log.info("backend_recovered", after_failures=self.failures)
+        if self.auth_paused_until is not None or self.failures:
+            self.store.set_meta("last_error", None)
+        self.auth_paused_until = None
+        self.failures = 0
+        self.retry_at = 0.0
+        self._outage_logged_at = None
+
+    def _refresh_secret(self) -> None:
+        """While rejected, pick up a secret fixed in .env or the Keychain, without a restart."""
+        if self._reload_secret is None:
+            return
+        try:
+            fresh = self._reload_secret()
+        except Exception as exc:  # a broken .env mid-edit must not stop the probe
+            log.warning("secret_reload_failed", error=str(exc))
+            return
+        if fresh != self.secret:
+            log.info("secret_reloaded", source="configuration")
+            self.secret = fresh
+
+    def reload_secret_now(self) -> None:
+        """SIGHUP: re-read the secret and probe at once if sending was paused."""
+        self._refresh_secret()
+        if self.auth_paused_until is not None:
+            self.auth_paused_until = 0.0
+
+    # -- heartbeat and sync -----------------------------------------------------------------
+    def heartbeat_step(self) -> HttpOutcome:
+        outcome = self.backend.heartbeat()
+        level = log.info if outcome.ok else log.warning
+        level(
+            "heartbeat", status=outcome.status, error=outcome.error, ms=round(outcome.elapsed_ms, 1)
+        )
+        return outcome
+
+    def status_payload(self, now: float) -> dict[str, Any]:
+        stats = self.store.stats()
+        meta = self.store.meta()
+        last_delivery = meta.get("last_delivery_at")
+        return {
+            "state": "auth_paused" if self.auth_paused_until is not None else "running",
+            "queue_depth": stats.depth,
+            "oldest_undelivered_age_s": (
+                round(now - stats.oldest_enqueued_at, 1) if stats.oldest_enqueued_at else None
+            ),
+            "dead_letters": stats.dead_letters,
+            "last_delivery_at": _iso(float(last_delivery)) if last_delivery else None,
+            "uptime_s": round(now - self.started_at, 1),
+        }
+
+    def sync_step(self, now: float) -> HttpOutcome:
+        payload = {
+            "edge_agent_id": self.settings.agent_id,
+            "version": __version__,
+            "capabilities": list(CAPABILITIES),
+            "events": [],
+            "status": self.status_payload(now),
+            "last_sync": _iso(self.last_sync_at) if self.last_sync_at else None,
+        }
+        outcome = self.backend.sync(payload)
+        if outcome.ok:
+            self.last_sync_at = now
+            self.store.prune_delivered(now)
+            commands = _commands(outcome.body)
+            log.info(
+                "sync",
+                status=outcome.status,
+                commands=len(commands),
+                command_types=sorted({str(c.get("command_type")) for c in commands}),
+            )
+        else:
+            log.warning("sync_failed", status=outcome.status, error=outcome.error)
+        return outcome
+
+
+def _commands(body: str) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        return []
+    commands = parsed.get("commands") if isinstance(parsed, dict) else None
+    return [c for c in commands if isinstance(c, dict)] if isinstance(commands, list) else []
+
+
+def _log_captured(message: Message) -> None:
+    log.debug(
+        "message_captured",
+        message_guid=message.message_guid,
+        rowid=message.rowid,
+        chat_guid=message.chat_guid,
+        sender=message.sender,
+        text=message.text,
+        attachments=len(message.attachments),
+    )
+
+
+def _describe(outcome: HttpOutcome) -> str:
+    return f"HTTP {outcome.status}" if outcome.status is not None else str(outcome.error)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")

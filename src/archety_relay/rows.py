@@ -1,0 +1,140 @@
+"""A chat.db row, as read, becomes a `Message` to forward or a `Skipped` with its reason.
+
+Pure functions over values: `chatdb` does the reading, this decides. Every column may be NULL
+(older macOS versions, rows mid-write, damaged databases): a missing value is read as the
+harmless default, and a row that cannot be forwarded is skipped with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import typedstream
+from .model import Attachment, Message, Skipped
+
+# Apple's epoch (2001-01-01T00:00:00Z) in Unix seconds.
+APPLE_EPOCH = 978_307_200
+# Above this, `message.date` is in nanoseconds (macOS 10.13 and later); below it, in seconds.
+_NANOSECOND_DATES = 10**14
+GROUP_CHAT_STYLE = 43
+# Messages.app's placeholder for where an attachment sits inside the text.
+ATTACHMENT_PLACEHOLDER = "\ufffc"
+
+
+@dataclass(frozen=True)
+class ChatRef:
+    rowid: int
+    guid: str | None
+    style: int | None
+    identifier: str | None
+    participants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """The columns of one `message` row and what joins to it, exactly as chat.db holds them."""
+
+    rowid: int
+    guid: str | None
+    text: str | None
+    attributed_body: bytes | None
+    sender: str | None  # handle.id
+    service: str | None
+    is_from_me: int | None
+    item_type: int | None
+    associated_message_type: int | None
+    date: int | None
+    chats: tuple[ChatRef, ...] = field(default=())
+    attachments: tuple[Attachment, ...] = field(default=())
+
+
+def unix_seconds(apple_date: int | None) -> int | None:
+    """`message.date` (nanoseconds, or seconds on old macOS, since 2001) as Unix seconds."""
+    if apple_date is None or apple_date <= 0:
+        return None
+    seconds = apple_date / 1e9 if apple_date > _NANOSECOND_DATES else float(apple_date)
+    return int(seconds + APPLE_EPOCH)
+
+
+def apple_date(unix_time: float) -> int:
+    """Unix time as Messages.app stores it in `message.date` (nanoseconds since 2001)."""
+    return int((unix_time - APPLE_EPOCH) * 1e9)
+
+
+def message_text(row: RawMessage) -> str:
+    """The text a person typed: `text`, else the attributedBody blob, without placeholders."""
+    text = row.text if row.text else typedstream.decode(row.attributed_body)
+    return (text or "").replace(ATTACHMENT_PLACEHOLDER, "").strip()
+
+
+def is_group(chat: ChatRef) -> bool:
+    return chat.style == GROUP_CHAT_STYLE or (chat.guid is not None and ";+;" in chat.guid)
+
+
+def skip_reason(row: RawMessage, now: float, max_age: float) -> str | None:
+    """Why this row is not a new incoming message for the persona, or None when it is."""
+    if row.guid is None:
+        return "no_guid"
+    if row.is_from_me:
+        return "from_me"
+    if row.item_type:
+        return "not_ordinary_item"
+    if row.associated_message_type:
+        return "associated_message"
+    sent_at = unix_seconds(row.date)
+    if sent_at is not None and now - sent_at > max_age:
+        return "too_old"
+    return None
+
+
+def to_message(row: RawMessage, now: float, max_age: float) -> Message | Skipped:
+    """Forward or skip one row. A row with no chat join is the caller's to hold (see relay)."""
+    reason = skip_reason(row, now, max_age)
+    if reason is not None:
+        return Skipped(row.rowid, row.guid, reason)
+    assert row.guid is not None
+    text = message_text(row)
+    if not text and not row.attachments:
+        return Skipped(row.rowid, row.guid, "empty")
+
+    # A message joined to several chats goes out once, to the oldest of them.
+    chat = min(row.chats, key=lambda c: c.rowid) if row.chats else None
+    sender = row.sender or (chat.identifier if chat and not is_group(chat) else None)
+    if not sender:
+        return Skipped(row.rowid, row.guid, "no_sender")
+
+    if chat is not None and chat.guid:
+        chat_guid = chat.guid
+        mode = "group" if is_group(chat) else "direct"
+        participants = chat.participants or (sender,)
+    else:
+        # No chat join even after waiting: a direct chat's guid is derivable from the sender.
+        chat_guid = f"{row.service or 'iMessage'};-;{sender}"
+        mode = "direct"
+        participants = (sender,)
+
+    return Message(
+        rowid=row.rowid,
+        message_guid=row.guid,
+        chat_guid=chat_guid,
+        mode=mode,
+        sender=sender,
+        text=text,
+        timestamp=unix_seconds(row.date) or int(now),
+        participants=participants,
+        attachments=row.attachments,
+    )
+
+
+def attachment(
+    guid: str,
+    filename: str | None,
+    mime_type: str | None,
+    transfer_name: str | None,
+    total_bytes: int | None,
+    uti: str | None,
+) -> Attachment:
+    """An attachment row, its path with `~` expanded for the user the relay runs as."""
+    path = os.path.expanduser(filename) if filename else None
+    return Attachment(guid, path, mime_type, transfer_name, total_bytes, uti)
