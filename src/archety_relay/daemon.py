@@ -153,7 +153,6 @@ class Daemon:
             if self.stop.is_set():
                 break
             try:
-                self._ensure_watcher()
                 changed = self.chatdb.changed()
                 read = 0
                 if woke or holding or changed:
@@ -168,6 +167,9 @@ class Daemon:
                             enqueued=result.enqueued,
                             skipped=dict(result.skipped),
                         )
+                # Ready only after the first capture placed the cursor: a message written
+                # after `relay_ready` must never be mistaken for history.
+                self._ensure_watcher()
                 now = time.monotonic()
                 errors.ok(now)
                 if woke and not read:

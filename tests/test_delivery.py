@@ -1,0 +1,219 @@
+"""Delivery against a real loopback backend that misbehaves on purpose: each status class.
+
+The relay's steps are driven with chosen monotonic times, so waits are asserted exactly without
+sleeping through them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ALICE
+
+from archety_relay import config
+from archety_relay.chatdb import ChatDb
+from archety_relay.demo.messages_writer import MessagesWriter
+from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.relay import Relay
+from archety_relay.store import open_store
+
+MSG = "/orchestrator/message"
+
+
+@pytest.fixture
+def make_relay(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Relay]]:
+    made: list[Relay] = []
+
+    def make(**overrides: str) -> Relay:
+        settings = config.load(environ={**env, **overrides}, cwd=tmp_path)
+        relay = Relay(
+            settings,
+            ChatDb(settings.chat_db),
+            open_store(settings.state_dir),
+            reload_secret=lambda: config.load(environ={**env, **overrides}).secret,
+        )
+        made.append(relay)
+        return relay
+
+    yield make
+    for relay in made:
+        relay.backend.close()
+        relay.chatdb.close()
+        relay.store.close()
+
+
+def queue(relay: Relay, writer: MessagesWriter, *texts: str) -> None:
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    for text in texts:
+        writer.message(text, sender=ALICE, chat=chat)
+    relay.capture_step(time.time())
+
+
+def test_request_headers_and_body_follow_the_contract(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend, secret: str
+) -> None:
+    """Bearer secret, JSON, agent id in User-Agent and X-Edge-Agent-Id, Idempotency-Key = guid."""
+    relay = make_relay()
+    queue(relay, writer, "hi")
+    assert relay.deliver_step(time.monotonic()).kind == "delivered"
+    (got,) = backend.messages()
+    assert got.headers["Authorization"] == f"Bearer {secret}"
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["User-Agent"] == "Archety-Edge-Client/test-agent"
+    assert got.headers["X-Edge-Agent-Id"] == "test-agent"
+    assert got.headers["Idempotency-Key"] == got.body["message_guid"]
+    assert set(got.body) == {
+        "chat_guid",
+        "mode",
+        "sender",
+        "text",
+        "timestamp",
+        "participants",
+        "message_guid",
+    }
+
+
+def test_5xx_is_retried_with_the_same_bytes_and_backoff(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A 503 keeps the message; the retry sends byte-identical body and key, after a backoff."""
+    relay = make_relay(ARCHETY_MAX_BACKOFF="60")
+    queue(relay, writer, "retry me")
+    backend.script(MSG, Behaviour(503), Behaviour(502))
+    now = 1000.0
+    first = relay.deliver_step(now)
+    assert first.kind == "retry" and first.wait is not None and 0.25 <= first.wait <= 0.5
+    assert relay.deliver_step(now + first.wait / 2).kind == "waiting"  # no request while waiting
+    second = relay.deliver_step(now + first.wait)
+    assert second.kind == "retry" and second.wait is not None and second.wait >= 0.5
+    assert relay.deliver_step(now + first.wait + second.wait).kind == "delivered"
+    attempts = backend.requests_to(MSG)
+    assert [a.status for a in attempts] == [503, 502, 200]
+    assert len({a.raw for a in attempts}) == 1
+    assert len({a.headers["Idempotency-Key"] for a in attempts}) == 1
+
+
+def test_429_retry_after_is_honoured(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """With Retry-After: 7 the next attempt waits at least 7 s, even above the backoff cap."""
+    relay = make_relay()
+    queue(relay, writer, "slow down")
+    backend.script(MSG, Behaviour(429, headers={"Retry-After": "7"}))
+    delivery = relay.deliver_step(500.0)
+    assert delivery.kind == "retry" and delivery.wait == pytest.approx(7.0)
+    assert relay.deliver_step(506.9).kind == "waiting"
+    assert len(backend.requests_to(MSG)) == 1
+    assert relay.deliver_step(507.0).kind == "delivered"
+
+
+def test_401_pauses_keeps_the_queue_and_resumes_with_a_fixed_secret(
+    make_relay: Callable[..., Relay],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+    tmp_path: Path,
+    secret: str,
+) -> None:
+    """Rejected: nothing is dropped, one probe per interval, and a corrected .env is picked up."""
+    env_file = tmp_path / "relay.env"
+    env_file.write_text(f"RELAY_WEBHOOK_SECRET=wrong-{secret[:8]}\n")
+    env_file.chmod(0o600)
+    env.pop("RELAY_WEBHOOK_SECRET")
+    relay = make_relay(ARCHETY_ENV_FILE=str(env_file), ARCHETY_AUTH_PROBE_INTERVAL="60")
+    queue(relay, writer, "one", "two")
+    now = 100.0
+    assert relay.deliver_step(now).kind == "auth_paused"
+    assert relay.deliver_step(now + 30).kind == "waiting"
+    assert relay.deliver_step(now + 59.9).kind == "waiting"
+    assert len(backend.requests_to(MSG)) == 1
+    assert relay.deliver_step(now + 60).kind == "auth_paused"  # probe, still wrong
+    env_file.write_text(f"RELAY_WEBHOOK_SECRET={secret}\n")
+    assert relay.deliver_step(now + 120).kind == "delivered"
+    assert relay.deliver_step(now + 120).kind == "delivered"
+    assert [r.status for r in backend.requests_to(MSG)] == [401, 401, 200, 200]
+    assert [r.body["text"] for r in backend.messages()] == ["one", "two"]
+
+
+def test_rejected_message_is_dead_lettered_and_the_queue_goes_on(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A 422 for one poisoned message moves it aside with the response; the next is delivered."""
+    relay = make_relay()
+    queue(relay, writer, "poison", "fine")
+    backend.script(MSG, Behaviour(422, body={"detail": "text too long"}))
+    assert relay.deliver_step(1.0).kind == "dead_lettered"
+    assert relay.deliver_step(1.0).kind == "delivered"
+    (dead,) = relay.store.dead_letters()
+    assert dead.status == 422 and json.loads(dead.response or "{}") == {"detail": "text too long"}
+    assert [r.body["text"] for r in backend.messages()] == ["fine"]
+    assert relay.store.retry_dead(time.time()) == 1
+    assert relay.deliver_step(2.0).kind == "delivered"
+    assert [r.body["text"] for r in backend.messages()] == ["fine", "poison"]
+
+
+def test_redirect_is_not_followed_and_not_counted_as_delivered(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A 307 would turn into a GET that looks like success; it is a failure to retry."""
+    relay = make_relay()
+    queue(relay, writer, "stay put")
+    backend.script(MSG, Behaviour(307, headers={"Location": backend.url + "/elsewhere"}))
+    assert relay.deliver_step(1.0).kind == "retry"
+    assert relay.store.stats().depth == 1
+    assert [r.path for r in backend.received if r.path != "/orchestrator/heartbeat"] == [MSG]
+
+
+def test_netrc_and_proxy_variables_cannot_hijack_the_request(
+    make_relay: Callable[..., Relay],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """trust_env is off: a ~/.netrc for the host and an HTTP proxy variable change nothing."""
+    home = tmp_path / "netrc-home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine 127.0.0.1 login intruder password stolen\n")
+    (home / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    relay = make_relay()
+    queue(relay, writer, "direct")
+    assert relay.deliver_step(1.0).kind == "delivered"
+    assert backend.messages()[0].headers["Authorization"] == f"Bearer {secret}"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_network_failures_are_outcomes_not_exceptions(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Closed port, a hung backend (read timeout) and a reset mid-response each mean retry."""
+    down = make_relay(ARCHETY_BACKEND_URL=f"http://127.0.0.1:{_closed_port()}")
+    queue(down, writer, "while down")
+    delivery = down.deliver_step(1.0)
+    assert (delivery.kind, delivery.outcome and delivery.outcome.error) == ("retry", "connect")
+    down.store.close()
+
+    relay = make_relay(ARCHETY_READ_TIMEOUT="0.3")
+    backend.script(MSG, Behaviour(hang=True), Behaviour(reset=True))
+    timed_out = relay.deliver_step(1.0)
+    assert timed_out.outcome is not None and timed_out.outcome.error == "timeout"
+    reset = relay.deliver_step(100.0)
+    assert reset.kind == "retry" and reset.outcome is not None
+    assert reset.outcome.error in ("reset", "connect", "other")
+    assert relay.deliver_step(200.0).kind == "delivered"
+    assert [r.body["text"] for r in backend.messages()] == ["while down"]
