@@ -194,3 +194,20 @@ def start_relay(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., R
     yield start
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Record a fault case's figures for docs/reliability.md (when ARCHETY_RELIABILITY_OUT is set)."""
+    out = os.environ.get("ARCHETY_RELIABILITY_OUT")
+
+    def record(**fields: Any) -> None:
+        if out:
+            with open(out, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"case": request.node.name, **fields}) + "\n")
+
+    return record
+
+
+def accepted_texts(backend: StubBackend) -> list[str]:
+    return [r.body["text"] for r in backend.messages()]

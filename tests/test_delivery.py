@@ -217,3 +217,58 @@ def test_network_failures_are_outcomes_not_exceptions(
     assert reset.outcome.error in ("reset", "connect", "other")
     assert relay.deliver_step(200.0).kind == "delivered"
     assert [r.body["text"] for r in backend.messages()] == ["while down"]
+
+
+def test_clock_jumps_do_not_cause_a_storm_or_a_stall(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Waking from sleep (time leaps ahead) sends one request, not the missed retries; a row
+    waiting for its chat join while the wall clock steps back still goes out after the wait."""
+    relay = make_relay(ARCHETY_MAX_BACKOFF="60")
+    queue(relay, writer, "after sleep")
+    backend.set_default(MSG, Behaviour(503))
+    for step in range(5):
+        relay.deliver_step(float(step * 100))
+    attempts = len(backend.requests_to(MSG))
+    assert relay.deliver_step(10_000.0).kind == "retry"
+    assert relay.deliver_step(10_000.0).kind == "waiting"
+    assert len(backend.requests_to(MSG)) == attempts + 1
+    backend.set_default(MSG, None)
+
+    t0 = time.time()
+    writer.message("orphan across a clock step", sender=ALICE, chat=None)
+    assert relay.capture_step(t0).holding
+    assert relay.capture_step(t0 - 3600).holding  # wall clock stepped back an hour
+    relay.capture_step(t0 - 3600 + relay.settings.chat_join_wait + 0.1)
+    while relay.deliver_step(20_000.0).kind == "delivered":
+        pass
+    assert [r.body["text"] for r in backend.messages()] == [
+        "after sleep",
+        "orphan across a clock step",
+    ]
+
+
+def test_state_database_full_keeps_the_cursor(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """SQLITE_FULL on the outbox: StateError, the cursor does not move, nothing is lost."""
+    from archety_relay.errors import StateError
+
+    relay = make_relay()
+    queue(relay, writer)
+    before = relay.store.cursor()
+    # A page limit is SQLite's own "disk is full" (SQLITE_FULL), reachable without root.
+    conn = relay.store._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    chat = writer.direct_chat(ALICE)
+    for i in range(50):
+        writer.message("y" * 3000 + str(i), sender=ALICE, chat=chat)
+    with pytest.raises(StateError):
+        relay.capture_step(time.time())
+    assert relay.store.cursor() == before
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    relay.capture_step(time.time())
+    while relay.deliver_step(1.0).kind == "delivered":
+        pass
+    assert len(backend.messages()) == 50

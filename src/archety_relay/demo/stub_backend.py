@@ -48,7 +48,11 @@ class _Server(ThreadingHTTPServer):
 
 class StubBackend:
     def __init__(
-        self, secret: str, *, on_message: Callable[[Received], None] | None = None
+        self,
+        secret: str,
+        *,
+        on_message: Callable[[Received], None] | None = None,
+        port: int = 0,
     ) -> None:
         self.secret = secret
         self.received: list[Received] = []
@@ -58,7 +62,7 @@ class StubBackend:
         self._arrived = threading.Condition()
         self._stopping = threading.Event()
         self._on_message = on_message
-        self._server = _Server(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", port), self._handler_class())
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
