@@ -294,15 +294,21 @@ class Relay:
         }
 
     def sync_step(self, now: float) -> HttpOutcome:
+        status = self.status_payload(now)
         payload = {
             "edge_agent_id": self.settings.agent_id,
             "version": __version__,
             "capabilities": list(CAPABILITIES),
             "events": [],
-            "status": self.status_payload(now),
+            "status": status,
             "last_sync": _iso(self.last_sync_at) if self.last_sync_at else None,
         }
         outcome = self.backend.sync(payload)
+        queue = {
+            "queue_depth": status["queue_depth"],
+            "oldest_undelivered_age_s": status["oldest_undelivered_age_s"],
+            "dead_letters": status["dead_letters"],
+        }
         if outcome.ok:
             self.last_sync_at = now
             self.store.prune_delivered(now)
@@ -312,9 +318,10 @@ class Relay:
                 status=outcome.status,
                 commands=len(commands),
                 command_types=sorted({str(c.get("command_type")) for c in commands}),
+                **queue,
             )
         else:
-            log.warning("sync_failed", status=outcome.status, error=outcome.error)
+            log.warning("sync_failed", status=outcome.status, error=outcome.error, **queue)
         return outcome
 
 
