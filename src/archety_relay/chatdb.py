@@ -151,6 +151,14 @@ class ChatDb:
             value = conn.execute("SELECT MAX(ROWID) FROM message").fetchone()[0]
         return int(value or 0)
 
+    def first_rowid_since(self, apple_date: int) -> int | None:
+        """The lowest ROWID of a message dated at or after `apple_date` (via message_idx_date)."""
+        with self._snapshot() as conn:
+            value = conn.execute(
+                "SELECT MIN(ROWID) FROM message WHERE date >= ?", (apple_date,)
+            ).fetchone()[0]
+        return int(value) if value is not None else None
+
     def read_after(self, cursor: int, limit: int) -> list[RawMessage]:
         """Up to `limit` message rows with ROWID > cursor, in ROWID order, with their joins."""
         with self._snapshot() as conn:

@@ -29,7 +29,8 @@ log = structlog.get_logger("archety_relay.daemon")
 
 ERROR_LOG_INTERVAL = 60.0
 MAX_ERROR_BACKOFF = 30.0
-IDLE_RECHECK_SECONDS = 30.0
+# Another process (retry-dead, backfill) may queue rows; an idle sender looks every few seconds.
+IDLE_RECHECK_SECONDS = 5.0
 CHAT_JOIN_RECHECK_SECONDS = 0.1
 SETTLE_WINDOW_SECONDS = 0.25
 SETTLE_STEP_SECONDS = 0.002

@@ -46,11 +46,30 @@ def get_secret(timeout: float = LOOKUP_TIMEOUT_SECONDS) -> Lookup:
     return box[0]
 
 
-def set_secret(value: str) -> None:
-    """Store the secret where `get_secret` reads it. Raises keyring's errors to the caller."""
-    import keyring
+def set_secret(value: str, timeout: float = 30.0) -> str | None:
+    """Store the secret where `get_secret` reads it. Returns why it could not, or None."""
+    problems: list[str] = []
 
-    keyring.set_password(KEYCHAIN_SERVICE, KEYCHAIN_ACCOUNT, value)
+    def worker() -> None:
+        try:
+            import keyring
+            import keyring.errors
+
+            try:
+                keyring.set_password(KEYCHAIN_SERVICE, KEYCHAIN_ACCOUNT, value)
+            except keyring.errors.NoKeyringError:
+                problems.append("no keyring backend on this machine")
+                return
+            problems.append("")
+        except Exception as exc:  # a backend failure is reported, never raised
+            problems.append(f"the keyring refused it ({type(exc).__name__})")
+
+    thread = threading.Thread(target=worker, name="keychain-store", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not problems:
+        return f"keychain did not answer within {timeout:g}s (locked, or a prompt)"
+    return problems[0] or None
 
 
 def backend_name() -> str:

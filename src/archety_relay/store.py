@@ -137,8 +137,13 @@ class Store:
         with self._tx() as db:
             _write_cursor(db, cursor, now)
 
-    def enqueue(self, items: Iterable[tuple[str, int, bytes]], cursor: Cursor, now: float) -> int:
-        """Store (guid, rowid, body) items and move the cursor, atomically. Returns how many were new."""
+    def enqueue(
+        self, items: Iterable[tuple[str, int, bytes]], cursor: Cursor | None, now: float
+    ) -> int:
+        """Store (guid, rowid, body) items and move the cursor, atomically. Returns how many were new.
+
+        `cursor=None` (a backfill of rows behind the cursor) leaves the cursor where it is.
+        """
         added = 0
         with self._tx() as db:
             for guid, rowid, body in items:
@@ -149,7 +154,8 @@ class Store:
                     "(SELECT 1 FROM dead_letter WHERE message_guid = ?)",
                     (guid, rowid, body, now, guid, guid),
                 ).rowcount
-            _write_cursor(db, cursor, now)
+            if cursor is not None:
+                _write_cursor(db, cursor, now)
         return added
 
     # -- outbox -----------------------------------------------------------------------------
@@ -224,6 +230,29 @@ class Store:
             return db.execute(
                 "DELETE FROM delivered WHERE delivered_at < ?", (now - DELIVERED_MEMORY_SECONDS,)
             ).rowcount
+
+    def known(self, guids: Iterable[str]) -> set[str]:
+        """Which of these guids are queued, dead-lettered or were delivered recently."""
+        found: set[str] = set()
+        with self._tx() as db:
+            for guid in guids:
+                row = db.execute(
+                    "SELECT 1 FROM outbox WHERE message_guid = ?1 UNION ALL "
+                    "SELECT 1 FROM delivered WHERE message_guid = ?1 UNION ALL "
+                    "SELECT 1 FROM dead_letter WHERE message_guid = ?1 LIMIT 1",
+                    (guid,),
+                ).fetchone()
+                if row:
+                    found.add(guid)
+        return found
+
+    def pending(self, guids: Iterable[str]) -> int:
+        """How many of these guids are still waiting in the outbox."""
+        with self._tx() as db:
+            return sum(
+                db.execute("SELECT COUNT(*) FROM outbox WHERE message_guid = ?", (g,)).fetchone()[0]
+                for g in guids
+            )
 
     def stats(self) -> QueueStats:
         with self._tx() as db:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import RelayError
-from . import demo, run, state
+from . import demo, logs, ops, run, service, state
 
 EPILOG = """exit codes: 0 ok, 2 configuration error, 3 auth rejected (401/403),
 4 backend unreachable, 5 chat.db unreadable (Full Disk Access), 6 state directory unusable"""
@@ -68,6 +68,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="age such as 7d, 12h, 30m (default 7d)",
     )
     p.set_defaults(handler=state.cmd_purge_dead)
+
+    p = sub.add_parser(
+        "doctor", parents=[common], help="check every precondition, one line each, with the fix"
+    )
+    p.set_defaults(handler=ops.cmd_doctor)
+
+    p = sub.add_parser(
+        "set-secret",
+        parents=[common],
+        help="store the webhook secret in the Keychain (read from a prompt or stdin)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="do not check it against the backend")
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="print a new random secret (openssl rand -hex 32) for a rotation",
+    )
+    p.set_defaults(handler=ops.cmd_set_secret)
+
+    p = sub.add_parser(
+        "test-message",
+        parents=[common],
+        help="health check, then post one synthetic message like a real one",
+    )
+    p.add_argument("text", help="the message text")
+    p.set_defaults(handler=ops.cmd_test_message)
+
+    p = sub.add_parser(
+        "backfill",
+        parents=[common],
+        help="deliberately replay recent history (the first start never does)",
+    )
+    p.add_argument("--since", required=True, type=state.parse_duration, help="e.g. 2h, 30m")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=ops.cmd_backfill)
+
+    p = sub.add_parser(
+        "install-service",
+        parents=[common],
+        help="write and load the LaunchAgent for this installation (macOS)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plist and commands only")
+    p.set_defaults(handler=service.cmd_install)
+    p = sub.add_parser(
+        "uninstall-service", parents=[common], help="stop and remove the LaunchAgent (macOS)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.set_defaults(handler=service.cmd_uninstall)
+
+    p = sub.add_parser("logs", parents=[common], help="read the relay's log")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument(
+        "--errors", action="store_true", help="only warnings and errors, with what to do about them"
+    )
+    p.add_argument("--since", type=state.parse_duration, default=None, help="e.g. 1h, 30m")
+    p.set_defaults(handler=logs.cmd_logs)
     return parser
 
 
@@ -88,3 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `archety-relay logs | head`
+        sys.stderr.close()
+        return 0

@@ -161,6 +161,9 @@ class StubBackend:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                if len(raw) < length:  # the client died mid-request: nothing was sent
+                    self.close_connection = True
+                    return
                 arrived = time.time()
                 try:
                     body = json.loads(raw) if raw else None

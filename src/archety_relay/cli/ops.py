@@ -1,0 +1,256 @@
+"""`doctor`, `set-secret`, `test-message`, `backfill`: the operator's tools."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import secrets
+import sys
+import time
+import uuid
+
+from .. import backfill, config, doctor, keychain
+from ..backend import Backend
+from ..chatdb import ChatDb
+from ..config import Secret, Settings
+from ..errors import EXIT_AUTH, EXIT_BACKEND, EXIT_OK, ConfigError
+from ..pidlock import PidLock, running_pid
+from ..policy import HttpOutcome
+from ..relay import Relay
+from ..store import Store, open_store
+from .common import settings_and_logs
+from .state import format_duration
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = doctor.run_checks()
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        mark = "–" if check.skipped else ("✓" if check.ok else "✗")
+        print(f"{mark} {check.name:<{width}}  {check.detail}")
+        if not check.ok and check.fix:
+            print(f"  {'':<{width}}  fix: {check.fix}")
+    code = doctor.exit_code(checks)
+    failed = sum(1 for c in checks if not c.ok and not c.skipped)
+    print("\nall checks passed" if code == EXIT_OK else f"\n{failed} check(s) failed")
+    return code
+
+
+# -- set-secret ---------------------------------------------------------------------------------
+def _read_secret() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("Webhook secret (input hidden): ").strip()
+    return sys.stdin.readline().strip()
+
+
+def _write_env_file(settings: Settings, value: str) -> str:
+    path = settings.env_file or settings.state_dir / ".env"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [ln for ln in lines if not ln.strip().startswith(config.SECRET_VARIABLE + "=")]
+    lines.append(f"{config.SECRET_VARIABLE}={value}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def _verify(settings: Settings, secret: Secret) -> HttpOutcome:
+    backend = Backend(
+        settings.backend_url,
+        settings.agent_id,
+        lambda: secret,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=15.0,
+    )
+    try:
+        return backend.heartbeat()
+    finally:
+        backend.close()
+
+
+def cmd_set_secret(args: argparse.Namespace) -> int:
+    if args.generate:
+        print(secrets.token_hex(32))
+        print(
+            "Rotation: set this value on the backend first, then store it here with "
+            "`archety-relay set-secret` (paste it at the prompt).",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    settings = config.load(require_secret=False)
+    value = _read_secret()
+    if not value or any(ch.isspace() for ch in value):
+        raise ConfigError("set-secret: the secret is empty or contains spaces")
+    secret = Secret(value)
+    verified: HttpOutcome | None = None
+    if not args.no_verify:
+        verified = _verify(settings, secret)
+        if verified.status in (401, 403):
+            print(f"❌ the backend rejected this secret (HTTP {verified.status}); nothing stored.")
+            return EXIT_AUTH
+    problem = keychain.set_secret(value)
+    if problem is None:
+        print(
+            f"✅ stored in the Keychain (service {keychain.KEYCHAIN_SERVICE}, "
+            f"account {keychain.KEYCHAIN_ACCOUNT}), ends …{secret.last4() or '****'}"
+        )
+    else:
+        where = _write_env_file(settings, value)
+        print(f"Keychain unavailable: {problem}. Wrote {where} (mode 0600) instead.")
+    if settings.secret_source in ("environment", ".env") and problem is None:
+        print(
+            f"⚠ RELAY_WEBHOOK_SECRET is also set in the {settings.secret_source}, which wins "
+            "over the Keychain: remove it there."
+        )
+    if verified is None:
+        print("not verified (--no-verify)")
+    elif verified.ok:
+        print(f"✅ the backend accepts it (heartbeat HTTP {verified.status})")
+    else:
+        print(f"⚠ stored, but the backend could not be asked: {_describe(verified)}")
+        return EXIT_BACKEND
+    if running_pid(settings.state_dir):
+        print(
+            "The running relay picks it up at its next probe; to apply it now: "
+            "launchctl kill HUP gui/$(id -u)/com.archety.relay"
+        )
+    return EXIT_OK
+
+
+# -- test-message -------------------------------------------------------------------------------
+def _describe(outcome: HttpOutcome) -> str:
+    if outcome.status is not None:
+        return f"HTTP {outcome.status} in {outcome.elapsed_ms:.0f} ms"
+    return f"no answer ({outcome.error})"
+
+
+def cmd_test_message(args: argparse.Namespace) -> int:
+    settings = settings_and_logs(args)
+    backend = Backend(
+        settings.backend_url,
+        settings.agent_id,
+        lambda: settings.secret,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    )
+    try:
+        health = backend.heartbeat()
+        if not health.ok:
+            return _test_failed("health check", health)
+        sender = f"archety-relay-test@{settings.agent_id}"
+        guid = f"relay-test-{uuid.uuid4()}"
+        body = {
+            "chat_guid": f"iMessage;-;{sender}",
+            "mode": "direct",
+            "sender": sender,
+            "text": args.text,
+            "timestamp": int(time.time()),
+            "participants": [sender],
+            "message_guid": guid,
+        }
+        outcome = backend.post_message(json.dumps(body).encode(), guid)
+    finally:
+        backend.close()
+    if not outcome.ok:
+        return _test_failed("test message", outcome)
+    print(f"✅ test message accepted: {_describe(outcome)} (health check {_describe(health)})")
+    if outcome.body:
+        print(f"   backend answered: {outcome.body[:300]}")
+    return EXIT_OK
+
+
+def _test_failed(what: str, outcome: HttpOutcome) -> int:
+    if outcome.status in (401, 403):
+        print(
+            f"❌ {what}: HTTP {outcome.status}, the backend rejected RELAY_WEBHOOK_SECRET "
+            "(archety-relay set-secret)"
+        )
+        return EXIT_AUTH
+    print(f"❌ {what}: {_describe(outcome)}")
+    return EXIT_BACKEND
+
+
+# -- backfill -----------------------------------------------------------------------------------
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total if total else width
+    print(
+        f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    settings = settings_and_logs(args)
+    now = time.time()
+    store = open_store(settings.state_dir)
+    try:
+        with ChatDb(settings.chat_db) as chatdb:
+            found = backfill.plan(chatdb, store, args.since, now)
+        total = len(found.messages)
+        print(
+            f"{total} message(s) from the last {format_duration(args.since)} would be sent "
+            f"({found.already_known} already sent or queued, "
+            f"{sum(found.skipped.values())} skipped by the forwarding rules)."
+        )
+        if total == 0:
+            return EXIT_OK
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ConfigError("backfill: add --yes to confirm when not at a terminal")
+            if input("Send them? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("nothing sent")
+                return EXIT_OK
+        backfill.enqueue(store, found, time.time())
+        return _deliver_backfill(settings, store, [m.message_guid for m in found.messages])
+    finally:
+        store.close()
+
+
+def _deliver_backfill(settings: Settings, store: Store, guids: list[str]) -> int:
+    total = len(guids)
+    if running_pid(settings.state_dir):
+        print("queued; the running relay is delivering them")
+        deadline = time.monotonic() + 300
+        pending = total
+        while pending and time.monotonic() < deadline:
+            pending = store.pending(guids)
+            _progress(total - pending, total)
+            time.sleep(0.5)
+        print(file=sys.stderr)
+        if pending:
+            print(f"{pending} still queued; `archety-relay status` shows why")
+            return EXIT_BACKEND
+        return EXIT_OK
+    lock = PidLock(settings.state_dir)
+    lock.acquire()
+    try:
+        with ChatDb(settings.chat_db) as chatdb:
+            relay = Relay(settings, chatdb, store)
+            sent = 0
+            _progress(0, total)
+            while True:
+                delivery = relay.deliver_step(time.monotonic())
+                if delivery.kind in ("delivered", "dead_lettered"):
+                    sent += 1
+                    _progress(min(sent, total), total)
+                    continue
+                break
+            relay.backend.close()
+        print(file=sys.stderr)
+        if delivery.kind != "idle":
+            print(
+                f"stopped: {_describe(delivery.outcome) if delivery.outcome else delivery.kind}"
+                "; the rest stays queued for the daemon"
+            )
+            return EXIT_AUTH if delivery.kind == "auth_paused" else EXIT_BACKEND
+        print(f"✅ {sent} message(s) delivered")
+        return EXIT_OK
+    finally:
+        lock.release()

@@ -1,0 +1,305 @@
+"""`archety-relay doctor`: every precondition checked in order, one result each, with the fix.
+
+Each check is a function returning `Check`; they run in order and later checks use what earlier
+ones found (no secret: the backend check says so instead of guessing). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config, launchd, macos
+from .backend import Backend
+from .chatdb import ChatDb
+from .config import Settings
+from .errors import (
+    EXIT_AUTH,
+    EXIT_BACKEND,
+    EXIT_CHATDB,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_STATE,
+    ConfigError,
+    RelayError,
+)
+from .store import OUTBOX_FILE, open_store
+
+FDA_LOCATION = "System Settings > Privacy & Security > Full Disk Access"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    exit_code: int = EXIT_OK  # what a failure of this check means for scripts
+    skipped: bool = False
+
+
+def real_interpreter() -> str:
+    """The binary macOS checks for Full Disk Access: the venv symlink resolved."""
+    return os.path.realpath(sys.executable)
+
+
+def run_checks(
+    environ: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    home: Path | None = None,
+) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        settings = config.load(environ, cwd)
+        checks.append(Check("configuration", True, f"loaded (.env: {settings.env_file or 'none'})"))
+        checks.append(
+            Check(
+                "secret",
+                True,
+                f"found in {settings.secret_source}"
+                + (f", ends …{settings.secret.last4()}" if settings.secret.last4() else ""),
+            )
+        )
+    except ConfigError as exc:
+        missing_secret = config.SECRET_VARIABLE in exc.message and "No webhook" in exc.message
+        try:
+            settings = config.load(environ, cwd, require_secret=False)
+        except ConfigError:
+            checks.append(
+                Check(
+                    "configuration", False, exc.message, "fix the variable named above", EXIT_CONFIG
+                )
+            )
+            return checks
+        if missing_secret:
+            checks.append(Check("configuration", True, "loaded"))
+            checks.append(
+                Check(
+                    "secret",
+                    False,
+                    "not found in environment, .env or Keychain",
+                    "archety-relay set-secret",
+                    EXIT_CONFIG,
+                )
+            )
+        else:
+            checks.append(Check("configuration", False, exc.message, "", EXIT_CONFIG))
+    has_secret = bool(settings.secret.reveal())
+    for check in (
+        _url_check(settings),
+        _dns_check(settings),
+        _backend_check(settings)
+        if has_secret
+        else Check(
+            "backend accepts secret",
+            False,
+            "skipped: no secret",
+            "archety-relay set-secret",
+            EXIT_CONFIG,
+        ),
+        _chatdb_check(settings),
+        _wal_check(settings),
+        _state_check(settings),
+        _launchagent_check(home or Path.home()),
+        _log_check(settings),
+    ):
+        checks.append(check)
+    return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    for check in checks:
+        if not check.ok and not check.skipped:
+            return check.exit_code or 1
+    return EXIT_OK
+
+
+def _url_check(settings: Settings) -> Check:
+    parts = urllib.parse.urlsplit(settings.backend_url)
+    if parts.scheme == "https":
+        return Check("backend URL", True, f"{settings.backend_url} (https)")
+    if config.is_loopback(parts.hostname):
+        return Check("backend URL", True, f"{settings.backend_url} (loopback)")
+    return Check(
+        "backend URL",
+        False,
+        f"{settings.backend_url} is plain http",
+        "use https: the secret would travel in clear text",
+        EXIT_CONFIG,
+    )
+
+
+def _dns_check(settings: Settings) -> Check:
+    parts = urllib.parse.urlsplit(settings.backend_url)
+    host = parts.hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError as exc:
+        return Check(
+            "DNS",
+            False,
+            f"{host} does not resolve: {exc}",
+            "check the Mac mini's network and DNS settings",
+            EXIT_BACKEND,
+        )
+    address = infos[0][4][0] if infos else "?"
+    return Check("DNS", True, f"{host} → {address}")
+
+
+def _backend_check(settings: Settings) -> Check:
+    backend = Backend(
+        settings.backend_url,
+        settings.agent_id,
+        lambda: settings.secret,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=10.0,
+    )
+    try:
+        outcome = backend.heartbeat()
+    finally:
+        backend.close()
+    if outcome.ok:
+        return Check(
+            "backend accepts secret",
+            True,
+            f"heartbeat HTTP {outcome.status} in {outcome.elapsed_ms:.0f} ms",
+        )
+    if outcome.status in (401, 403):
+        return Check(
+            "backend accepts secret",
+            False,
+            f"heartbeat rejected with HTTP {outcome.status}: the backend does not accept "
+            f"RELAY_WEBHOOK_SECRET (from {settings.secret_source})",
+            "set the current secret: archety-relay set-secret (or fix .env / the environment)",
+            EXIT_AUTH,
+        )
+    if outcome.status is None:
+        return Check(
+            "backend accepts secret",
+            False,
+            f"no answer from {settings.backend_url} ({outcome.error})",
+            "check the URL and the network; messages queue meanwhile",
+            EXIT_BACKEND,
+        )
+    return Check(
+        "backend accepts secret",
+        False,
+        f"heartbeat answered HTTP {outcome.status}",
+        "the backend is failing; messages queue meanwhile",
+        EXIT_BACKEND,
+    )
+
+
+def _chatdb_check(settings: Settings) -> Check:
+    fix = (
+        f"grant Full Disk Access to {real_interpreter()} in {FDA_LOCATION} "
+        "(⇧⌘G to type the path), then restart the relay"
+    )
+    try:
+        with ChatDb(settings.chat_db) as chatdb:
+            top = chatdb.max_rowid()
+    except RelayError as exc:
+        return Check("chat.db readable", False, exc.message, fix, EXIT_CHATDB)
+    return Check("chat.db readable", True, f"{settings.chat_db} (MAX(ROWID) {top})")
+
+
+def _wal_check(settings: Settings) -> Check:
+    wal = Path(str(settings.chat_db) + "-wal")
+    if not wal.exists():
+        return Check("chat.db WAL", True, "no WAL right now (checkpointed)")
+    try:
+        with open(wal, "rb") as f:
+            f.read(32)
+    except OSError as exc:
+        return Check(
+            "chat.db WAL",
+            False,
+            f"{wal} cannot be read: {exc}",
+            f"grant Full Disk Access to {real_interpreter()}",
+            EXIT_CHATDB,
+        )
+    return Check("chat.db WAL", True, f"{wal} readable ({wal.stat().st_size} bytes)")
+
+
+def _state_check(settings: Settings) -> Check:
+    existed = (settings.state_dir / OUTBOX_FILE).exists()
+    try:
+        store = open_store(settings.state_dir)
+        try:
+            stats = store.stats()
+        finally:
+            store.close()
+        probe = settings.state_dir / ".doctor-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except (RelayError, OSError) as exc:
+        return Check(
+            "state directory",
+            False,
+            f"{settings.state_dir}: {exc}",
+            "make ARCHETY_STATE_DIR writable and free some space",
+            EXIT_STATE,
+        )
+    what = (
+        f"queue {stats.depth}, dead letters {stats.dead_letters}"
+        if existed
+        else "new outbox created"
+    )
+    return Check("state directory", True, f"{settings.state_dir} writable; {what}")
+
+
+def _launchagent_check(home: Path) -> Check:
+    plist = launchd.agent_path(home)
+    if not macos.IS_MACOS:
+        return Check("LaunchAgent", True, "skipped (not macOS)", skipped=True)
+    if not plist.exists():
+        return Check(
+            "LaunchAgent", False, f"{plist} not installed", "archety-relay install-service", 1
+        )
+    ran = macos.run(["launchctl", "print", f"gui/{os.getuid()}/{launchd.LABEL}"])
+    if ran.returncode != 0:
+        return Check(
+            "LaunchAgent",
+            False,
+            "installed but not loaded",
+            "archety-relay install-service (re-loads it)",
+            1,
+        )
+    state = next(
+        (
+            line.split("=", 1)[1].strip()
+            for line in ran.output.splitlines()
+            if line.strip().startswith("state =")
+        ),
+        "unknown",
+    )
+    if state != "running":
+        return Check(
+            "LaunchAgent",
+            False,
+            f"loaded, state {state}",
+            f"launchctl kickstart -k gui/{os.getuid()}/{launchd.LABEL}; "
+            "then archety-relay logs --errors",
+            1,
+        )
+    return Check("LaunchAgent", True, "installed, loaded, running")
+
+
+def _log_check(settings: Settings) -> Check:
+    try:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(settings.log_file, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        return Check(
+            "log file",
+            False,
+            f"{settings.log_file}: {exc}",
+            "set ARCHETY_LOG_FILE to a writable path",
+            EXIT_STATE,
+        )
+    return Check("log file", True, f"{settings.log_file} writable")
