@@ -150,16 +150,46 @@ class MessagesWriter:
             raise
         return rowid
 
-    def burst(self, texts: Sequence[str], *, sender: str, chat: int) -> list[int]:
+    def burst(
+        self, texts: Sequence[str], *, sender: str, chat: int, text_in_column: bool = False
+    ) -> list[int]:
         """Many messages committed in one transaction (a sync catching up, a busy group)."""
         self.conn.execute("BEGIN")
         rowids = []
         for text in texts:
-            rowid = self._insert_message(text, sender, False, 0, 0, 0, None, (), None, None)
+            rowid = self._insert_message(
+                text, sender, text_in_column, 0, 0, 0, None, (), None, None
+            )
             self.join(rowid, chat)
             rowids.append(rowid)
         self.conn.execute("COMMIT")
         return rowids
+
+    def fill_history(self, count: int, *, sender: str, chat: int, days: float = 400) -> None:
+        """`count` old messages with their chat joins, written in bulk (for scale benchmarks)."""
+        handle = self.handle(sender)
+        body = typedstream.encode("an old message from long ago")
+        start = time.time() - days * 86400
+        step = days * 86400 / max(count, 1)
+        self.conn.execute("BEGIN")
+        batch = 50_000
+        for first in range(0, count, batch):
+            rows = [
+                (str(uuid.uuid4()).upper(), body, handle, apple_date(start + i * step))
+                for i in range(first, min(count, first + batch))
+            ]
+            self.conn.executemany(
+                "INSERT INTO message (guid, attributedBody, handle_id, service, date, "
+                "is_finished, is_delivered) VALUES (?, ?, ?, 'iMessage', ?, 1, 1)",
+                rows,
+            )
+        self.conn.execute(
+            "INSERT INTO chat_message_join (chat_id, message_id, message_date, index_state) "
+            "SELECT ?, ROWID, date, 2 FROM message WHERE handle_id = ?",
+            (chat, handle),
+        )
+        self.conn.execute("COMMIT")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def join(self, message_rowid: int, chat: int) -> None:
         date = self.conn.execute(

@@ -1,0 +1,65 @@
+"""The only caller of osascript: sending a message through Messages.app.
+
+The text and the chat guid are passed as *arguments* to an `on run argv` script, never spliced
+into AppleScript source, so no text can inject script (quotes, backslashes, `end tell`...).
+On Linux there is no osascript; tests put a fake one first on PATH that records its argv.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+SCRIPT = (
+    "on run argv",
+    "set chatId to item 1 of argv",
+    "set messageText to item 2 of argv",
+    'tell application "Messages"',
+    "send messageText to chat id chatId",
+    "end tell",
+    "end run",
+)
+SEND_TIMEOUT_SECONDS = 30.0
+# AppleScript's "Not authorized to send Apple events" (Automation permission missing).
+NOT_AUTHORIZED = "-1743"
+AUTOMATION_HINT = (
+    "allow the relay's Python to control Messages: System Settings > Privacy & Security > "
+    "Automation > (the interpreter) > Messages"
+)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ok: bool
+    error: str | None = None
+    retryable: bool = True
+
+
+def send_argv(chat_guid: str, text: str, osascript: str = "osascript") -> list[str]:
+    argv = [osascript]
+    for line in SCRIPT:
+        argv += ["-e", line]
+    return [*argv, chat_guid, text]
+
+
+def send(chat_guid: str, text: str, timeout: float = SEND_TIMEOUT_SECONDS) -> SendResult:
+    osascript = shutil.which("osascript")
+    if osascript is None:
+        return SendResult(False, "osascript not found (not macOS?)", retryable=False)
+    try:
+        done = subprocess.run(
+            send_argv(chat_guid, text, osascript), capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return SendResult(False, f"osascript did not finish within {timeout:g}s")
+    except OSError as exc:
+        return SendResult(False, f"osascript could not run: {exc}")
+    if done.returncode == 0:
+        return SendResult(True)
+    detail = (done.stderr or done.stdout).strip()[:300]
+    if NOT_AUTHORIZED in detail:
+        return SendResult(
+            False, f"automation_permission_missing: {AUTOMATION_HINT}", retryable=False
+        )
+    return SendResult(False, f"osascript exit {done.returncode}: {detail}")

@@ -1,0 +1,46 @@
+"""The only SQL on our own state database (`<state dir>/outbox.db`).
+
+db        the connection, schema, the one transaction helper, safe opening
+outbox    cursor, queued messages, dead letters, delivered guids, facts for status
+outgoing  replies and sends waiting for Messages.app, events for the backend, seen commands
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .db import OUTBOX_FILE, open_connection
+from .outbox import (
+    DELIVERED_MEMORY_SECONDS,
+    Cursor,
+    DeadLetter,
+    OutboxQueries,
+    QueuedItem,
+    QueueStats,
+)
+from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
+
+
+class Store(OutboxQueries, OutgoingQueries):
+    """Every query on the state database, sharing one connection and one lock."""
+
+
+def open_store(state_dir: Path, now: float | None = None) -> Store:
+    """Open (or create) the outbox; a corrupt one is moved aside and a fresh one started."""
+    conn, path = open_connection(state_dir, now)
+    return Store(conn, path)
+
+
+__all__ = [
+    "DELIVERED_MEMORY_SECONDS",
+    "OUTBOX_FILE",
+    "Cursor",
+    "DeadLetter",
+    "Event",
+    "NewOutgoing",
+    "Outgoing",
+    "QueueStats",
+    "QueuedItem",
+    "Store",
+    "open_store",
+]

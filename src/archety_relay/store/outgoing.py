@@ -1,0 +1,217 @@
+"""Outgoing work (replies, sends, scheduled sends), the events that report it, seen commands.
+
+Outgoing rows are stored before anything is sent. A row is marked `sending` (committed) before
+osascript runs and `sent` after; a row found `sending` after a crash is checked against chat.db
+(Messages writes what it sent as `is_from_me = 1`) before it is tried again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .db import Transactional
+
+PENDING, SENDING, SENT, FAILED, CANCELLED, MISSED = (
+    "pending",
+    "sending",
+    "sent",
+    "failed",
+    "cancelled",
+    "missed",
+)
+
+
+@dataclass(frozen=True)
+class NewOutgoing:
+    chat_guid: str
+    text: str
+    send_at: float
+    origin: str  # "reply" | "send_message" | "schedule_message"
+    command_id: str | None = None
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    id: int
+    chat_guid: str
+    text: str
+    send_at: float
+    status: str
+    attempts: int
+    origin: str
+    command_id: str | None
+    reply_to: str | None
+    sending_since: float | None
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    created_at: float
+
+
+_COLUMNS = (
+    "id, chat_guid, text, send_at, status, attempts, origin, command_id, reply_to, sending_since"
+)
+
+
+def insert_outgoing(db: sqlite3.Connection, item: NewOutgoing, now: float) -> int:
+    cur = db.execute(
+        "INSERT INTO outgoing (chat_guid, text, send_at, origin, command_id, reply_to, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            item.chat_guid,
+            item.text,
+            item.send_at,
+            item.origin,
+            item.command_id,
+            item.reply_to,
+            now,
+            now,
+        ),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def insert_event(
+    db: sqlite3.Connection, event_type: str, payload: dict[str, Any], now: float
+) -> str:
+    event_id = f"evt-{uuid.uuid4()}"
+    db.execute(
+        "INSERT INTO events (event_id, event_type, payload, created_at) VALUES (?, ?, ?, ?)",
+        (event_id, event_type, json.dumps(payload, ensure_ascii=False), now),
+    )
+    return event_id
+
+
+class OutgoingQueries(Transactional):
+    def add_outgoing(
+        self,
+        items: Sequence[NewOutgoing],
+        now: float,
+        event: tuple[str, dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """Store outgoing rows (and optionally an event about them) in one transaction."""
+        with self._tx() as db:
+            ids = [insert_outgoing(db, item, now) for item in items]
+            if event is not None:
+                insert_event(db, event[0], {**event[1], "message_ids": ids}, now)
+        return ids
+
+    def heads_due(self, now: float) -> list[Outgoing]:
+        """The earliest unsent row of each chat, if it is due: one chat never blocks another,
+        and within a chat bubbles keep their order."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM outgoing AS o WHERE status IN ('pending', 'sending') "
+                "AND id = (SELECT id FROM outgoing AS e WHERE e.chat_guid = o.chat_guid AND "
+                "e.status IN ('pending', 'sending') ORDER BY e.send_at, e.id LIMIT 1) "
+                "AND send_at <= ? ORDER BY send_at, id",
+                (now,),
+            ).fetchall()
+        return [Outgoing(*r) for r in rows]
+
+    def next_due_at(self) -> float | None:
+        with self._tx() as db:
+            value = db.execute(
+                "SELECT MIN(send_at) FROM outgoing WHERE status IN ('pending', 'sending')"
+            ).fetchone()[0]
+        return float(value) if value is not None else None
+
+    def mark_sending(self, item: Outgoing, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outgoing SET status = 'sending', attempts = attempts + 1, "
+                "sending_since = ?, updated_at = ? WHERE id = ?",
+                (now, now, item.id),
+            )
+
+    def finish(
+        self,
+        item: Outgoing,
+        status: str,
+        now: float,
+        event_type: str,
+        details: dict[str, Any],
+        error: str | None = None,
+    ) -> None:
+        """Final state of a row plus the event that reports it, together."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outgoing SET status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                (status, error, now, item.id),
+            )
+            insert_event(db, event_type, details, now)
+
+    def retry_later(self, item: Outgoing, send_at: float, error: str, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outgoing SET status = 'pending', send_at = ?, last_error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (send_at, error, now, item.id),
+            )
+
+    def cancel(self, message_id: int, now: float) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "UPDATE outgoing SET status = 'cancelled', updated_at = ? "
+                    "WHERE id = ? AND status = 'pending'",
+                    (now, message_id),
+                ).rowcount
+                == 1
+            )
+
+    def scheduled(self, status: str | None) -> list[Outgoing]:
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM outgoing WHERE origin = 'schedule_message' "
+                "AND (? IS NULL OR status = ?) ORDER BY send_at, id",
+                (status, status),
+            ).fetchall()
+        return [Outgoing(*r) for r in rows]
+
+    def outgoing_counts(self) -> dict[str, int]:
+        with self._tx() as db:
+            return dict(
+                db.execute("SELECT status, COUNT(*) FROM outgoing GROUP BY status").fetchall()
+            )
+
+    # -- commands and events ----------------------------------------------------------------
+    def first_sight(self, command_id: str, now: float) -> bool:
+        """True the first time a command id is seen; a repeat is not executed again."""
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "INSERT OR IGNORE INTO commands_seen (command_id, seen_at) VALUES (?, ?)",
+                    (command_id, now),
+                ).rowcount
+                == 1
+            )
+
+    def add_event(self, event_type: str, payload: dict[str, Any], now: float) -> str:
+        with self._tx() as db:
+            return insert_event(db, event_type, payload, now)
+
+    def pending_events(self, limit: int = 100) -> list[Event]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT event_id, event_type, payload, created_at FROM events ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Event(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def ack_events(self, event_ids: Sequence[str]) -> int:
+        with self._tx() as db:
+            return sum(
+                db.execute("DELETE FROM events WHERE event_id = ?", (e,)).rowcount
+                for e in event_ids
+            )
