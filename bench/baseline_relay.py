@@ -27,8 +27,11 @@ def on_term(_signum: int, _frame: types.FrameType | None) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
-    db, url, secret = os.environ["ARCHETY_CHAT_DB"], os.environ["ARCHETY_BACKEND_URL"], \
-        os.environ["RELAY_WEBHOOK_SECRET"]
+    db, url, secret = (
+        os.environ["ARCHETY_CHAT_DB"],
+        os.environ["ARCHETY_BACKEND_URL"],
+        os.environ["RELAY_WEBHOOK_SECRET"],
+    )
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     last = conn.execute("SELECT COALESCE(MAX(ROWID), 0) FROM message").fetchone()[0]
     print("ready", flush=True)
@@ -42,12 +45,21 @@ def main() -> int:
             last = rowid
             if text is None:
                 continue
-            body = {"chat_guid": f"iMessage;-;{sender}", "mode": "direct", "sender": sender,
-                    "text": text, "timestamp": int(time.time()), "participants": [sender],
-                    "message_guid": guid}
-            requests.post(url + "/orchestrator/message", data=json.dumps(body),
-                          headers={"Authorization": f"Bearer {secret}",
-                                   "Content-Type": "application/json"}, timeout=30)
+            body = {
+                "chat_guid": f"iMessage;-;{sender}",
+                "mode": "direct",
+                "sender": sender,
+                "text": text,
+                "timestamp": int(time.time()),
+                "participants": [sender],
+                "message_guid": guid,
+            }
+            requests.post(
+                url + "/orchestrator/message",
+                data=json.dumps(body),
+                headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+                timeout=30,
+            )
         time.sleep(POLL_SECONDS)
     return 0
 

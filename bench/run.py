@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fast_backend import FastBackend
+
 from archety_relay import typedstream
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
@@ -65,14 +67,16 @@ def proc_stat(pid: int) -> tuple[float, int, int]:
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    kb = {ln.split(":")[0]: int(ln.split()[1]) for ln in status if ln.startswith(("VmRSS", "VmHWM"))}
+    kb = {
+        ln.split(":")[0]: int(ln.split()[1]) for ln in status if ln.startswith(("VmRSS", "VmHWM"))
+    }
     return cpu, kb["VmRSS"], kb["VmHWM"]
 
 
 class Rig:
     """A chat.db, a loopback backend and one relay (ours or the baseline) between them."""
 
-    def __init__(self, kind: str, history: int = 0) -> None:
+    def __init__(self, kind: str, history: int = 0, fast: bool = False) -> None:
         self.kind = kind
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         (self.dir / "Messages").mkdir()
@@ -82,10 +86,11 @@ class Rig:
             self.writer.fill_history(history, sender=SENDER, chat=self.chat)
         self.secret = secrets.token_hex(32)
         self.backend = StubBackend(self.secret).start()
+        self.fast = FastBackend() if fast else None
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("ARCHETY_", "RELAY_"))},
             "RELAY_WEBHOOK_SECRET": self.secret,
-            "ARCHETY_BACKEND_URL": self.backend.url,
+            "ARCHETY_BACKEND_URL": self.fast.url if self.fast else self.backend.url,
             "ARCHETY_CHAT_DB": str(self.writer.path),
             "ARCHETY_STATE_DIR": str(self.dir / "state"),
             "ARCHETY_LOG_FILE": str(self.dir / "relay.log"),
@@ -98,8 +103,14 @@ class Rig:
             argv = [sys.executable, "-m", "archety_relay", "run"]
         else:
             argv = [sys.executable, str(HERE / "baseline_relay.py")]
-        self.proc = subprocess.Popen(argv, env=self.env, cwd=self.dir, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=self.dir,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         if self.kind == "relay":
             log = self.dir / "relay.log"
@@ -121,13 +132,15 @@ class Rig:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.backend.stop()
+        if self.fast:
+            self.fast.stop()
         self.writer.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextmanager
-def rig(kind: str, history: int = 0) -> Iterator[Rig]:
-    r = Rig(kind, history)
+def rig(kind: str, history: int = 0, fast: bool = False) -> Iterator[Rig]:
+    r = Rig(kind, history, fast)
     try:
         yield r
     finally:
@@ -141,21 +154,29 @@ def latency(kind: str, sizes: Sizes, history: int = 0) -> dict[str, Any]:
         for i in range(sizes.messages):
             guid = f"LAT-{i:05d}-{kind}"
             # text in the column too, so the baseline (which skips NULL text) sees every row
-            r.writer.message(f"latency {i}", sender=SENDER, chat=r.chat, guid=guid,
-                             text_in_column=True)
+            r.writer.message(
+                f"latency {i}", sender=SENDER, chat=r.chat, guid=guid, text_in_column=True
+            )
             committed[guid] = time.time()
             time.sleep(sizes.spacing_s)
         got = r.backend.wait_for_messages(sizes.messages, timeout=60)
-        ms = [(m.at - committed[m.body["message_guid"]]) * 1000 for m in got
-              if m.body and m.body.get("message_guid") in committed]
+        ms = [
+            (m.at - committed[m.body["message_guid"]]) * 1000
+            for m in got
+            if m.body and m.body.get("message_guid") in committed
+        ]
     return {
-        "received": len(ms), "p50_ms": percentile(ms, 0.5), "p90_ms": percentile(ms, 0.9),
-        "p99_ms": percentile(ms, 0.99), "max_ms": max(ms),
+        "received": len(ms),
+        "p50_ms": percentile(ms, 0.5),
+        "p90_ms": percentile(ms, 0.9),
+        "p99_ms": percentile(ms, 0.99),
+        "max_ms": max(ms),
     }
 
 
-def burst(kind: str, sizes: Sizes) -> dict[str, Any]:
-    with rig(kind) as r:
+def burst(kind: str, sizes: Sizes, fast: bool = False) -> dict[str, Any]:
+    """5,000 rows in one transaction; with `fast`, against the asyncio backend (see there)."""
+    with rig(kind, fast=fast) as r:
         pid = r.start()
         peak = [0]
         done = threading.Event()
@@ -173,12 +194,19 @@ def burst(kind: str, sizes: Sizes) -> dict[str, Any]:
         texts = [f"burst {i}" for i in range(sizes.burst)]
         start = time.time()
         r.writer.burst(texts, sender=SENDER, chat=r.chat, text_in_column=True)
-        got = r.backend.wait_for_messages(sizes.burst, timeout=600)
+        if r.fast:
+            r.fast.wait_for(sizes.burst, timeout=600)
+            arrivals = [t for t, _ in r.fast.arrivals]
+        else:
+            arrivals = [m.at for m in r.backend.wait_for_messages(sizes.burst, timeout=600)]
         done.set()
-        last = max(m.at for m in got) if got else start
-        seconds = last - start
-    return {"received": len(got), "seconds": seconds,
-            "per_s": len(got) / seconds if seconds > 0 else 0.0, "peak_rss_mb": peak[0] / 1024}
+        seconds = (max(arrivals) if arrivals else start) - start
+    return {
+        "received": len(arrivals),
+        "seconds": seconds,
+        "per_s": len(arrivals) / seconds if seconds > 0 else 0.0,
+        "peak_rss_mb": peak[0] / 1024,
+    }
 
 
 def idle(kind: str, sizes: Sizes) -> dict[str, Any]:
@@ -225,12 +253,19 @@ def decode(sizes: Sizes) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     model = ""
     try:
-        model = next(ln.split(":", 1)[1].strip() for ln in
-                     Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+        model = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return {"system": f"{platform.system()} {platform.release()}", "cpu": model,
-            "cores": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def main() -> int:
@@ -241,18 +276,27 @@ def main() -> int:
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
     only = set(args.only.split(","))
-    results: dict[str, Any] = {"sizes": asdict(sizes), "machine": machine(),
-                               "smoke": args.smoke, "started": time.strftime("%Y-%m-%d %H:%M")}
+    results: dict[str, Any] = {
+        "sizes": asdict(sizes),
+        "machine": machine(),
+        "smoke": args.smoke,
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
     def step(name: str, fn: Any, *a: Any) -> Any:
         print(f"… {name}", file=sys.stderr, flush=True)
         return fn(*a)
 
     if "latency" in only:
-        results["latency"] = {k: step(f"latency {k}", latency, k, sizes)
-                              for k in ("relay", "baseline")}
+        results["latency"] = {
+            k: step(f"latency {k}", latency, k, sizes) for k in ("relay", "baseline")
+        }
     if "burst" in only:
         results["burst"] = {k: step(f"burst {k}", burst, k, sizes) for k in ("relay", "baseline")}
+        results["burst_fast_backend"] = {
+            k: step(f"burst {k} (fast backend)", burst, k, sizes, True)
+            for k in ("relay", "baseline")
+        }
     if "scale" in only:
         results["scale"] = {"relay": step("scale relay", latency, "relay", sizes, sizes.history)}
     if "idle" in only:

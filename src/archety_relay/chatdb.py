@@ -19,8 +19,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import typedstream
 from .errors import ChatDbUnavailable
-from .rows import ChatRef, RawMessage, attachment
+from .rows import ChatRef, RawMessage, apple_date, attachment
 
 FULL_DISK_ACCESS_HINT = (
     "On a Mac this is almost always missing Full Disk Access: open System Settings > "
@@ -158,6 +159,23 @@ class ChatDb:
                 "SELECT MIN(ROWID) FROM message WHERE date >= ?", (apple_date,)
             ).fetchone()[0]
         return int(value) if value is not None else None
+
+    def was_sent(self, chat_guid: str, text: str, since_unix: float) -> bool:
+        """Whether Messages recorded an outgoing message with this text in this chat lately."""
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT m.text, m.attributedBody FROM chat AS c "
+                "JOIN chat_message_join AS j ON j.chat_id = c.ROWID "
+                "JOIN message AS m ON m.ROWID = j.message_id "
+                "WHERE c.guid = ? AND m.is_from_me = 1 AND m.date >= ? "
+                "ORDER BY m.ROWID DESC LIMIT 200",
+                (chat_guid, apple_date(since_unix)),
+            ).fetchall()
+        wanted = text.strip()
+        return any(
+            ((t if isinstance(t, str) and t else typedstream.decode(b)) or "").strip() == wanted
+            for t, b in rows
+        )
 
     def read_after(self, cursor: int, limit: int) -> list[RawMessage]:
         """Up to `limit` message rows with ROWID > cursor, in ROWID order, with their joins."""

@@ -81,6 +81,8 @@ class Settings:
     max_backoff: float = 60.0
     auth_probe_interval: float = 60.0
     chat_join_wait: float = 5.0
+    send_enabled: bool = True
+    send_rate_per_chat: float = 3.0  # bubbles per second into one chat, at most
     notes: tuple[str, ...] = field(default=())  # things worth a log line once logging is up
 
 
@@ -172,6 +174,8 @@ def load(
         max_backoff=_seconds(get, "ARCHETY_MAX_BACKOFF", 60.0, low=0.1, high=3600.0),
         auth_probe_interval=_seconds(get, "ARCHETY_AUTH_PROBE_INTERVAL", 60.0, low=0.1),
         chat_join_wait=_seconds(get, "ARCHETY_CHAT_JOIN_WAIT", 5.0, low=0.0, high=300.0),
+        send_enabled=_flag(get, "ARCHETY_SEND_ENABLED", True),
+        send_rate_per_chat=_seconds(get, "ARCHETY_SEND_RATE_PER_CHAT", 3.0, low=0.1, high=100.0),
         notes=tuple(notes),
     )
 
@@ -200,6 +204,17 @@ def _agent_id(raw: str) -> str:
     if not value or any(ch.isspace() or ord(ch) < 0x20 for ch in value) or len(value) > 128:
         raise ConfigError(f"EDGE_AGENT_ID must be a short name without spaces, got {raw!r}")
     return value
+
+
+def _flag(get: Callable[[str], str | None], name: str, default: bool) -> bool:
+    raw = get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
 
 
 def _seconds(

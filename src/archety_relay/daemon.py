@@ -3,6 +3,7 @@
     capture thread   waits for a file event or the poll interval, then `capture_step`
     sender thread    `deliver_step` until idle, then waits for the capture thread or a deadline
     timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL
+    dispatch thread  sends due replies and commanded messages through Messages.app
     watchdog         sets the capture thread's wake event (see watcher)
 
 No thread dies silently or holds up shutdown: each catches, logs (at most once a minute for a
@@ -22,6 +23,7 @@ from . import watcher
 from .chatdb import ChatDb
 from .config import Secret, Settings
 from .errors import ChatDbUnavailable, RelayError
+from .outbound import Sender
 from .relay import Relay
 from .store import Store
 
@@ -78,13 +80,16 @@ class Daemon:
         *,
         reload_secret: Callable[[], Secret] | None = None,
         on_ready: Callable[[], None] | None = None,
+        send: Sender | None = None,
     ) -> None:
         self.settings = settings
         self.chatdb = ChatDb(settings.chat_db)
-        self.relay = Relay(settings, self.chatdb, store, reload_secret=reload_secret)
+        self.relay = Relay(settings, self.chatdb, store, reload_secret=reload_secret, send=send)
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.outbox_ready = threading.Event()
+        self.outgoing_ready = threading.Event()
+        self.relay.outbound.notify = self.outgoing_ready.set
         self._threads: list[threading.Thread] = []
         self._observer: Any = None
         self._ready = False
@@ -103,6 +108,7 @@ class Daemon:
             ("capture", self._capture_loop),
             ("sender", self._sender_loop),
             ("timer", self._timer_loop),
+            ("dispatch", self._dispatch_loop),
         ):
             thread = threading.Thread(target=target, name=f"relay-{name}", daemon=True)
             thread.start()
@@ -113,6 +119,7 @@ class Daemon:
         self.stop.set()
         self.wake.set()
         self.outbox_ready.set()
+        self.outgoing_ready.set()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -206,17 +213,30 @@ class Daemon:
             self.outbox_ready.wait(timeout)
             self.outbox_ready.clear()
 
+    def _dispatch_loop(self) -> None:
+        errors = _ErrorLog("dispatch_failed")
+        while not self.stop.is_set():
+            try:
+                wait = self.relay.outbound.dispatch_step(time.time())
+                errors.ok(time.monotonic())
+            except Exception as exc:
+                wait = errors.failed(exc, time.monotonic())
+            timeout = IDLE_RECHECK_SECONDS if wait is None else min(wait, IDLE_RECHECK_SECONDS)
+            self.outgoing_ready.wait(timeout)
+            self.outgoing_ready.clear()
+
     def _timer_loop(self) -> None:
         errors = _ErrorLog("timer_failed")
         next_heartbeat = next_sync = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
             try:
+                intervals = self.relay.intervals
                 if now >= next_heartbeat:
-                    next_heartbeat = now + self.settings.heartbeat_interval
+                    next_heartbeat = now + intervals["heartbeat_interval"]
                     self.relay.heartbeat_step()
                 if now >= next_sync:
-                    next_sync = now + self.settings.sync_interval
+                    next_sync = now + intervals["sync_interval"]
                     self.relay.sync_step(time.time())
                 errors.ok(now)
             except Exception as exc:

@@ -18,11 +18,12 @@ from typing import Any
 
 import structlog
 
-from . import __version__, rows
+from . import __version__, commands, rows
 from .backend import Backend
 from .chatdb import ChatDb
 from .config import Secret, Settings
 from .model import Message, Skipped
+from .outbound import Outbound, Sender
 from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
 from .store import Cursor, Store
 
@@ -30,7 +31,17 @@ log = structlog.get_logger("archety_relay.relay")
 
 # Rows read per transaction: bounds memory during a burst and keeps each read snapshot short.
 READ_BATCH = 500
-CAPABILITIES = ("message_relay", "attributed_body", "attachments_metadata", "idempotency_key")
+CAPABILITIES = (
+    "message_relay",
+    "attributed_body",
+    "attachments_metadata",
+    "idempotency_key",
+    "replies",
+    "send_message",
+    "schedule_message",
+    "cancel_message",
+    "list_scheduled",
+)
 # An outage's warning is repeated at most this often; each attempt still logs at info.
 OUTAGE_LOG_INTERVAL = 60.0
 
@@ -61,6 +72,7 @@ class Relay:
         backend: Backend | None = None,
         reload_secret: Callable[[], Secret] | None = None,
         rng: random.Random | None = None,
+        send: Sender | None = None,
     ) -> None:
         self.settings = settings
         self.chatdb = chatdb
@@ -73,6 +85,12 @@ class Relay:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )
+        self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
+        # Changed at run time by the backend's config_updates (clamped in commands.intervals).
+        self.intervals = {
+            "heartbeat_interval": settings.heartbeat_interval,
+            "sync_interval": settings.sync_interval,
+        }
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
         self._held_since: dict[int, float] = {}
@@ -190,7 +208,11 @@ class Relay:
             verdict=decided.value,
         )
         if decided is Verdict.DELIVERED:
-            self.store.mark_delivered(item, time.time())
+            wall = time.time()
+            replies = self.outbound.replies_for(item, outcome.body, wall)
+            self.store.mark_delivered(item, wall, replies)
+            if replies:
+                self.outbound.notify()
             self._recovered(item.message_guid, now)
             return Delivery("delivered", 0.0, outcome)
         if decided is Verdict.DEAD_LETTER:
@@ -294,12 +316,22 @@ class Relay:
         }
 
     def sync_step(self, now: float) -> HttpOutcome:
+        """Report status and events; carry out the commands and settings that come back."""
         status = self.status_payload(now)
+        events = self.store.pending_events()
         payload = {
             "edge_agent_id": self.settings.agent_id,
             "version": __version__,
             "capabilities": list(CAPABILITIES),
-            "events": [],
+            "events": [
+                {
+                    "event_id": e.event_id,
+                    "event_type": e.event_type,
+                    "timestamp": _iso(e.created_at),
+                    **e.payload,
+                }
+                for e in events
+            ],
             "status": status,
             "last_sync": _iso(self.last_sync_at) if self.last_sync_at else None,
         }
@@ -309,31 +341,29 @@ class Relay:
             "oldest_undelivered_age_s": status["oldest_undelivered_age_s"],
             "dead_letters": status["dead_letters"],
         }
-        if outcome.ok:
-            self.last_sync_at = now
-            self.store.prune_delivered(now)
-            commands = _commands(outcome.body)
-            log.info(
-                "sync",
-                status=outcome.status,
-                commands=len(commands),
-                command_types=sorted({str(c.get("command_type")) for c in commands}),
-                **queue,
-            )
-        else:
+        if not outcome.ok:
             log.warning("sync_failed", status=outcome.status, error=outcome.error, **queue)
+            return outcome
+        self.last_sync_at = now
+        self.store.prune_delivered(now)
+        response = commands.parse_response(outcome.body)
+        acked = self.store.ack_events(response.ack_events)
+        for action in response.actions:
+            self.outbound.execute(action, now)
+        for name, value in response.intervals.items():
+            if self.intervals.get(name) != value:
+                log.info("interval_updated", name=name, seconds=value)
+                self.intervals[name] = value
+        log.info(
+            "sync",
+            status=outcome.status,
+            events_sent=len(events),
+            events_acked=acked,
+            commands=len(response.actions),
+            command_types=sorted({type(a).__name__ for a in response.actions}),
+            **queue,
+        )
         return outcome
-
-
-def _commands(body: str) -> list[dict[str, Any]]:
-    import json
-
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        return []
-    commands = parsed.get("commands") if isinstance(parsed, dict) else None
-    return [c for c in commands if isinstance(c, dict)] if isinstance(commands, list) else []
 
 
 def _log_captured(message: Message) -> None:

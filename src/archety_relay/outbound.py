@@ -1,0 +1,263 @@
+"""Talking back: replies and backend commands, carried out through Messages.app, durably.
+
+Everything outgoing is stored before it is acted on (see store.outgoing). `dispatch_step(now)`
+sends what is due, the earliest bubble of each chat first, and reports each outcome as an event
+that the next sync carries to the backend. `execute(action, now)` turns one sync command into
+stored work plus an event; a command id seen before is not executed again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from . import messages_app, replies
+from .chatdb import ChatDb
+from .commands import Action, Cancel, Invalid, ListScheduled, Schedule, SendNow
+from .config import Settings
+from .messages_app import SendResult
+from .store import NewOutgoing, Outgoing, QueuedItem, Store
+from .store.outgoing import FAILED, MISSED, SENDING, SENT
+
+log = structlog.get_logger("archety_relay.outbound")
+
+MAX_SEND_ATTEMPTS = 3
+SEND_RETRY_SECONDS = (2.0, 10.0)
+# A send due longer ago than this (the Mac was off, sending was disabled) is reported, not sent.
+MISSED_AFTER_SECONDS = 3600.0
+# How far back to look in chat.db for a send that a crash interrupted.
+RECOVERY_SLACK_SECONDS = 5.0
+IDLE_SECONDS = 30.0
+
+Sender = Callable[[str, str], SendResult]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+class Outbound:
+    def __init__(
+        self, settings: Settings, store: Store, chatdb: ChatDb, send: Sender = messages_app.send
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.chatdb = chatdb
+        self.send = send
+        self.notify: Callable[[], None] = lambda: None
+        self._last_sent: dict[str, float] = {}
+        self._recovered = False
+        self._disabled_logged = False
+
+    # -- replies ----------------------------------------------------------------------------
+    def replies_for(self, item: QueuedItem, response_body: str, now: float) -> list[NewOutgoing]:
+        """The bubbles the orchestrator's answer to `item` asks for, to store with delivery."""
+        planned = replies.plan(response_body)
+        if not planned.bubbles:
+            log.info("reply_none", message_guid=item.message_guid, reason=planned.reason)
+            return []
+        chat_guid = json.loads(item.body)["chat_guid"]
+        log.info(
+            "reply_planned",
+            message_guid=item.message_guid,
+            shape=planned.reason,
+            bubbles=len(planned.bubbles),
+            chat_guid=chat_guid,
+        )
+        return [
+            NewOutgoing(chat_guid, b.text, now + b.delay, "reply", reply_to=item.message_guid)
+            for b in planned.bubbles
+        ]
+
+    # -- commands ---------------------------------------------------------------------------
+    def execute(self, action: Action, now: float) -> None:
+        kind = type(action).__name__
+        if action.command_id and not self.store.first_sight(action.command_id, now):
+            log.info("command_duplicate_ignored", command_id=action.command_id, action=kind)
+            return
+        base: dict[str, Any] = {"command_id": action.command_id}
+        if isinstance(action, Invalid):
+            self.store.add_event(
+                "command_failed",
+                {**base, "details": {"command_type": action.command_type, "reason": action.reason}},
+                now,
+            )
+            log.warning(
+                "command_failed",
+                command_id=action.command_id,
+                command_type=action.command_type,
+                reason=action.reason,
+            )
+        elif isinstance(action, (SendNow, Schedule)):
+            scheduled = isinstance(action, Schedule)
+            send_at = action.send_at if isinstance(action, Schedule) else now
+            origin = "schedule_message" if scheduled else "send_message"
+            ids = self.store.add_outgoing(
+                [NewOutgoing(action.chat_guid, action.text, send_at, origin, action.command_id)],
+                now,
+                event=(
+                    "command_completed",
+                    {
+                        **base,
+                        "chat_guid": action.chat_guid,
+                        "thread_id": action.chat_guid,
+                        "details": {"command_type": origin, "send_at": iso(send_at)},
+                    },
+                ),
+            )
+            log.info(
+                "command_accepted",
+                command_id=action.command_id,
+                command_type=origin,
+                message_id=ids[0],
+                send_at=iso(send_at),
+                chat_guid=action.chat_guid,
+            )
+            self.notify()
+        elif isinstance(action, Cancel):
+            done = self.store.cancel(action.message_id, now)
+            self.store.add_event(
+                "command_completed" if done else "command_failed",
+                {
+                    **base,
+                    "details": {
+                        "command_type": "cancel_message",
+                        "message_id": action.message_id,
+                        **({} if done else {"reason": "no pending message with that id"}),
+                    },
+                },
+                now,
+            )
+            log.info("command_cancel", command_id=action.command_id, cancelled=done)
+        elif isinstance(action, ListScheduled):
+            items = [
+                {
+                    "message_id": o.id,
+                    "chat_guid": o.chat_guid,
+                    "send_at": iso(o.send_at),
+                    "status": o.status,
+                    "text": o.text,
+                }
+                for o in self.store.scheduled(action.status)
+            ]
+            self.store.add_event(
+                "command_completed",
+                {**base, "details": {"command_type": "list_scheduled", "scheduled": items}},
+                now,
+            )
+
+    # -- sending ----------------------------------------------------------------------------
+    def dispatch_step(self, now: float) -> float | None:
+        """Send every chat's due head once. Returns seconds until something is due (None: idle)."""
+        if not self._recovered:
+            self._recover_interrupted(now)
+            self._recovered = True
+        if not self.settings.send_enabled:
+            if not self._disabled_logged and self.store.next_due_at() is not None:
+                log.warning(
+                    "sending_disabled",
+                    hint="ARCHETY_SEND_ENABLED=0: replies and commands are stored, not sent",
+                )
+                self._disabled_logged = True
+            return None
+        gap = 1.0 / self.settings.send_rate_per_chat
+        waits: list[float] = []
+        for item in self.store.heads_due(now):
+            if now - item.send_at > MISSED_AFTER_SECONDS:
+                self._finish(
+                    item,
+                    MISSED,
+                    now,
+                    "message_failed",
+                    f"missed: due {iso(item.send_at)}, more than an hour ago",
+                )
+                continue
+            ready_at = self._last_sent.get(item.chat_guid, float("-inf")) + gap
+            if now < ready_at:
+                waits.append(ready_at - now)
+                continue
+            self._send_one(item, now)
+        due = self.store.next_due_at()
+        if due is not None:
+            waits.append(max(0.0, due - now))
+        return min(waits) if waits else None
+
+    def _send_one(self, item: Outgoing, now: float) -> None:
+        self.store.mark_sending(item, now)
+        result = self.send(item.chat_guid, item.text)
+        self._last_sent[item.chat_guid] = now
+        attempt = item.attempts + 1
+        log.info(
+            "message_send_attempt",
+            outgoing_id=item.id,
+            chat_guid=item.chat_guid,
+            origin=item.origin,
+            attempt=attempt,
+            ok=result.ok,
+            error=result.error,
+        )
+        if result.ok:
+            self._finish(item, SENT, now, "message_sent", None)
+        elif result.retryable and attempt < MAX_SEND_ATTEMPTS:
+            delay = SEND_RETRY_SECONDS[min(attempt, len(SEND_RETRY_SECONDS)) - 1]
+            self.store.retry_later(item, now + delay, result.error or "", now)
+        else:
+            self._finish(item, FAILED, now, "message_failed", result.error)
+            log.error(
+                "message_send_failed",
+                outgoing_id=item.id,
+                chat_guid=item.chat_guid,
+                attempts=attempt,
+                error=result.error,
+            )
+
+    def _finish(
+        self, item: Outgoing, status: str, now: float, event_type: str, error: str | None
+    ) -> None:
+        details: dict[str, Any] = {
+            "message_id": item.id,
+            "origin": item.origin,
+            "status": status,
+            "attempts": item.attempts + (0 if status == MISSED else 1),
+        }
+        if item.reply_to:
+            details["reply_to"] = item.reply_to
+        if error:
+            details["error"] = error
+        self.store.finish(
+            item,
+            status,
+            now,
+            event_type,
+            {
+                "command_id": item.command_id,
+                "chat_guid": item.chat_guid,
+                "thread_id": item.chat_guid,
+                "details": details,
+            },
+            error,
+        )
+        if status == MISSED:
+            log.warning(
+                "message_missed",
+                outgoing_id=item.id,
+                chat_guid=item.chat_guid,
+                due=iso(item.send_at),
+            )
+
+    def _recover_interrupted(self, now: float) -> None:
+        """A row left `sending` by a crash: if Messages has it as sent, it was; else retry."""
+        for item in self.store.heads_due(float("inf")):
+            if item.status != SENDING:
+                continue
+            since = (item.sending_since or item.send_at) - RECOVERY_SLACK_SECONDS
+            if self.chatdb.was_sent(item.chat_guid, item.text, since):
+                log.info("send_recovered_as_sent", outgoing_id=item.id)
+                self._finish(item, SENT, now, "message_sent", None)
+            else:
+                log.info("send_recovered_for_retry", outgoing_id=item.id)
+                self.store.retry_later(item, item.send_at, "interrupted", now)
