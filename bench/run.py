@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,10 +183,8 @@ def burst(kind: str, sizes: Sizes, fast: bool = False) -> dict[str, Any]:
 
         def sample() -> None:
             while not done.is_set():
-                try:
+                with suppress(OSError, KeyError, ValueError):
                     peak[0] = max(peak[0], proc_stat(pid)[2])
-                except (OSError, KeyError, ValueError):
-                    pass
                 time.sleep(0.05)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -252,14 +250,12 @@ def decode(sizes: Sizes) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     model = ""
-    try:
+    with suppress(OSError, StopIteration):
         model = next(
             ln.split(":", 1)[1].strip()
             for ln in Path("/proc/cpuinfo").read_text().splitlines()
             if ln.startswith("model name")
         )
-    except (OSError, StopIteration):
-        pass
     return {
         "system": f"{platform.system()} {platform.release()}",
         "cpu": model,

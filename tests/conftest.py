@@ -211,3 +211,63 @@ def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
 
 def accepted_texts(backend: StubBackend) -> list[str]:
     return [r.body["text"] for r in backend.messages()]
+
+
+FAKE_OSASCRIPT = '''#!{python}
+"""Stands in for macOS's osascript: records argv, and behaves like Messages.app on request."""
+import json, os, sqlite3, sys, time, uuid
+log = os.environ["FAKE_OSASCRIPT_LOG"]
+with open(log, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+fail = os.environ.get("FAKE_OSASCRIPT_FAIL")
+if fail:
+    sys.stderr.write(fail + "\\n")
+    sys.exit(1)
+sleep_first = float(os.environ.get("FAKE_OSASCRIPT_SLEEP_BEFORE", "0"))
+time.sleep(sleep_first)
+db = os.environ.get("FAKE_OSASCRIPT_CHATDB")
+if db:  # Messages.app records what it sent as is_from_me = 1 in the chat
+    chat_guid, text = sys.argv[-2], sys.argv[-1]
+    conn = sqlite3.connect(db, timeout=10)
+    chat = conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (chat_guid,)).fetchone()
+    date = int((time.time() - 978307200) * 1e9)
+    cur = conn.execute("INSERT INTO message (guid, text, handle_id, service, date, is_from_me, "
+                       "is_sent, is_finished) VALUES (?, ?, 0, 'iMessage', ?, 1, 1, 1)",
+                       (str(uuid.uuid4()).upper(), text, date))
+    if chat:
+        conn.execute("INSERT INTO chat_message_join (chat_id, message_id, message_date) "
+                      "VALUES (?, ?, ?)", (chat[0], cur.lastrowid, date))
+    conn.commit()
+    conn.close()
+time.sleep(float(os.environ.get("FAKE_OSASCRIPT_SLEEP_AFTER", "0")))
+'''
+
+
+class FakeOsascript:
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "osascript"
+        self.path.write_text(FAKE_OSASCRIPT.replace("{python}", sys.executable))
+        self.path.chmod(0o755)
+        self.log = directory / "calls.jsonl"
+        self.env = {
+            "PATH": f"{directory}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FAKE_OSASCRIPT_LOG": str(self.log),
+        }
+
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def sent(self) -> list[tuple[str, str]]:
+        """(chat guid, text) of every call: the last two arguments of the run handler."""
+        return [(c[-2], c[-1]) for c in self.calls()]
+
+
+@pytest.fixture
+def osascript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeOsascript:
+    fake = FakeOsascript(tmp_path / "fakebin")
+    for key, value in fake.env.items():
+        monkeypatch.setenv(key, value)
+    return fake

@@ -17,7 +17,10 @@ def test_bench_smoke_runs_to_completion(tmp_path: Path) -> None:
     """`bench/run.py --smoke` exits 0 and reports every figure for both relays."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads((tmp_path / "smoke.json").read_text())

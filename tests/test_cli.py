@@ -226,3 +226,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = run_cli(["demo"], {}, cwd=tmp_path, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "✅ 6 of 6 messages relayed" in result.stdout
+    assert "3 reply bubbles handed to Messages.app" in result.stdout

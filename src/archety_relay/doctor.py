@@ -13,7 +13,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, launchd, macos
+from . import config, launchd, macos, messages_app
 from .backend import Backend
 from .chatdb import ChatDb
 from .config import Settings
@@ -105,6 +105,7 @@ def run_checks(
         _wal_check(settings),
         _state_check(settings),
         _launchagent_check(home or Path.home()),
+        _automation_check(settings),
         _log_check(settings),
     ):
         checks.append(check)
@@ -287,6 +288,21 @@ def _launchagent_check(home: Path) -> Check:
             1,
         )
     return Check("LaunchAgent", True, "installed, loaded, running")
+
+
+def _automation_check(settings: Settings) -> Check:
+    if not macos.IS_MACOS:
+        return Check("Messages automation", True, "skipped (not macOS)", skipped=True)
+    if not settings.send_enabled:
+        return Check(
+            "Messages automation", True, "sending disabled (ARCHETY_SEND_ENABLED=0)", skipped=True
+        )
+    result = messages_app.automation_allowed()
+    if result.ok:
+        return Check("Messages automation", True, "allowed to send through Messages.app")
+    return Check(
+        "Messages automation", False, result.error or "not allowed", messages_app.AUTOMATION_HINT, 1
+    )
 
 
 def _log_check(settings: Settings) -> Check:

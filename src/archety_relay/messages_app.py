@@ -36,6 +36,28 @@ class SendResult:
     retryable: bool = True
 
 
+def automation_allowed(timeout: float = 15.0) -> SendResult:
+    """Whether this process may control Messages (asks Messages for its name)."""
+    osascript = shutil.which("osascript")
+    if osascript is None:
+        return SendResult(False, "osascript not found (not macOS?)", retryable=False)
+    try:
+        done = subprocess.run(
+            [osascript, "-e", 'tell application "Messages" to get name'],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return SendResult(False, f"osascript did not answer: {exc}")
+    if done.returncode == 0:
+        return SendResult(True)
+    detail = done.stderr.strip()[:300]
+    if NOT_AUTHORIZED in detail:
+        return SendResult(False, f"automation_permission_missing: {AUTOMATION_HINT}", False)
+    return SendResult(False, detail)
+
+
 def send_argv(chat_guid: str, text: str, osascript: str = "osascript") -> list[str]:
     argv = [osascript]
     for line in SCRIPT:

@@ -165,7 +165,6 @@ class Outbound:
                 self._disabled_logged = True
             return None
         gap = 1.0 / self.settings.send_rate_per_chat
-        waits: list[float] = []
         for item in self.store.heads_due(now):
             if now - item.send_at > MISSED_AFTER_SECONDS:
                 self._finish(
@@ -175,16 +174,14 @@ class Outbound:
                     "message_failed",
                     f"missed: due {iso(item.send_at)}, more than an hour ago",
                 )
-                continue
-            ready_at = self._last_sent.get(item.chat_guid, float("-inf")) + gap
-            if now < ready_at:
-                waits.append(ready_at - now)
-                continue
-            self._send_one(item, now)
-        due = self.store.next_due_at()
-        if due is not None:
-            waits.append(max(0.0, due - now))
-        return min(waits) if waits else None
+            elif now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap:
+                self._send_one(item, now)
+        # Next wake-up: each chat's head when it is due and its rate limit allows.
+        ready = [
+            max(head.send_at, self._last_sent.get(head.chat_guid, float("-inf")) + gap)
+            for head in self.store.heads_due(float("inf"))
+        ]
+        return max(0.0, min(ready) - now) if ready else None
 
     def _send_one(self, item: Outgoing, now: float) -> None:
         self.store.mark_sending(item, now)

@@ -49,7 +49,7 @@ def _burst_delay(value: Any) -> float | None:
 
 def plan(body: str) -> ReplyPlan:
     try:
-        data = json.loads(body) if body else None
+        data = json.loads(body)
     except ValueError:
         return ReplyPlan((), "not_json")
     if not isinstance(data, dict):

@@ -20,7 +20,8 @@ from pathlib import Path
 from .. import config, logs
 from ..daemon import Daemon
 from ..demo.messages_writer import AttachmentSpec, MessagesWriter
-from ..demo.stub_backend import Received, StubBackend
+from ..demo.stub_backend import Behaviour, Received, StubBackend
+from ..messages_app import SendResult
 from ..store import open_store
 
 ALICE = "+15555550101"
@@ -58,9 +59,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cwd=workdir,
     )
     logs.configure(log_file=settings.log_file, console=args.log_format, secrets=(secret,))
+    # The persona answers the first message, to show the way back through Messages.app.
+    backend.script(
+        "/orchestrator/message",
+        Behaviour(
+            body={
+                "should_respond": True,
+                "reflex_message": "hey! 👋",
+                "burst_messages": ["give me a sec", "ok, I'm here"],
+                "burst_delay_ms": 400,
+            }
+        ),
+    )
+    replies: list[tuple[str, str]] = []
+
+    def would_send(chat_guid: str, text: str) -> SendResult:
+        replies.append((chat_guid, text))
+        print(
+            f"  Messages.app → {chat_guid}: {json.dumps(text, ensure_ascii=False)}"
+            "  (would be sent; osascript on a Mac)"
+        )
+        return SendResult(True)
+
     ready = threading.Event()
     store = open_store(settings.state_dir)
-    daemon = Daemon(settings, store, on_ready=ready.set)
+    daemon = Daemon(settings, store, on_ready=ready.set, send=would_send)
     daemon.start()
     ok = False
     try:
@@ -71,7 +94,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         committed = _write_sample(writer)
         expected = len(committed)
         received = backend.wait_for_messages(expected, timeout=15)
-        ok = len(received) == expected
+        deadline = time.monotonic() + 10
+        while len(replies) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ok = len(received) == expected and len(replies) == 3
         latencies = sorted(r.at - t for r, t in zip(received, committed, strict=False))
         print()
         if ok:
@@ -79,7 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(
                 f"✅ {len(received)} of {expected} messages relayed "
                 f"(2 rows skipped on purpose: one sent by us, one tapback); "
-                f"median commit → backend {median_ms:.0f} ms"
+                f"median commit → backend {median_ms:.0f} ms; "
+                f"{len(replies)} reply bubbles handed to Messages.app"
             )
         else:
             print(
@@ -117,7 +144,7 @@ def _write_sample(writer: MessagesWriter) -> list[float]:
     send(
         "this one lives only in attributedBody, like most on recent macOS", sender=ALICE, chat=alice
     )
-    send("group hello 👋 from Bob", sender=BOB, chat=bob)
+    send("hello 👋 from Bob, whose handle is an e-mail address", sender=BOB, chat=bob)
     send("dinner at 8? — asked in the group", sender=CAROL, chat=group)
     send(
         "a photo \ufffc",

@@ -77,6 +77,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         stats = store.stats()
         meta = store.meta()
         dead = store.dead_letters()
+        outgoing = store.outgoing_counts()
     finally:
         store.close()
     last_delivery = meta.get("last_delivery_at")
@@ -99,6 +100,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         last_delivery_at=_iso(float(last_delivery)) if last_delivery else None,
         last_error=meta.get("last_error"),
         auth_state=meta.get("auth_state", "ok"),
+        outgoing=outgoing,
     )
     return report
 
@@ -134,6 +136,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"last delivery : {report['last_delivery_at'] or 'never'}",
         f"last error    : {report['last_error'] or 'none'}",
         f"auth          : {report['auth_state'] or 'unknown'}",
+        "outgoing      : "
+        + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
     ]
     print("\n".join(lines))
     return 0
