@@ -209,6 +209,13 @@ def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
     return record
 
 
+def write_env_file(path: Path, secret: str) -> Path:
+    """A private .env holding only the webhook secret (rewritten to rotate it)."""
+    path.write_text(f"RELAY_WEBHOOK_SECRET={secret}\n")
+    path.chmod(0o600)
+    return path
+
+
 def accepted_texts(backend: StubBackend) -> list[str]:
     return [r.body["text"] for r in backend.messages()]
 

@@ -9,7 +9,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import ALICE, RelayProcess, log_events, read_log, run_cli, wait_until
+from conftest import (
+    ALICE,
+    RelayProcess,
+    log_events,
+    read_log,
+    run_cli,
+    wait_until,
+    write_env_file,
+)
 
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
@@ -87,9 +95,7 @@ def test_sighup_rereads_a_fixed_secret_without_restart(
     secret: str,
 ) -> None:
     """After a 401, fixing .env and sending SIGHUP resumes delivery at once, queue intact."""
-    env_file = tmp_path / "relay.env"
-    env_file.write_text("RELAY_WEBHOOK_SECRET=not-the-right-one\n")
-    env_file.chmod(0o600)
+    env_file = write_env_file(tmp_path / "relay.env", "not-the-right-one")
     chat = writer.direct_chat(ALICE)
     relay = start_relay(
         {
@@ -102,7 +108,7 @@ def test_sighup_rereads_a_fixed_secret_without_restart(
     assert wait_until(lambda: log_events(relay.log, "auth_rejected"))
     (rejected,) = log_events(relay.log, "auth_rejected")
     assert rejected["level"] == "error" and "RELAY_WEBHOOK_SECRET" in rejected["hint"]
-    env_file.write_text(f"RELAY_WEBHOOK_SECRET={secret}\n")
+    write_env_file(env_file, secret)
     relay.proc.send_signal(signal.SIGHUP)
     (got,) = backend.wait_for_messages(1, timeout=10)
     assert got.body["text"] == "held while rejected"

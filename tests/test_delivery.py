@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ALICE
+from conftest import ALICE, write_env_file
 
 from archety_relay import config
 from archety_relay.chatdb import ChatDb
@@ -122,9 +122,7 @@ def test_401_pauses_keeps_the_queue_and_resumes_with_a_fixed_secret(
     secret: str,
 ) -> None:
     """Rejected: nothing is dropped, one probe per interval, and a corrected .env is picked up."""
-    env_file = tmp_path / "relay.env"
-    env_file.write_text(f"RELAY_WEBHOOK_SECRET=wrong-{secret[:8]}\n")
-    env_file.chmod(0o600)
+    env_file = write_env_file(tmp_path / "relay.env", f"wrong-{secret[:8]}")
     env.pop("RELAY_WEBHOOK_SECRET")
     relay = make_relay(ARCHETY_ENV_FILE=str(env_file), ARCHETY_AUTH_PROBE_INTERVAL="60")
     queue(relay, writer, "one", "two")
@@ -134,7 +132,7 @@ def test_401_pauses_keeps_the_queue_and_resumes_with_a_fixed_secret(
     assert relay.deliver_step(now + 59.9).kind == "waiting"
     assert len(backend.requests_to(MSG)) == 1
     assert relay.deliver_step(now + 60).kind == "auth_paused"  # probe, still wrong
-    env_file.write_text(f"RELAY_WEBHOOK_SECRET={secret}\n")
+    write_env_file(env_file, secret)
     assert relay.deliver_step(now + 120).kind == "delivered"
     assert relay.deliver_step(now + 120).kind == "delivered"
     assert [r.status for r in backend.requests_to(MSG)] == [401, 401, 200, 200]

@@ -119,7 +119,7 @@ def test_hung_backend_times_out_and_the_message_is_retried(
     texts = write_numbered(writer, 2)
     backend.wait_for_messages(2, timeout=15)
     assert accepted_texts(backend) == texts
-    attempts = [e for e in log_events(relay.log, "message_delivery_attempt")]
+    attempts = log_events(relay.log, "message_delivery_attempt")
     assert attempts[0]["error"] == "timeout"
     figures(sent=2, received=2, duplicates=0, read_timeout_s=1)
 

@@ -1,0 +1,140 @@
+"""Render bench/results/latest.json as docs/benchmarks.md and the README's headline table.
+
+    .venv/bin/python bench/run.py && .venv/bin/python bench/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def ms(v: float) -> str:
+    return f"{v:.1f} ms" if v < 100 else f"{v:.0f} ms"
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{theirs / ours:.0f}× faster" if ours and theirs > ours else f"{ours / theirs:.2f}×"
+
+
+def headline(r: dict[str, Any]) -> list[str]:
+    lat, base = r["latency"]["relay"], r["latency"]["baseline"]
+    scale = r["scale"]["relay"]
+    burst, fast = r["burst"], r["burst_fast_backend"]
+    idle = r["idle"]
+    return [
+        "| figure | archety-relay | polling baseline | target |",
+        "|---|---|---|---|",
+        f"| latency p50 (commit → backend) | {ms(lat['p50_ms'])} | {ms(base['p50_ms'])} "
+        f"({ratio(lat['p50_ms'], base['p50_ms'])}) | ≤ 20 ms |",
+        f"| latency p99 | {ms(lat['p99_ms'])} | {ms(base['p99_ms'])} | ≤ 100 ms |",
+        f"| latency p50 with {r['sizes']['history']:,} history rows | {ms(scale['p50_ms'])} "
+        f"({scale['p50_ms'] / lat['p50_ms']:.2f}× the small database) | — | ≤ 1.5× |",
+        f"| burst of {r['sizes']['burst']:,} in one transaction | {fast['relay']['per_s']:.0f}/s "
+        f"({burst['relay']['per_s']:.0f}/s against the http.server stand-in) | "
+        f"{fast['baseline']['per_s']:.0f}/s ({burst['baseline']['per_s']:.0f}/s) | ≥ 500/s |",
+        f"| idle CPU | {idle['relay']['cpu_s_per_min']:.2f} s/min | "
+        f"{idle['baseline']['cpu_s_per_min']:.2f} s/min | ≤ 0.3 s/min |",
+        f"| idle RSS | {idle['relay']['rss_mb']:.0f} MB | {idle['baseline']['rss_mb']:.0f} MB "
+        "| ≤ 60 MB |",
+        f"| `--once` with nothing to do | {r['startup']['median_s']:.2f} s | — | ≤ 0.5 s |",
+        f"| attributedBody decode | {r['decode']['median_per_s'] / 1e6:.2f} M blobs/s | — | — |",
+    ]
+
+
+def main() -> int:
+    r = json.loads(RESULTS.read_text())
+    m = r["machine"]
+    table = headline(r)
+    lat, base = r["latency"]["relay"], r["latency"]["baseline"]
+    doc = [
+        "# Benchmarks",
+        "",
+        f"Run {r['started']} on {m['system']}, {m['cpu']}, {m['cores']} cores, Python "
+        f"{m['python']}: a shared, noisy machine, so compare the two relays measured in the same "
+        "run and quote medians.",
+        "",
+        "```sh",
+        ".venv/bin/python bench/run.py      # full run (several minutes) → bench/results/latest.json",
+        ".venv/bin/python bench/report.py   # → this page and the README's table",
+        ".venv/bin/python bench/run.py --smoke   # small sizes; CI runs this through pytest",
+        "```",
+        "",
+        "Both relays run as subprocesses against a chat.db written the way Messages.app writes it "
+        "and a loopback backend that records the arrival time of every request. The baseline "
+        "(`bench/baseline_relay.py`) is the approach of the relay this one replaces: it polls "
+        "chat.db once a second for `ROWID > last` and posts each row with `requests.post`. "
+        "Rows carry their text in `message.text` too, so the baseline (which skips NULL text) "
+        "sees every one.",
+        "",
+        *table,
+        "",
+        "## Latency",
+        "",
+        f"{r['sizes']['messages']} single messages, {r['sizes']['spacing_s'] * 1000:.0f} ms apart; "
+        "time from the writer's commit to the request being read by the backend.",
+        "",
+        "| | p50 | p90 | p99 | max |",
+        "|---|---|---|---|---|",
+        *[f"| {name} | {ms(v['p50_ms'])} | {ms(v['p90_ms'])} | {ms(v['p99_ms'])} | "
+          f"{ms(v['max_ms'])} |" for name, v in (("archety-relay", lat), ("baseline", base),
+                                                 ("archety-relay, large chat.db",
+                                                  r["scale"]["relay"]))],
+        "",
+        "A file event from watchdog (inotify here, FSEvents on the Mac) wakes the reader within a "
+        "millisecond or two. The WAL write that raises it lands just before the commit becomes "
+        "visible, so after an event that found nothing the reader looks again every 2 ms for a "
+        "quarter of a second instead of waiting for the next 1 s safety check.",
+        "",
+        "## Burst",
+        "",
+        "| | against the http.server stand-in | against a minimal asyncio backend | peak RSS |",
+        "|---|---|---|---|",
+        *[f"| {name} | {r['burst'][k]['per_s']:.0f}/s ({r['burst'][k]['seconds']:.1f} s) | "
+          f"{r['burst_fast_backend'][k]['per_s']:.0f}/s "
+          f"({r['burst_fast_backend'][k]['seconds']:.1f} s) | "
+          f"{r['burst_fast_backend'][k]['peak_rss_mb']:.0f} MB |"
+          for name, k in (("archety-relay", "relay"), ("baseline", "baseline"))],
+        "",
+        "Profiling (cProfile of the delivery loop, 2,000 messages) showed the relay spends about "
+        "1.2 ms per message, two thirds of it inside requests (preparing and sending the "
+        "request, reading the answer), a quarter in the JSON log line, and little in SQLite. "
+        "Against the stand-in backend both relays stop at the same ~500/s: that ceiling is "
+        "`http.server` parsing headers in Python, not either relay, so the burst is also measured "
+        "against `bench/fast_backend.py`. Before/after: the outbox went from "
+        "`synchronous=FULL` to `NORMAL` (safe here because a batch and its cursor commit "
+        "together: a power cut rolls back both and the rows are read again), which took the "
+        "in-process drain from 508/s to 579/s. Delivery stays one request at a time: the "
+        "backend must see a chat's messages in order.",
+        "",
+        "## Idle and start-up",
+        "",
+        f"Idle is CPU time over {r['sizes']['idle_s']:.0f} s with no messages, read from "
+        "/proc: the relay wakes once a second for `PRAGMA data_version` and every few seconds "
+        "to look at its queues. `--once` is timed end to end (a fresh Python process, imports, "
+        "a heartbeat, a read, a sync); a bare `python -c pass` takes "
+        f"{r['startup']['python_bare_median_s'] * 1000:.0f} ms on the same machine.",
+        "",
+    ]
+    DOC.write_text("\n".join(doc))
+    readme = README.read_text()
+    block = "\n".join([BEGIN, *table, "", f"Measured {r['started']} on {m['cores']} cores; "
+                       "details in [docs/benchmarks.md](docs/benchmarks.md).", END])
+    if BEGIN in readme:
+        readme = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, readme,
+                        flags=re.S)
+    README.write_text(readme)
+    print(f"wrote {DOC}" + (" and the README table" if BEGIN in readme else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
