@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import import_module
+from typing import Any
 
 from .. import __version__
 from ..errors import RelayError
-from . import demo, logs, ops, run, service, state
+from .state import parse_duration
 
 EPILOG = """exit codes: 0 ok, 2 configuration error, 3 auth rejected (401/403),
 4 backend unreachable, 5 chat.db unreadable (Full Disk Access), 6 state directory unusable"""
@@ -41,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", parents=[common], help="run the daemon (the default)")
-    p.set_defaults(handler=run.cmd_run)
+    p.set_defaults(handler="run:cmd_run")
     p = sub.add_parser("once", parents=[common], help="same as --once")
-    p.set_defaults(handler=run.cmd_once)
+    p.set_defaults(handler="run:cmd_once")
 
     p = sub.add_parser(
         "demo",
@@ -51,28 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole path on a sample chat.db and a local stand-in backend",
     )
     p.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
-    p.set_defaults(handler=demo.cmd_demo)
+    p.set_defaults(handler="demo:cmd_demo")
 
     p = sub.add_parser("status", parents=[common], help="daemon, cursor, queue, dead letters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=state.cmd_status)
+    p.set_defaults(handler="state:cmd_status")
 
     p = sub.add_parser("retry-dead", parents=[common], help="queue every dead letter again")
-    p.set_defaults(handler=state.cmd_retry_dead)
+    p.set_defaults(handler="state:cmd_retry_dead")
 
     p = sub.add_parser("purge-dead", parents=[common], help="delete old dead letters")
     p.add_argument(
         "--older-than",
         default="7d",
-        type=state.parse_duration,
+        type=parse_duration,
         help="age such as 7d, 12h, 30m (default 7d)",
     )
-    p.set_defaults(handler=state.cmd_purge_dead)
+    p.set_defaults(handler="state:cmd_purge_dead")
 
     p = sub.add_parser(
         "doctor", parents=[common], help="check every precondition, one line each, with the fix"
     )
-    p.set_defaults(handler=ops.cmd_doctor)
+    p.set_defaults(handler="ops:cmd_doctor")
 
     p = sub.add_parser(
         "set-secret",
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a new random secret (openssl rand -hex 32) for a rotation",
     )
-    p.set_defaults(handler=ops.cmd_set_secret)
+    p.set_defaults(handler="ops:cmd_set_secret")
 
     p = sub.add_parser(
         "test-message",
@@ -93,16 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="health check, then post one synthetic message like a real one",
     )
     p.add_argument("text", help="the message text")
-    p.set_defaults(handler=ops.cmd_test_message)
+    p.set_defaults(handler="ops:cmd_test_message")
 
     p = sub.add_parser(
         "backfill",
         parents=[common],
         help="deliberately replay recent history (the first start never does)",
     )
-    p.add_argument("--since", required=True, type=state.parse_duration, help="e.g. 2h, 30m")
+    p.add_argument("--since", required=True, type=parse_duration, help="e.g. 2h, 30m")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(handler=ops.cmd_backfill)
+    p.set_defaults(handler="ops:cmd_backfill")
 
     p = sub.add_parser(
         "install-service",
@@ -110,33 +112,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="write and load the LaunchAgent for this installation (macOS)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plist and commands only")
-    p.set_defaults(handler=service.cmd_install)
+    p.set_defaults(handler="service:cmd_install")
     p = sub.add_parser(
         "uninstall-service", parents=[common], help="stop and remove the LaunchAgent (macOS)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    p.set_defaults(handler=service.cmd_uninstall)
+    p.set_defaults(handler="service:cmd_uninstall")
 
     p = sub.add_parser("logs", parents=[common], help="read the relay's log")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument(
         "--errors", action="store_true", help="only warnings and errors, with what to do about them"
     )
-    p.add_argument("--since", type=state.parse_duration, default=None, help="e.g. 1h, 30m")
-    p.set_defaults(handler=logs.cmd_logs)
+    p.add_argument("--since", type=parse_duration, default=None, help="e.g. 1h, 30m")
+    p.set_defaults(handler="logs:cmd_logs")
     return parser
+
+
+def _load(name: str) -> Any:
+    """Import a command's module only when it runs: `--once` should not pay for the demo's
+    HTTP server or the daemon's file watcher (start-up is a benchmark figure)."""
+    module, _, function = name.partition(":")
+    return getattr(import_module(f"{__package__}.{module}"), function)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        handler = run.cmd_once if args.once else run.cmd_run
-    elif args.once and handler is not run.cmd_once:
+    name = getattr(args, "handler", None)
+    if name is None:
+        name = "run:cmd_once" if args.once else "run:cmd_run"
+    elif args.once and name != "run:cmd_once":
         parser.error("--once cannot be combined with a subcommand")
     try:
-        return int(handler(args))
+        return int(_load(name)(args))
     except RelayError as exc:
         print(f"archety-relay: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -11,7 +11,6 @@ from types import FrameType
 import structlog
 
 from ..chatdb import ChatDb
-from ..daemon import Daemon
 from ..once import OnceReport, run_once
 from ..pidlock import PidLock
 from ..policy import HttpOutcome
@@ -31,6 +30,8 @@ class _Flags:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..daemon import Daemon  # the watcher and threads are the daemon's alone
+
     settings = settings_and_logs(args)
     lock = PidLock(settings.state_dir)
     lock.acquire()
