@@ -177,7 +177,13 @@ def test_replies_go_to_the_chat_in_order_byte_for_byte(
     assert len(osascript.calls()) == 6  # "quiet please" got should_respond false
     texts = [r.body["text"] for r in backend.messages()]
     assert texts == ["tell me something", "and in the group?", "more", "quiet please"]
-    assert log_events(relay.log, "reply_none")[0]["reason"] == "should_not_respond"
+    attempts = log_events(relay.log, "message_delivery_attempt")
+    assert [a["reply"] for a in attempts] == [
+        "reply_text",
+        "reply_bubbles",
+        "reflex_burst",
+        "should_not_respond",
+    ]
 
 
 def _sync_commands(

@@ -54,12 +54,14 @@ class Outbound:
         self._disabled_logged = False
 
     # -- replies ----------------------------------------------------------------------------
-    def replies_for(self, item: QueuedItem, response_body: str, now: float) -> list[NewOutgoing]:
-        """The bubbles the orchestrator's answer to `item` asks for, to store with delivery."""
+    def replies_for(
+        self, item: QueuedItem, response_body: str, now: float
+    ) -> tuple[list[NewOutgoing], str]:
+        """The bubbles the orchestrator's answer to `item` asks for (stored with the delivery),
+        and the reply shape read or why there is none, for the delivery's log line."""
         planned = replies.plan(response_body)
         if not planned.bubbles:
-            log.info("reply_none", message_guid=item.message_guid, reason=planned.reason)
-            return []
+            return [], planned.reason
         chat_guid = json.loads(item.body)["chat_guid"]
         log.info(
             "reply_planned",
@@ -71,7 +73,7 @@ class Outbound:
         return [
             NewOutgoing(chat_guid, b.text, now + b.delay, "reply", reply_to=item.message_guid)
             for b in planned.bubbles
-        ]
+        ], planned.reason
 
     # -- commands ---------------------------------------------------------------------------
     def execute(self, action: Action, now: float) -> None:

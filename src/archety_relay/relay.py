@@ -25,7 +25,7 @@ from .config import Secret, Settings
 from .model import Message, Skipped
 from .outbound import Outbound, Sender
 from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
-from .store import Cursor, Store
+from .store import Cursor, NewOutgoing, Store
 
 log = structlog.get_logger("archety_relay.relay")
 
@@ -198,6 +198,11 @@ class Relay:
             self._refresh_secret()
         outcome = self.backend.post_message(item.body, item.message_guid)
         decided = verdict(outcome)
+        replies: list[NewOutgoing] = []
+        reply = None
+        if decided is Verdict.DELIVERED:
+            wall = time.time()
+            replies, reply = self.outbound.replies_for(item, outcome.body, wall)
         log.info(
             "message_delivery_attempt",
             message_guid=item.message_guid,
@@ -206,10 +211,9 @@ class Relay:
             attempt=item.attempts + 1,
             ms=round(outcome.elapsed_ms, 1),
             verdict=decided.value,
+            reply=reply,  # the reply shape read, or why nothing is sent back
         )
         if decided is Verdict.DELIVERED:
-            wall = time.time()
-            replies = self.outbound.replies_for(item, outcome.body, wall)
             self.store.mark_delivered(item, wall, replies)
             if replies:
                 self.outbound.notify()
