@@ -258,3 +258,18 @@ def test_status_shows_a_running_daemon(
     assert f"running (pid {relay.proc.pid})" in human
     second = run_cli(["run"], env, cwd=tmp_path, timeout=20)
     assert second.returncode == 1 and "another archety-relay is running" in second.stderr
+
+
+def test_doctor_names_a_keychain_that_never_answers(env: dict[str, str], tmp_path: Path) -> None:
+    """A Keychain item Python may not read (a dialog on a headless Mac): doctor says so and how
+    to store the secret so the agent can read it; the lookup gives up instead of hanging."""
+    kenv = {
+        **keyring_env({k: v for k, v in env.items() if k != "RELAY_WEBHOOK_SECRET"}, tmp_path),
+        "PYTHON_KEYRING_BACKEND": "keyring_backends.HangingKeyring",
+    }
+    started = time.monotonic()
+    result = run_cli(["doctor"], kenv, cwd=tmp_path)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2
+    assert "✗ secret" in result.stdout and "did not answer within 3s" in result.stdout
+    assert "archety-relay set-secret" in result.stdout

@@ -25,12 +25,14 @@ DEFAULT_CHAT_DB = "~/Library/Messages/chat.db"
 DEFAULT_STATE_DIR = "~/Library/Application Support/archety-relay"
 DEFAULT_LOG_FILE = "~/Library/Logs/archety-relay/relay.log"
 SECRET_VARIABLE = "RELAY_WEBHOOK_SECRET"
+KEYCHAIN_PROBLEM = "Keychain lookup: "
 
 SECRET_HELP = f"""No webhook secret found. Set it one of three ways:
   1. In the Keychain (recommended on the Mac mini):
        archety-relay set-secret
      or: security add-generic-password -a {keychain.KEYCHAIN_ACCOUNT} \
--s {keychain.KEYCHAIN_SERVICE} -w
+-s {keychain.KEYCHAIN_SERVICE} -T <this Python, realpath> -w
+     (without -T, macOS asks before Python may read it, and a headless Mac never answers)
   2. In a .env file (mode 0600) in the working directory or the state directory:
        {SECRET_VARIABLE}=<secret>
   3. In the environment: export {SECRET_VARIABLE}=<secret>"""
@@ -152,7 +154,8 @@ def load(
             notes.append(f"keychain_unavailable:{found.problem}")
         secret_value, source = found.value, "keychain"
     if not secret_value and require_secret:
-        raise ConfigError(SECRET_HELP)
+        problem = next((n.partition(":")[2] for n in notes if n.startswith("keychain_")), "")
+        raise ConfigError(SECRET_HELP + (f"\n{KEYCHAIN_PROBLEM}{problem}" if problem else ""))
     secret_value = (secret_value or "").strip()
 
     backend_url = _backend_url(get("ARCHETY_BACKEND_URL") or DEFAULT_BACKEND_URL, get)

@@ -77,12 +77,15 @@ def run_checks(
             return checks
         if missing_secret:
             checks.append(Check("configuration", True, "loaded"))
+            keychain_problem = exc.message.partition(config.KEYCHAIN_PROBLEM)[2]
             checks.append(
                 Check(
                     "secret",
                     False,
-                    "not found in environment, .env or Keychain",
-                    "archety-relay set-secret",
+                    "not found in environment, .env or Keychain"
+                    + (f" (Keychain: {keychain_problem})" if keychain_problem else ""),
+                    "archety-relay set-secret (stores it trusted for this interpreter, so "
+                    "launchd reads it without a Keychain dialog)",
                     EXIT_CONFIG,
                 )
             )
