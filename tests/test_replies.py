@@ -454,3 +454,48 @@ def test_kill_switch_stores_but_does_not_send(
     writer.message("hello?", sender=ALICE, chat=chat)
     assert wait_until(lambda: log_events(relay.log, "sending_disabled"), 10)
     assert osascript.calls() == []
+
+
+def test_history_is_pruned_and_unacknowledged_events_are_bounded(relay: Relay) -> None:
+    """Finished sends and seen command ids go after 30 days; events a backend never acks go
+    after 7 days or beyond 5,000, so the state file cannot grow without bound."""
+    from archety_relay.store import NewOutgoing
+    from archety_relay.store.outgoing import EVENT_MAX_COUNT, SENT
+
+    store = relay.store
+    day = 86400.0
+    old, now = 1_000_000.0, 1_000_000.0 + 40 * day
+    store.add_outgoing([NewOutgoing("g", "t", old, "send_message", "c-old")], old)
+    item = store.heads_due(old)[0]
+    store.finish(item, SENT, old, "message_sent", {"command_id": "c-old"})
+    store.add_outgoing([NewOutgoing("g", "pending one", now + day, "schedule_message")], old)
+    store.first_sight("c-old", old)
+    for i in range(EVENT_MAX_COUNT + 10):
+        store.add_event("command_completed", {"n": i}, now - day)
+    store.prune_history(now)
+    assert store.outgoing_counts() == {"pending": 1}
+    assert store.first_sight("c-old", now)  # forgotten, so it counts as new again
+    events = store.pending_events(limit=10)
+    assert len(events) == 10 and events[0].payload["n"] == 10
+    store.prune_history(now + 8 * day)
+    assert store.pending_events() == []
+
+
+def test_once_sends_a_due_reply(
+    env: dict[str, str],
+    tmp_path: Path,
+    writer: MessagesWriter,
+    backend: StubBackend,
+    osascript: FakeOsascript,
+) -> None:
+    """--once delivers, stores the reply, and hands what is due to Messages before it exits."""
+    from conftest import run_cli
+
+    chat = writer.direct_chat(ALICE)
+    run_cli(["--once"], env, cwd=tmp_path)
+    writer.message("ping", sender=ALICE, chat=chat)
+    backend.script(MSG, Behaviour(body={"should_respond": True, "reply_text": "pong"}))
+    result = run_cli(["--once"], {**env, **osascript.env}, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert osascript.sent() == [(f"iMessage;-;{ALICE}", "pong")]
+    assert "outgoing     : 1 sent" in result.stdout

@@ -25,6 +25,7 @@ class OnceReport:
     failed: HttpOutcome | None = None  # the delivery that stopped the run, if one did
     still_queued: int = 0
     sync: HttpOutcome | None = None
+    outgoing: dict[str, int] = field(default_factory=dict)  # replies/sends by status, after
 
     @property
     def exit_code(self) -> int:
@@ -39,7 +40,7 @@ class OnceReport:
 
 
 def run_once(relay: Relay) -> OnceReport:
-    """Health check, capture, deliver everything queued, one sync.
+    """Health check, capture, deliver everything queued, one sync, send what is due.
 
     Capture runs even when the backend is down: storing rows in the outbox is always safe.
     ChatDbUnavailable propagates (exit 5).
@@ -65,5 +66,8 @@ def run_once(relay: Relay) -> OnceReport:
                 report.failed = delivery.outcome
                 break
         report.sync = relay.sync_step(time.time())
+        # Replies and commanded sends that are due go out now; later bubbles wait for the daemon.
+        relay.outbound.dispatch_step(time.time())
     report.still_queued = relay.store.stats().depth
+    report.outgoing = relay.store.outgoing_counts()
     return report

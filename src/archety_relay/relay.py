@@ -350,6 +350,7 @@ class Relay:
             return outcome
         self.last_sync_at = now
         self.store.prune_delivered(now)
+        self.store.prune_history(now)
         response = commands.parse_response(outcome.body)
         acked = self.store.ack_events(response.ack_events)
         for action in response.actions:

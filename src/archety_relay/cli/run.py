@@ -111,6 +111,9 @@ def _print_report(report: OnceReport, backend_url: str) -> None:
     print(f"  failed       : {failed}" + (f" ({'; '.join(detail)})" if detail else ""), file=out)
     print(f"  still queued : {report.still_queued}", file=out)
     print(f"  sync         : {_describe(report.sync)}", file=out)
+    if report.outgoing:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(report.outgoing.items()))
+        print(f"  outgoing     : {counts}", file=out)
     status = None
     for outcome in (report.health, report.failed):
         if outcome is not None and outcome.status in (401, 403):

@@ -16,6 +16,13 @@ from typing import Any
 
 from .db import Transactional
 
+# Finished outgoing rows and seen command ids are kept this long (list_scheduled, duplicates).
+HISTORY_SECONDS = 30 * 86400
+# Events the backend never acknowledges are dropped after this long, or beyond this many, so a
+# backend that ignores ack_events cannot grow the file without bound.
+EVENT_MAX_AGE_SECONDS = 7 * 86400
+EVENT_MAX_COUNT = 5000
+
 PENDING, SENDING, SENT, FAILED, CANCELLED, MISSED = (
     "pending",
     "sending",
@@ -184,6 +191,24 @@ class OutgoingQueries(Transactional):
             return dict(
                 db.execute("SELECT status, COUNT(*) FROM outgoing GROUP BY status").fetchall()
             )
+
+    def prune_history(self, now: float) -> int:
+        """Drop finished outgoing rows, old command ids and unacknowledged old events."""
+        with self._tx() as db:
+            removed = db.execute(
+                "DELETE FROM outgoing WHERE status IN ('sent', 'failed', 'cancelled', 'missed') "
+                "AND updated_at < ?",
+                (now - HISTORY_SECONDS,),
+            ).rowcount
+            removed += db.execute(
+                "DELETE FROM commands_seen WHERE seen_at < ?", (now - HISTORY_SECONDS,)
+            ).rowcount
+            removed += db.execute(
+                "DELETE FROM events WHERE created_at < ? OR seq <= "
+                "(SELECT MAX(seq) FROM events) - ?",
+                (now - EVENT_MAX_AGE_SECONDS, EVENT_MAX_COUNT),
+            ).rowcount
+        return removed
 
     # -- commands and events ----------------------------------------------------------------
     def first_sight(self, command_id: str, now: float) -> bool:
