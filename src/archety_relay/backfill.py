@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .capture import READ_BATCH
 from .chatdb import ChatDb
 from .model import Message, Skipped
-from .relay import READ_BATCH
 from .rows import apple_date, to_message
 from .store import Store
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
+
+
+def utc_iso(ts: float) -> str:
+    """Unix time as the ISO 8601 UTC string used on the wire and in `status`."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)

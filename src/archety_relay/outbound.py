@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -20,6 +19,7 @@ from .chatdb import ChatDb
 from .commands import Action, Cancel, Invalid, ListScheduled, Schedule, SendNow
 from .config import Settings
 from .messages_app import SendResult
+from .model import utc_iso
 from .store import NewOutgoing, Outgoing, QueuedItem, Store
 from .store.outgoing import FAILED, MISSED, SENDING, SENT
 
@@ -34,10 +34,6 @@ RECOVERY_SLACK_SECONDS = 5.0
 IDLE_SECONDS = 30.0
 
 Sender = Callable[[str, str], SendResult]
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 class Outbound:
@@ -107,7 +103,7 @@ class Outbound:
                         **base,
                         "chat_guid": action.chat_guid,
                         "thread_id": action.chat_guid,
-                        "details": {"command_type": origin, "send_at": iso(send_at)},
+                        "details": {"command_type": origin, "send_at": utc_iso(send_at)},
                     },
                 ),
             )
@@ -116,7 +112,7 @@ class Outbound:
                 command_id=action.command_id,
                 command_type=origin,
                 message_id=ids[0],
-                send_at=iso(send_at),
+                send_at=utc_iso(send_at),
                 chat_guid=action.chat_guid,
             )
             self.notify()
@@ -140,7 +136,7 @@ class Outbound:
                 {
                     "message_id": o.id,
                     "chat_guid": o.chat_guid,
-                    "send_at": iso(o.send_at),
+                    "send_at": utc_iso(o.send_at),
                     "status": o.status,
                     "text": o.text,
                 }
@@ -174,7 +170,7 @@ class Outbound:
                     MISSED,
                     now,
                     "message_failed",
-                    f"missed: due {iso(item.send_at)}, more than an hour ago",
+                    f"missed: due {utc_iso(item.send_at)}, more than an hour ago",
                 )
             elif now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap:
                 self._send_one(item, now)
@@ -245,7 +241,7 @@ class Outbound:
                 "message_missed",
                 outgoing_id=item.id,
                 chat_guid=item.chat_guid,
-                due=iso(item.send_at),
+                due=utc_iso(item.send_at),
             )
 
     def _recover_interrupted(self, now: float) -> None:

@@ -10,27 +10,24 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from . import __version__, commands, rows
+from . import __version__, commands
 from .backend import Backend
+from .capture import Capture, CaptureResult
 from .chatdb import ChatDb
 from .config import Secret, Settings
-from .model import Message, Skipped
+from .model import utc_iso
 from .outbound import Outbound, Sender
 from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
-from .store import Cursor, NewOutgoing, Store
+from .store import NewOutgoing, Store
 
 log = structlog.get_logger("archety_relay.relay")
 
-# Rows read per transaction: bounds memory during a burst and keeps each read snapshot short.
-READ_BATCH = 500
 CAPABILITIES = (
     "message_relay",
     "attributed_body",
@@ -44,15 +41,6 @@ CAPABILITIES = (
 )
 # An outage's warning is repeated at most this often; each attempt still logs at info.
 OUTAGE_LOG_INTERVAL = 60.0
-
-
-@dataclass
-class CaptureResult:
-    read: int = 0
-    enqueued: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    holding: bool = False  # a row is waiting for its chat join: capture again soon
-    rebased: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,9 +81,7 @@ class Relay:
         }
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
-        self._held_since: dict[int, float] = {}
-        self._fingerprint_generation = -1
-        self._fingerprint = ""
+        self.capture = Capture(settings, chatdb, store)
         self.failures = 0
         self.retry_at = 0.0
         self.auth_paused_until: float | None = None
@@ -104,85 +90,9 @@ class Relay:
         self.last_sync_at: float | None = None
 
     # -- capture: chat.db -> outbox ---------------------------------------------------------
-    def _cursor(self, now: float, result: CaptureResult) -> Cursor:
-        if self._fingerprint_generation != self.chatdb.generation:
-            self._fingerprint = self.chatdb.fingerprint()
-            self._fingerprint_generation = self.chatdb.generation
-        saved = self.store.cursor()
-        if saved is None:
-            top = self.chatdb.max_rowid()
-            cursor = Cursor(top, self._fingerprint)
-            self.store.set_cursor(cursor, now)
-            log.info("cursor_initialised", rowid=top, reason="first_start_no_history_replay")
-            return cursor
-        if saved.fingerprint != self._fingerprint:
-            return self._rebase(saved, now, result, "chatdb_fingerprint_changed")
-        if self.chatdb.max_rowid() < saved.rowid:
-            return self._rebase(saved, now, result, "chatdb_max_rowid_below_cursor")
-        return saved
-
-    def _rebase(self, saved: Cursor, now: float, result: CaptureResult, reason: str) -> Cursor:
-        top = self.chatdb.max_rowid()
-        cursor = Cursor(top, self._fingerprint)
-        self.store.set_cursor(cursor, now)
-        self._held_since.clear()
-        result.rebased = True
-        log.warning(
-            "chatdb_replaced_cursor_rebased",
-            reason=reason,
-            old_rowid=saved.rowid,
-            new_rowid=top,
-            hint="chat.db was replaced (restore, new Mac or reset); history is not replayed",
-        )
-        return cursor
-
     def capture_step(self, now: float) -> CaptureResult:
         """Move every new chat.db row into the outbox (or past it, with a reason)."""
-        result = CaptureResult()
-        cursor = self._cursor(now, result)
-        while True:
-            batch = self.chatdb.read_after(cursor.rowid, READ_BATCH)
-            if not batch:
-                break
-            result.read += len(batch)
-            items: list[tuple[str, int, bytes]] = []
-            last = cursor.rowid
-            for raw in batch:
-                if self._must_wait_for_chat(raw, now):
-                    result.holding = True
-                    break
-                outcome = rows.to_message(raw, now, self.settings.max_message_age)
-                if isinstance(outcome, Skipped):
-                    result.skipped[outcome.reason] += 1
-                    log.debug(
-                        "row_skipped", rowid=outcome.rowid, guid=outcome.guid, reason=outcome.reason
-                    )
-                else:
-                    items.append((outcome.message_guid, outcome.rowid, outcome.frozen_body()))
-                    _log_captured(outcome)
-                last = raw.rowid
-            if last > cursor.rowid:
-                cursor = Cursor(last, cursor.fingerprint)
-                result.enqueued += self.store.enqueue(items, cursor, time.time())
-                for rowid in [r for r in self._held_since if r <= last]:
-                    del self._held_since[rowid]
-            if result.holding or len(batch) < READ_BATCH:
-                break
-        return result
-
-    def _must_wait_for_chat(self, raw: rows.RawMessage, now: float) -> bool:
-        """Messages writes a message row and its chat join in separate steps. Wait a little."""
-        if raw.chats or rows.skip_reason(raw, now, self.settings.max_message_age) is not None:
-            return False
-        first_seen = self._held_since.setdefault(raw.rowid, now)
-        if first_seen > now:  # the clock went backwards: start the wait again
-            self._held_since[raw.rowid] = first_seen = now
-        if now - first_seen < self.settings.chat_join_wait:
-            return True
-        log.warning(
-            "chat_join_missing", rowid=raw.rowid, guid=raw.guid, waited_s=round(now - first_seen, 2)
-        )
-        return False
+        return self.capture.step(now)
 
     # -- delivery: outbox -> backend --------------------------------------------------------
     def deliver_step(self, now: float) -> Delivery:
@@ -315,7 +225,7 @@ class Relay:
                 round(now - stats.oldest_enqueued_at, 1) if stats.oldest_enqueued_at else None
             ),
             "dead_letters": stats.dead_letters,
-            "last_delivery_at": _iso(float(last_delivery)) if last_delivery else None,
+            "last_delivery_at": utc_iso(float(last_delivery)) if last_delivery else None,
             "uptime_s": round(now - self.started_at, 1),
         }
 
@@ -331,13 +241,13 @@ class Relay:
                 {
                     "event_id": e.event_id,
                     "event_type": e.event_type,
-                    "timestamp": _iso(e.created_at),
+                    "timestamp": utc_iso(e.created_at),
                     **e.payload,
                 }
                 for e in events
             ],
             "status": status,
-            "last_sync": _iso(self.last_sync_at) if self.last_sync_at else None,
+            "last_sync": utc_iso(self.last_sync_at) if self.last_sync_at else None,
         }
         outcome = self.backend.sync(payload)
         queue = {
@@ -371,21 +281,5 @@ class Relay:
         return outcome
 
 
-def _log_captured(message: Message) -> None:
-    log.debug(
-        "message_captured",
-        message_guid=message.message_guid,
-        rowid=message.rowid,
-        chat_guid=message.chat_guid,
-        sender=message.sender,
-        text=message.text,
-        attachments=len(message.attachments),
-    )
-
-
 def _describe(outcome: HttpOutcome) -> str:
     return f"HTTP {outcome.status}" if outcome.status is not None else str(outcome.error)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")

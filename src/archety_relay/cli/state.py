@@ -7,12 +7,12 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from ..chatdb import ChatDb
 from ..config import Settings
 from ..errors import RelayError
+from ..model import utc_iso
 from ..pidlock import running_pid
 from ..store import OUTBOX_FILE, Store, open_store
 from .common import settings_and_logs
@@ -36,7 +36,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds") if ts else None
+    return utc_iso(ts) if ts else None
 
 
 def _open_existing(settings: Settings) -> Store | None:

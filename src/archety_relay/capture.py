@@ -1,0 +1,136 @@
+"""Capture: new chat.db rows into the outbox, one step at a time. The saved cursor is the truth.
+
+`step(now)` takes wall-clock `now` (message age, how long a row has waited for its chat join).
+The cursor moves only in the transaction that stores what it passed, so a crash between
+reading and storing just reads the same rows again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import structlog
+
+from . import rows
+from .chatdb import ChatDb
+from .config import Settings
+from .model import Message, Skipped
+from .store import Cursor, Store
+
+log = structlog.get_logger("archety_relay.capture")
+
+# Rows read per transaction: bounds memory during a burst and keeps each read snapshot short.
+READ_BATCH = 500
+
+
+@dataclass
+class CaptureResult:
+    read: int = 0
+    enqueued: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    holding: bool = False  # a row is waiting for its chat join: capture again soon
+    rebased: bool = False
+
+
+class Capture:
+    def __init__(self, settings: Settings, chatdb: ChatDb, store: Store) -> None:
+        self.settings = settings
+        self.chatdb = chatdb
+        self.store = store
+        self._held_since: dict[int, float] = {}
+        self._fingerprint_generation = -1
+        self._fingerprint = ""
+
+    def _cursor(self, now: float, result: CaptureResult) -> Cursor:
+        if self._fingerprint_generation != self.chatdb.generation:
+            self._fingerprint = self.chatdb.fingerprint()
+            self._fingerprint_generation = self.chatdb.generation
+        saved = self.store.cursor()
+        if saved is None:
+            top = self.chatdb.max_rowid()
+            cursor = Cursor(top, self._fingerprint)
+            self.store.set_cursor(cursor, now)
+            log.info("cursor_initialised", rowid=top, reason="first_start_no_history_replay")
+            return cursor
+        if saved.fingerprint != self._fingerprint:
+            return self._rebase(saved, now, result, "chatdb_fingerprint_changed")
+        if self.chatdb.max_rowid() < saved.rowid:
+            return self._rebase(saved, now, result, "chatdb_max_rowid_below_cursor")
+        return saved
+
+    def _rebase(self, saved: Cursor, now: float, result: CaptureResult, reason: str) -> Cursor:
+        top = self.chatdb.max_rowid()
+        cursor = Cursor(top, self._fingerprint)
+        self.store.set_cursor(cursor, now)
+        self._held_since.clear()
+        result.rebased = True
+        log.warning(
+            "chatdb_replaced_cursor_rebased",
+            reason=reason,
+            old_rowid=saved.rowid,
+            new_rowid=top,
+            hint="chat.db was replaced (restore, new Mac or reset); history is not replayed",
+        )
+        return cursor
+
+    def step(self, now: float) -> CaptureResult:
+        """Move every new chat.db row into the outbox (or past it, with a reason)."""
+        result = CaptureResult()
+        cursor = self._cursor(now, result)
+        while True:
+            batch = self.chatdb.read_after(cursor.rowid, READ_BATCH)
+            if not batch:
+                break
+            result.read += len(batch)
+            items: list[tuple[str, int, bytes]] = []
+            last = cursor.rowid
+            for raw in batch:
+                if self._must_wait_for_chat(raw, now):
+                    result.holding = True
+                    break
+                outcome = rows.to_message(raw, now, self.settings.max_message_age)
+                if isinstance(outcome, Skipped):
+                    result.skipped[outcome.reason] += 1
+                    log.debug(
+                        "row_skipped", rowid=outcome.rowid, guid=outcome.guid, reason=outcome.reason
+                    )
+                else:
+                    items.append((outcome.message_guid, outcome.rowid, outcome.frozen_body()))
+                    _log_captured(outcome)
+                last = raw.rowid
+            if last > cursor.rowid:
+                cursor = Cursor(last, cursor.fingerprint)
+                result.enqueued += self.store.enqueue(items, cursor, time.time())
+                for rowid in [r for r in self._held_since if r <= last]:
+                    del self._held_since[rowid]
+            if result.holding or len(batch) < READ_BATCH:
+                break
+        return result
+
+    def _must_wait_for_chat(self, raw: rows.RawMessage, now: float) -> bool:
+        """Messages writes a message row and its chat join in separate steps. Wait a little."""
+        if raw.chats or rows.skip_reason(raw, now, self.settings.max_message_age) is not None:
+            return False
+        first_seen = self._held_since.setdefault(raw.rowid, now)
+        if first_seen > now:  # the clock went backwards: start the wait again
+            self._held_since[raw.rowid] = first_seen = now
+        if now - first_seen < self.settings.chat_join_wait:
+            return True
+        log.warning(
+            "chat_join_missing", rowid=raw.rowid, guid=raw.guid, waited_s=round(now - first_seen, 2)
+        )
+        return False
+
+
+def _log_captured(message: Message) -> None:
+    log.debug(
+        "message_captured",
+        message_guid=message.message_guid,
+        rowid=message.rowid,
+        chat_guid=message.chat_guid,
+        sender=message.sender,
+        text=message.text,
+        attachments=len(message.attachments),
+    )
