@@ -270,3 +270,49 @@ def test_state_database_full_keeps_the_cursor(
     while relay.deliver_step(1.0).kind == "delivered":
         pass
     assert len(backend.messages()) == 50
+
+
+def test_tls_certificates_are_verified(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, secret: str, tmp_path: Path
+) -> None:
+    """An https backend with a certificate nobody vouches for is refused: nothing, secret
+    included, is sent to it, and the message stays queued."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with StubBackend(secret, tls=context) as impostor:
+        relay = make_relay(ARCHETY_BACKEND_URL=impostor.url)
+        queue(relay, writer, "for the real backend only")
+        delivery = relay.deliver_step(1.0)
+        assert delivery.kind == "retry"
+        assert delivery.outcome is not None and delivery.outcome.error == "tls"
+        assert impostor.received == []
+        assert relay.store.stats().depth == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -53,6 +54,7 @@ class StubBackend:
         *,
         on_message: Callable[[Received], None] | None = None,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.secret = secret
         self.received: list[Received] = []
@@ -63,13 +65,17 @@ class StubBackend:
         self._stopping = threading.Event()
         self._on_message = on_message
         self._server = _Server(("127.0.0.1", port), self._handler_class())
+        self._scheme = "http"
+        if tls is not None:  # an HTTPS backend, for checking that certificates are verified
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
     def start(self) -> StubBackend:
         self._thread = threading.Thread(
