@@ -70,9 +70,3 @@ def set_secret(value: str, timeout: float = 30.0) -> str | None:
     if not problems:
         return f"keychain did not answer within {timeout:g}s (locked, or a prompt)"
     return problems[0] or None
-
-
-def backend_name() -> str:
-    import keyring
-
-    return type(keyring.get_keyring()).__name__
