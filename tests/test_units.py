@@ -119,3 +119,15 @@ def test_launchctl_command_lines() -> None:
 def test_shipped_schema_is_apples_schema_unchanged() -> None:
     """The demo's copy of chat.db's schema is exactly the one dumped from macOS."""
     assert schema_sql() == (SHARED_FIXTURES / "chatdb_schema.sql").read_text()
+
+
+def test_global_flags_work_before_or_after_the_subcommand() -> None:
+    """`archety-relay -v run` and `archety-relay run -v` mean the same."""
+    from archety_relay.cli.main import build_parser
+
+    parser = build_parser()
+    for argv in (["-v", "run"], ["run", "-v"]):
+        assert getattr(parser.parse_args(argv), "verbose", False) is True
+    assert getattr(parser.parse_args(["run"]), "verbose", False) is False
+    for argv in (["--log-format", "json", "status"], ["status", "--log-format", "json"]):
+        assert getattr(parser.parse_args(argv), "log_format", None) == "json"

@@ -58,7 +58,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
         cwd=workdir,
     )
-    logs.configure(log_file=settings.log_file, console=args.log_format, secrets=(secret,))
+    logs.configure(
+        log_file=settings.log_file, console=getattr(args, "log_format", None), secrets=(secret,)
+    )
     # The persona answers the first message, to show the way back through Messages.app.
     backend.script(
         "/orchestrator/message",

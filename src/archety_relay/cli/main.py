@@ -12,8 +12,9 @@ from .. import __version__
 from ..errors import RelayError
 from .state import parse_duration
 
-EPILOG = """exit codes: 0 ok, 2 configuration error, 3 auth rejected (401/403),
-4 backend unreachable, 5 chat.db unreadable (Full Disk Access), 6 state directory unusable"""
+EPILOG = """exit codes: 0 ok, 1 another relay is running, 2 configuration error,
+3 auth rejected (401/403), 4 backend unreachable, 5 chat.db unreadable (Full Disk Access),
+6 state directory unusable"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="health check, relay what is new, deliver the queue, one sync; then exit",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logs on the console")
+    # SUPPRESS: a subcommand must not reset what was given before it (`-v run` = `run -v`).
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logs on the console",
+    )
     common.add_argument(
         "--log-format",
         choices=("json", "console"),
-        default=None,
+        default=argparse.SUPPRESS,
         help="also log to stderr in this form (default: console when stderr is a terminal)",
     )
     for action in common._actions:
