@@ -233,3 +233,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "✅ 6 of 6 messages relayed" in result.stdout
     assert "3 reply bubbles handed to Messages.app" in result.stdout
+
+
+def test_file_events_wake_the_reader_without_waiting_for_the_poll(
+    start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """With the safety poll set to a minute, a new row still arrives: the real watchdog
+    observer on chat.db's directory woke the reader."""
+    chat = writer.direct_chat(ALICE)
+    start_relay({"ARCHETY_POLL_INTERVAL": "60"})
+    time.sleep(1.0)  # past the first capture and its short settle window
+    writer.message("woken by the WAL write", sender=ALICE, chat=chat)
+    assert wait_until(lambda: len(backend.messages()) == 1, timeout=20)
