@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from conftest import ALICE, BOB
@@ -279,3 +280,41 @@ def test_nulls_unknown_styles_and_missing_handles_never_crash(
     assert result.read == 4
     assert dict(result.skipped) == {"empty": 2, "no_sender": 1}
     assert [b["text"] for b in bodies(backend)] == ["fine"]
+
+
+def test_chatdb_is_safe_to_share_between_the_capture_and_dispatch_threads(
+    writer: MessagesWriter,
+) -> None:
+    """The capture thread and the dispatcher (looking up interrupted sends) read through one
+    ChatDb at once; neither may see the other's transaction or connection."""
+    import threading
+
+    from archety_relay.chatdb import ChatDb
+
+    chat = writer.direct_chat(ALICE)
+    for i in range(20):
+        writer.message(f"m{i}", sender=ALICE, chat=chat)
+    errors: list[BaseException] = []
+
+    def hammer(work: Callable[[ChatDb], object], db: ChatDb) -> None:
+        try:
+            for _ in range(400):
+                work(db)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with ChatDb(writer.path) as db:
+        threads = [
+            threading.Thread(
+                target=hammer, args=(lambda d: (d.changed(), d.read_after(0, 50)), db)
+            ),
+            threading.Thread(
+                target=hammer, args=(lambda d: d.was_sent(f"iMessage;-;{ALICE}", "x", 0), db)
+            ),
+            threading.Thread(target=hammer, args=(lambda d: d.max_rowid(), db)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert errors == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,6 +66,8 @@ class ChatDb:
         self._data_version: int | None = None
         # Counts (re)connections, so callers can tell when to re-read the fingerprint.
         self.generation = 0
+        # The capture and dispatch threads share this connection; one read at a time on it.
+        self._lock = threading.RLock()
 
     # -- connection -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -99,25 +102,27 @@ class ChatDb:
             return None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """One short read transaction; every cursor inside must be fully fetched."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN")
+        with self._lock:
+            conn = self._connect()
             try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self.close()
-            raise ChatDbUnavailable(
-                f"reading chat.db failed: {exc}", hint=FULL_DISK_ACCESS_HINT
-            ) from exc
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.close()
+                raise ChatDbUnavailable(
+                    f"reading chat.db failed: {exc}", hint=FULL_DISK_ACCESS_HINT
+                ) from exc
 
     # -- reads ------------------------------------------------------------------------------
     def changed(self) -> bool:
@@ -125,15 +130,16 @@ class ChatDb:
 
         `PRAGMA data_version` costs microseconds, so the periodic safety check is nearly free.
         """
-        conn = self._connect()
-        try:
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            self.close()
-            raise ChatDbUnavailable(f"reading chat.db failed: {exc}") from exc
-        changed = version != self._data_version
-        self._data_version = version
-        return changed
+        with self._lock:
+            conn = self._connect()
+            try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error as exc:
+                self.close()
+                raise ChatDbUnavailable(f"reading chat.db failed: {exc}") from exc
+            changed = version != self._data_version
+            self._data_version = version
+            return changed
 
     def fingerprint(self) -> str:
         """Identifies this database instance: its inode and Messages' own unique identifier."""
