@@ -123,10 +123,13 @@ def test_text_is_an_argument_never_script_source() -> None:
 
 @pytest.fixture
 def replying(
-    env: dict[str, str], osascript: FakeOsascript, writer: MessagesWriter
+    env: dict[str, str],
+    osascript: FakeOsascript,
+    writer: MessagesWriter,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
     """The relay's environment with the fake osascript, which records into chat.db too."""
-    os.environ["FAKE_OSASCRIPT_CHATDB"] = str(writer.path)
+    monkeypatch.setenv("FAKE_OSASCRIPT_CHATDB", str(writer.path))
     return {
         **env,
         **osascript.env,
