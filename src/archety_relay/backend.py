@@ -20,7 +20,7 @@ from typing import Any
 import requests
 
 from . import __version__
-from .config import Secret
+from .config import Secret, Settings
 from .policy import HttpOutcome
 
 MESSAGE_PATH = "/orchestrator/message"
@@ -61,6 +61,22 @@ class Backend:
         # sender must never wait behind a slow heartbeat.
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        secret: Callable[[], Secret] | None = None,
+        read_timeout: float | None = None,
+    ) -> Backend:
+        """A client for the configured backend; `secret` may change at run time (rotation)."""
+        return cls(
+            settings.backend_url,
+            settings.agent_id,
+            secret or (lambda: settings.secret),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout if read_timeout is None else read_timeout,
+        )
 
     @property
     def _session(self) -> requests.Session:

@@ -56,8 +56,6 @@ class Capture:
             return cursor
         if saved.fingerprint != self._fingerprint:
             return self._rebase(saved, now, result, "chatdb_fingerprint_changed")
-        if self.chatdb.max_rowid() < saved.rowid:
-            return self._rebase(saved, now, result, "chatdb_max_rowid_below_cursor")
         return saved
 
     def _rebase(self, saved: Cursor, now: float, result: CaptureResult, reason: str) -> Cursor:
@@ -82,6 +80,10 @@ class Capture:
         while True:
             batch = self.chatdb.read_after(cursor.rowid, READ_BATCH)
             if not batch:
+                # Only an empty read can mean a reset database below the cursor; asking
+                # MAX(ROWID) on every step would add a transaction to the hot path.
+                if not result.read and self.chatdb.max_rowid() < cursor.rowid:
+                    self._rebase(cursor, now, result, "chatdb_max_rowid_below_cursor")
                 break
             result.read += len(batch)
             items: list[tuple[str, int, bytes]] = []

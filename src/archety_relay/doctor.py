@@ -155,13 +155,7 @@ def _dns_check(settings: Settings) -> Check:
 
 
 def _backend_check(settings: Settings) -> Check:
-    backend = Backend(
-        settings.backend_url,
-        settings.agent_id,
-        lambda: settings.secret,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=10.0,
-    )
+    backend = Backend.from_settings(settings, read_timeout=10.0)
     try:
         outcome = backend.heartbeat()
     finally:
@@ -170,7 +164,7 @@ def _backend_check(settings: Settings) -> Check:
         return Check(
             "backend accepts secret",
             True,
-            f"heartbeat HTTP {outcome.status} in {outcome.elapsed_ms:.0f} ms",
+            f"heartbeat {outcome.summary()}",
         )
     if outcome.status in (401, 403):
         return Check(

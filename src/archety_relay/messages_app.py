@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 SCRIPT = (
@@ -38,24 +39,9 @@ class SendResult:
 
 def automation_allowed(timeout: float = 15.0) -> SendResult:
     """Whether this process may control Messages (asks Messages for its name)."""
-    osascript = shutil.which("osascript")
-    if osascript is None:
-        return SendResult(False, "osascript not found (not macOS?)", retryable=False)
-    try:
-        done = subprocess.run(
-            [osascript, "-e", 'tell application "Messages" to get name'],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return SendResult(False, f"osascript did not answer: {exc}")
-    if done.returncode == 0:
-        return SendResult(True)
-    detail = done.stderr.strip()[:300]
-    if NOT_AUTHORIZED in detail:
-        return SendResult(False, f"automation_permission_missing: {AUTOMATION_HINT}", False)
-    return SendResult(False, detail)
+    return _run(
+        lambda osascript: [osascript, "-e", 'tell application "Messages" to get name'], timeout
+    )
 
 
 def send_argv(chat_guid: str, text: str, osascript: str = "osascript") -> list[str]:
@@ -66,13 +52,16 @@ def send_argv(chat_guid: str, text: str, osascript: str = "osascript") -> list[s
 
 
 def send(chat_guid: str, text: str, timeout: float = SEND_TIMEOUT_SECONDS) -> SendResult:
+    return _run(lambda osascript: send_argv(chat_guid, text, osascript), timeout)
+
+
+def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
+    """Run osascript; what went wrong, if anything, as a value (retryable or not)."""
     osascript = shutil.which("osascript")
     if osascript is None:
         return SendResult(False, "osascript not found (not macOS?)", retryable=False)
     try:
-        done = subprocess.run(
-            send_argv(chat_guid, text, osascript), capture_output=True, text=True, timeout=timeout
-        )
+        done = subprocess.run(argv(osascript), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return SendResult(False, f"osascript did not finish within {timeout:g}s")
     except OSError as exc:

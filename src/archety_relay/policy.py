@@ -40,6 +40,12 @@ class HttpOutcome:
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
+    def summary(self) -> str:
+        """For people: "HTTP 503 in 12 ms" or "no answer (timeout)"."""
+        if self.status is not None:
+            return f"HTTP {self.status} in {self.elapsed_ms:.0f} ms"
+        return f"no answer ({self.error})"
+
 
 def verdict(outcome: HttpOutcome) -> Verdict:
     status = outcome.status

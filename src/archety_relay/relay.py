@@ -66,13 +66,7 @@ class Relay:
         self.chatdb = chatdb
         self.store = store
         self.secret = settings.secret
-        self.backend = backend or Backend(
-            settings.backend_url,
-            settings.agent_id,
-            lambda: self.secret,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-        )
+        self.backend = backend or Backend.from_settings(settings, lambda: self.secret)
         self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
         # Changed at run time by the backend's config_updates (clamped in commands.intervals).
         self.intervals = {
@@ -141,7 +135,7 @@ class Relay:
             )
             return Delivery("dead_lettered", 0.0, outcome)
         self.store.record_attempt(item.id, outcome.status, outcome.error)
-        self.store.set_meta("last_error", _describe(outcome))
+        self.store.set_meta("last_error", outcome.summary())
         if decided is Verdict.AUTH_PAUSED:
             interval = self.settings.auth_probe_interval
             self.auth_paused_until = now + interval
@@ -279,7 +273,3 @@ class Relay:
             **queue,
         )
         return outcome
-
-
-def _describe(outcome: HttpOutcome) -> str:
-    return f"HTTP {outcome.status}" if outcome.status is not None else str(outcome.error)

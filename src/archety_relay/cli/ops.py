@@ -59,13 +59,7 @@ def _write_env_file(settings: Settings, value: str) -> str:
 
 
 def _verify(settings: Settings, secret: Secret) -> HttpOutcome:
-    backend = Backend(
-        settings.backend_url,
-        settings.agent_id,
-        lambda: secret,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=15.0,
-    )
+    backend = Backend.from_settings(settings, lambda: secret, read_timeout=15.0)
     try:
         return backend.heartbeat()
     finally:
@@ -111,7 +105,7 @@ def cmd_set_secret(args: argparse.Namespace) -> int:
     elif verified.ok:
         print(f"✅ the backend accepts it (heartbeat HTTP {verified.status})")
     else:
-        print(f"⚠ stored, but the backend could not be asked: {_describe(verified)}")
+        print(f"⚠ stored, but the backend could not be asked: {verified.summary()}")
         return EXIT_BACKEND
     if running_pid(settings.state_dir):
         print(
@@ -122,21 +116,9 @@ def cmd_set_secret(args: argparse.Namespace) -> int:
 
 
 # -- test-message -------------------------------------------------------------------------------
-def _describe(outcome: HttpOutcome) -> str:
-    if outcome.status is not None:
-        return f"HTTP {outcome.status} in {outcome.elapsed_ms:.0f} ms"
-    return f"no answer ({outcome.error})"
-
-
 def cmd_test_message(args: argparse.Namespace) -> int:
     settings = settings_and_logs(args)
-    backend = Backend(
-        settings.backend_url,
-        settings.agent_id,
-        lambda: settings.secret,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-    )
+    backend = Backend.from_settings(settings)
     try:
         health = backend.heartbeat()
         if not health.ok:
@@ -157,7 +139,7 @@ def cmd_test_message(args: argparse.Namespace) -> int:
         backend.close()
     if not outcome.ok:
         return _test_failed("test message", outcome)
-    print(f"✅ test message accepted: {_describe(outcome)} (health check {_describe(health)})")
+    print(f"✅ test message accepted: {outcome.summary()} (health check {health.summary()})")
     if outcome.body:
         print(f"   backend answered: {outcome.body[:300]}")
     return EXIT_OK
@@ -170,7 +152,7 @@ def _test_failed(what: str, outcome: HttpOutcome) -> int:
             "(archety-relay set-secret)"
         )
         return EXIT_AUTH
-    print(f"❌ {what}: {_describe(outcome)}")
+    print(f"❌ {what}: {outcome.summary()}")
     return EXIT_BACKEND
 
 
@@ -246,7 +228,7 @@ def _deliver_backfill(settings: Settings, store: Store, guids: list[str]) -> int
         print(file=sys.stderr)
         if delivery.kind != "idle":
             print(
-                f"stopped: {_describe(delivery.outcome) if delivery.outcome else delivery.kind}"
+                f"stopped: {delivery.outcome.summary() if delivery.outcome else delivery.kind}"
                 "; the rest stays queued for the daemon"
             )
             return EXIT_AUTH if delivery.kind == "auth_paused" else EXIT_BACKEND

@@ -83,11 +83,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def _describe(outcome: HttpOutcome | None) -> str:
-    if outcome is None:
-        return "not attempted"
-    if outcome.status is not None:
-        return f"HTTP {outcome.status} in {outcome.elapsed_ms:.0f} ms"
-    return f"no answer ({outcome.error})"
+    return "not attempted" if outcome is None else outcome.summary()
 
 
 def _print_report(report: OnceReport, backend_url: str) -> None:
