@@ -30,7 +30,8 @@ from .store import Store
 log = structlog.get_logger("archety_relay.daemon")
 
 ERROR_LOG_INTERVAL = 60.0
-MAX_ERROR_BACKOFF = 30.0
+# Retries of a failing loop (full disk, chat.db unreadable) are at most this far apart.
+MAX_ERROR_BACKOFF = 10.0
 # Another process (retry-dead, backfill) may queue rows; an idle sender looks every few seconds.
 IDLE_RECHECK_SECONDS = 5.0
 CHAT_JOIN_RECHECK_SECONDS = 0.1
@@ -153,6 +154,9 @@ class Daemon:
     def _capture_loop(self) -> None:
         errors = _ErrorLog("capture_failed")
         holding = False
+        # A failed capture leaves rows unread although data_version has been seen: retry it
+        # without waiting for another change to chat.db (a full disk that frees up, say).
+        retry = False
         settle_until = 0.0
         wait = 0.0
         while not self.stop.is_set():
@@ -163,8 +167,9 @@ class Daemon:
             try:
                 changed = self.chatdb.changed()
                 read = 0
-                if woke or holding or changed:
+                if woke or holding or retry or changed:
                     result = self.relay.capture_step(time.time())
+                    retry = False
                     holding, read = result.holding, result.read
                     if result.enqueued:
                         self.outbox_ready.set()
@@ -192,10 +197,10 @@ class Daemon:
                 else:
                     wait = self.settings.poll_interval
             except ChatDbUnavailable as exc:
-                errors.event = "chatdb_unavailable"
+                errors.event, retry = "chatdb_unavailable", True
                 wait = errors.failed(exc, time.monotonic())
             except Exception as exc:
-                errors.event = "capture_failed"
+                errors.event, retry = "capture_failed", True
                 wait = errors.failed(exc, time.monotonic())
 
     def _sender_loop(self) -> None:
