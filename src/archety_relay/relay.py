@@ -16,29 +16,17 @@ from typing import Any
 
 import structlog
 
-from . import __version__, commands
 from .backend import Backend
 from .capture import Capture, CaptureResult
 from .chatdb import ChatDb
 from .config import Secret, Settings
-from .model import utc_iso
 from .outbound import Outbound, Sender
 from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
 from .store import NewOutgoing, Store
+from .sync import Sync
 
 log = structlog.get_logger("archety_relay.relay")
 
-CAPABILITIES = (
-    "message_relay",
-    "attributed_body",
-    "attachments_metadata",
-    "idempotency_key",
-    "replies",
-    "send_message",
-    "schedule_message",
-    "cancel_message",
-    "list_scheduled",
-)
 # An outage's warning is repeated at most this often; each attempt still logs at info.
 OUTAGE_LOG_INTERVAL = 60.0
 
@@ -68,11 +56,6 @@ class Relay:
         self.secret = settings.secret
         self.backend = backend or Backend.from_settings(settings, lambda: self.secret)
         self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
-        # Changed at run time by the backend's config_updates (clamped in commands.intervals).
-        self.intervals = {
-            "heartbeat_interval": settings.heartbeat_interval,
-            "sync_interval": settings.sync_interval,
-        }
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
         self.capture = Capture(settings, chatdb, store)
@@ -80,8 +63,15 @@ class Relay:
         self.retry_at = 0.0
         self.auth_paused_until: float | None = None
         self._outage_logged_at: float | None = None
-        self.started_at = time.time()
-        self.last_sync_at: float | None = None
+        self.sync = Sync(
+            settings,
+            store,
+            self.backend,
+            self.outbound,
+            lambda: "auth_paused" if self.auth_paused_until is not None else "running",
+        )
+        # Changed at run time by the backend's config_updates; the daemon's timer reads it.
+        self.intervals = self.sync.intervals
 
     # -- capture: chat.db -> outbox ---------------------------------------------------------
     def capture_step(self, now: float) -> CaptureResult:
@@ -199,77 +189,13 @@ class Relay:
         if self.auth_paused_until is not None:
             self.auth_paused_until = 0.0
 
-    # -- heartbeat and sync -----------------------------------------------------------------
+    # -- heartbeat and sync (sync.py) ------------------------------------------------------
     def heartbeat_step(self) -> HttpOutcome:
-        outcome = self.backend.heartbeat()
-        level = log.info if outcome.ok else log.warning
-        level(
-            "heartbeat", status=outcome.status, error=outcome.error, ms=round(outcome.elapsed_ms, 1)
-        )
-        return outcome
+        return self.sync.heartbeat_step()
 
     def status_payload(self, now: float) -> dict[str, Any]:
-        stats = self.store.stats()
-        meta = self.store.meta()
-        last_delivery = meta.get("last_delivery_at")
-        return {
-            "state": "auth_paused" if self.auth_paused_until is not None else "running",
-            "queue_depth": stats.depth,
-            "oldest_undelivered_age_s": (
-                round(now - stats.oldest_enqueued_at, 1) if stats.oldest_enqueued_at else None
-            ),
-            "dead_letters": stats.dead_letters,
-            "last_delivery_at": utc_iso(float(last_delivery)) if last_delivery else None,
-            "uptime_s": round(now - self.started_at, 1),
-        }
+        return self.sync.status_payload(now)
 
     def sync_step(self, now: float) -> HttpOutcome:
         """Report status and events; carry out the commands and settings that come back."""
-        status = self.status_payload(now)
-        events = self.store.pending_events()
-        payload = {
-            "edge_agent_id": self.settings.agent_id,
-            "version": __version__,
-            "capabilities": list(CAPABILITIES),
-            "events": [
-                {
-                    "event_id": e.event_id,
-                    "event_type": e.event_type,
-                    "timestamp": utc_iso(e.created_at),
-                    **e.payload,
-                }
-                for e in events
-            ],
-            "status": status,
-            "last_sync": utc_iso(self.last_sync_at) if self.last_sync_at else None,
-        }
-        outcome = self.backend.sync(payload)
-        queue = {
-            "queue_depth": status["queue_depth"],
-            "oldest_undelivered_age_s": status["oldest_undelivered_age_s"],
-            "dead_letters": status["dead_letters"],
-        }
-        if not outcome.ok:
-            log.warning("sync_failed", status=outcome.status, error=outcome.error, **queue)
-            return outcome
-        self.last_sync_at = now
-        self.store.prune_delivered(now)
-        self.store.prune_history(now)
-        response = commands.parse_response(outcome.body)
-        acked = self.store.ack_events(response.ack_events)
-        for action in response.actions:
-            self.outbound.execute(action, now)
-        for name, value in response.intervals.items():
-            if self.intervals.get(name) != value:
-                log.info("interval_updated", name=name, seconds=value)
-                self.intervals[name] = value
-        log.info(
-            "sync",
-            status=outcome.status,
-            events_sent=len(events),
-            events_acked=acked,
-            commands=len(response.actions),
-            command_types=sorted({type(a).__name__ for a in response.actions}),
-            **queue,
-        )
-        return outcome
+        return self.sync.sync_step(now)

@@ -1,0 +1,134 @@
+"""Heartbeat and `/edge/sync`: report status and events, carry out what the backend answers.
+
+`sync_step(now)` is one round trip: the status and pending events go out; acknowledgements,
+commands and interval changes come back and are applied. The driver (daemon's timer thread,
+`--once`) decides when; `intervals` is what it reads to decide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from . import __version__, commands
+from .backend import Backend
+from .config import Settings
+from .model import utc_iso
+from .outbound import Outbound
+from .policy import HttpOutcome
+from .store import Store
+
+log = structlog.get_logger("archety_relay.sync")
+
+CAPABILITIES = (
+    "message_relay",
+    "attributed_body",
+    "attachments_metadata",
+    "idempotency_key",
+    "replies",
+    "send_message",
+    "schedule_message",
+    "cancel_message",
+    "list_scheduled",
+)
+
+
+class Sync:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: Backend,
+        outbound: Outbound,
+        state: Callable[[], str],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.outbound = outbound
+        # The relay's own state ("running", "auth_paused"), asked at each sync.
+        self._state = state
+        # Changed at run time by the backend's config_updates (clamped in commands.intervals).
+        self.intervals = {
+            "heartbeat_interval": settings.heartbeat_interval,
+            "sync_interval": settings.sync_interval,
+        }
+        self.started_at = time.time()
+        self.last_sync_at: float | None = None
+
+    def heartbeat_step(self) -> HttpOutcome:
+        outcome = self.backend.heartbeat()
+        level = log.info if outcome.ok else log.warning
+        level(
+            "heartbeat", status=outcome.status, error=outcome.error, ms=round(outcome.elapsed_ms, 1)
+        )
+        return outcome
+
+    def status_payload(self, now: float) -> dict[str, Any]:
+        stats = self.store.stats()
+        meta = self.store.meta()
+        last_delivery = meta.get("last_delivery_at")
+        return {
+            "state": self._state(),
+            "queue_depth": stats.depth,
+            "oldest_undelivered_age_s": (
+                round(now - stats.oldest_enqueued_at, 1) if stats.oldest_enqueued_at else None
+            ),
+            "dead_letters": stats.dead_letters,
+            "last_delivery_at": utc_iso(float(last_delivery)) if last_delivery else None,
+            "uptime_s": round(now - self.started_at, 1),
+        }
+
+    def sync_step(self, now: float) -> HttpOutcome:
+        """Report status and events; carry out the commands and settings that come back."""
+        status = self.status_payload(now)
+        events = self.store.pending_events()
+        payload = {
+            "edge_agent_id": self.settings.agent_id,
+            "version": __version__,
+            "capabilities": list(CAPABILITIES),
+            "events": [
+                {
+                    "event_id": e.event_id,
+                    "event_type": e.event_type,
+                    "timestamp": utc_iso(e.created_at),
+                    **e.payload,
+                }
+                for e in events
+            ],
+            "status": status,
+            "last_sync": utc_iso(self.last_sync_at) if self.last_sync_at else None,
+        }
+        outcome = self.backend.sync(payload)
+        queue = {
+            "queue_depth": status["queue_depth"],
+            "oldest_undelivered_age_s": status["oldest_undelivered_age_s"],
+            "dead_letters": status["dead_letters"],
+        }
+        if not outcome.ok:
+            log.warning("sync_failed", status=outcome.status, error=outcome.error, **queue)
+            return outcome
+        self.last_sync_at = now
+        self.store.prune_delivered(now)
+        self.store.prune_history(now)
+        response = commands.parse_response(outcome.body)
+        acked = self.store.ack_events(response.ack_events)
+        for action in response.actions:
+            self.outbound.execute(action, now)
+        for name, value in response.intervals.items():
+            if self.intervals.get(name) != value:
+                log.info("interval_updated", name=name, seconds=value)
+                self.intervals[name] = value
+        log.info(
+            "sync",
+            status=outcome.status,
+            events_sent=len(events),
+            events_acked=acked,
+            commands=len(response.actions),
+            command_types=sorted({type(a).__name__ for a in response.actions}),
+            **queue,
+        )
+        return outcome
