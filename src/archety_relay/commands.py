@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .chat_guid import is_chat_guid
+
 SYNC_INTERVAL_RANGE = (10.0, 3600.0)
 HEARTBEAT_INTERVAL_RANGE = (5.0, 3600.0)
 MAX_TEXT_CHARS = 20_000
@@ -99,7 +101,8 @@ def intervals(updates: Any) -> dict[str, float]:
 
 def _chat(params: dict[str, Any]) -> str | None:
     value = params.get("chat_guid") or params.get("thread_id")
-    return value if isinstance(value, str) and value.strip() else None
+    # Only a real chat guid: it becomes an osascript argument (a leading "-" would be an option).
+    return value if is_chat_guid(value) else None
 
 
 def _text(params: dict[str, Any]) -> str | None:
@@ -130,7 +133,7 @@ def to_action(command: dict[str, Any]) -> Action:
     if kind in ("send_message", "schedule_message"):
         chat, text = _chat(params), _text(params)
         if chat is None:
-            return Invalid(command_id, kind, "missing chat_guid or thread_id")
+            return Invalid(command_id, kind, "missing or malformed chat_guid or thread_id")
         if text is None:
             return Invalid(command_id, kind, "missing, empty or too long text")
         if kind == "send_message":
