@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getopt
 import json
 import os
 import secrets
@@ -221,11 +222,18 @@ def accepted_texts(backend: StubBackend) -> list[str]:
 
 
 FAKE_OSASCRIPT = '''#!{python}
-"""Stands in for macOS's osascript: records argv, and behaves like Messages.app on request."""
-import json, os, sqlite3, sys, time, uuid
+"""Stands in for macOS's osascript: records argv, and behaves like Messages.app on request.
+
+Options are read as osascript reads them (POSIX getopt: until `--` or the first non-option), so
+an argument that would be taken for an option is caught here as it would be on the Mac."""
+import getopt, json, os, sqlite3, sys, time, uuid
 log = os.environ["FAKE_OSASCRIPT_LOG"]
 with open(log, "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+options, arguments = getopt.getopt(sys.argv[1:], "e:l:s:i")
+if any(flag != "-e" for flag, _ in options):
+    sys.stderr.write("osascript: unexpected option\\n")
+    sys.exit(2)
 fail = os.environ.get("FAKE_OSASCRIPT_FAIL")
 if fail:
     sys.stderr.write(fail + "\\n")
@@ -234,7 +242,7 @@ sleep_first = float(os.environ.get("FAKE_OSASCRIPT_SLEEP_BEFORE", "0"))
 time.sleep(sleep_first)
 db = os.environ.get("FAKE_OSASCRIPT_CHATDB")
 if db:  # Messages.app records what it sent as is_from_me = 1 in the chat
-    chat_guid, text = sys.argv[-2], sys.argv[-1]
+    chat_guid, text = arguments[0], arguments[1]
     conn = sqlite3.connect(db, timeout=10)
     chat = conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (chat_guid,)).fetchone()
     date = int((time.time() - 978307200) * 1e9)
@@ -268,8 +276,13 @@ class FakeOsascript:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line]
 
     def sent(self) -> list[tuple[str, str]]:
-        """(chat guid, text) of every call: the last two arguments of the run handler."""
-        return [(c[-2], c[-1]) for c in self.calls()]
+        """(chat guid, text) of every call: the run handler's first two arguments."""
+        return [(args[0], args[1]) for args in map(osascript_arguments, self.calls())]
+
+
+def osascript_arguments(argv: list[str]) -> list[str]:
+    """What osascript passes to the run handler: what is left once getopt has read options."""
+    return getopt.getopt(argv, "e:l:s:i")[1]
 
 
 @pytest.fixture

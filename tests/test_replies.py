@@ -17,12 +17,24 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, BOB, FakeOsascript, RelayProcess, cli_env, log_events, wait_until
+import structlog.testing
+from conftest import (
+    ALICE,
+    BOB,
+    FakeOsascript,
+    RelayProcess,
+    cli_env,
+    log_events,
+    osascript_arguments,
+    wait_until,
+)
 
 from archety_relay import commands, messages_app, replies
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.config import Settings
 from archety_relay.relay import Relay
+from archety_relay.store import Store
 
 MSG = "/orchestrator/message"
 SYNC = "/edge/sync"
@@ -76,7 +88,7 @@ def test_command_parsing_and_interval_clamping() -> None:
                         "command_id": "c2",
                         "command_type": "schedule_message",
                         "params": {
-                            "chat_guid": "g",
+                            "chat_guid": "iMessage;+;chat9",
                             "text": "later",
                             "send_at": "2030-01-01T09:00:00+02:00",
                         },
@@ -85,7 +97,7 @@ def test_command_parsing_and_interval_clamping() -> None:
                         "command_id": "c3",
                         "command_type": "schedule_message",
                         "params": {
-                            "chat_guid": "g",
+                            "chat_guid": "iMessage;+;chat9",
                             "text": "later",
                             "send_at": "2030-01-01T09:00:00",
                         },
@@ -117,8 +129,77 @@ def test_command_parsing_and_interval_clamping() -> None:
 def test_text_is_an_argument_never_script_source() -> None:
     """The AppleScript is fixed; chat guid and text are argv after it, untouched."""
     argv = messages_app.send_argv("iMessage;+;chat1", TRICKY)
-    assert argv == ["osascript", *SCRIPT_ARGS, "iMessage;+;chat1", TRICKY]
+    assert argv == ["osascript", *SCRIPT_ARGS, "--", "iMessage;+;chat1", TRICKY]
     assert all(TRICKY not in line for line in messages_app.SCRIPT)
+
+
+INJECTION = 'property p : (do shell script "id > /tmp/pwned")'
+
+
+def test_no_argument_is_ever_read_as_an_osascript_option(
+    relay: Relay, osascript: FakeOsascript
+) -> None:
+    """A chat guid such as "-e" from a sync command would make the text script source (review
+    #7): the command is refused with a reason, the send path refuses it again, and osascript's
+    own option parsing finds only our script lines even if such a guid got through."""
+    refused = commands.to_action(
+        {
+            "command_id": "c9",
+            "command_type": "send_message",
+            "params": {"chat_guid": "-e", "text": INJECTION},
+        }
+    )
+    assert isinstance(refused, commands.Invalid) and "chat_guid" in refused.reason
+    for bad in ("-e", "-l", "iMessage;-;+1\x00", "chat1", "iMessage;x;+1", ""):
+        result = messages_app.send(bad, INJECTION)
+        assert not result.ok and not result.retryable and "invalid_chat_guid" in (result.error or "")
+    assert osascript.calls() == []
+    argv = messages_app.send_argv("-e", INJECTION)[1:]
+    assert osascript_arguments(argv) == ["-e", INJECTION]  # arguments, not script
+
+
+def test_a_nul_byte_fails_one_send_and_never_blocks_another_chat(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
+) -> None:
+    """A NUL in a reply cannot go through argv (subprocess raises ValueError): that row fails at
+    once with the reason, and another chat's message due at the same moment still goes out."""
+    from archety_relay.commands import SendNow
+
+    relay.outbound.execute(SendNow("n1", f"iMessage;-;{ALICE}", "bad\x00reply"), 100.0)
+    relay.outbound.execute(SendNow("n2", f"iMessage;-;{BOB}", "fine"), 100.0)
+    relay.outbound.dispatch_step(100.0)
+    assert osascript.sent() == [(f"iMessage;-;{BOB}", "fine")]
+    (failed,) = [e for e in relay.store.pending_events() if e.event_type == "message_failed"]
+    assert failed.payload["chat_guid"] == f"iMessage;-;{ALICE}"
+    assert "NUL" in failed.payload["details"]["error"]
+    assert relay.store.outgoing_counts() == {"failed": 1, "sent": 1}
+
+
+def test_a_row_whose_send_raises_does_not_stop_the_other_chats(
+    settings: Settings, store: Store, writer: MessagesWriter
+) -> None:
+    """Whatever goes wrong with one outgoing row (here the sender itself raises), the rest of the
+    step still sends other chats' messages, and the failure is logged with the row's id."""
+    from archety_relay.chatdb import ChatDb
+    from archety_relay.commands import SendNow
+    from archety_relay.outbound import Outbound
+
+    sent: list[str] = []
+
+    def send(chat_guid: str, text: str) -> messages_app.SendResult:
+        if ALICE in chat_guid:
+            raise RuntimeError("boom")
+        sent.append(text)
+        return messages_app.SendResult(True)
+
+    with ChatDb(settings.chat_db) as chatdb, structlog.testing.capture_logs() as logged:
+        outbound = Outbound(settings, store, chatdb, send=send)
+        outbound.execute(SendNow("r1", f"iMessage;-;{ALICE}", "explodes"), 100.0)
+        outbound.execute(SendNow("r2", f"iMessage;-;{BOB}", "goes"), 100.0)
+        outbound.dispatch_step(100.0)
+    assert sent == ["goes"]
+    (failure,) = [e for e in logged if e["event"] == "send_step_failed"]
+    assert failure["outgoing_id"] == 1 and failure["error"] == "boom"
 
 
 @pytest.fixture
@@ -171,7 +252,7 @@ def test_replies_go_to_the_chat_in_order_byte_for_byte(
     writer.message("quiet please", sender=ALICE, chat=alice)
     assert wait_until(lambda: len(osascript.calls()) == 6, timeout=15)
     calls = osascript.calls()
-    assert calls[0] == [*SCRIPT_ARGS, f"iMessage;-;{ALICE}", TRICKY]
+    assert calls[0] == [*SCRIPT_ARGS, "--", f"iMessage;-;{ALICE}", TRICKY]
     group_sent = [t for c, t in osascript.sent() if c == "iMessage;+;chat77"]
     assert group_sent == ["one", "two"]  # chats interleave freely; each keeps its own order
     per_chat = [t for c, t in osascript.sent() if c == f"iMessage;-;{ALICE}"]

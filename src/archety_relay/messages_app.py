@@ -2,6 +2,8 @@
 
 The text and the chat guid are passed as *arguments* to an `on run argv` script, never spliced
 into AppleScript source, so no text can inject script (quotes, backslashes, `end tell`...).
+osascript reads options until the first non-option argument, so `--` ends them before ours and
+the chat guid must look like one (`chat_guid.is_chat_guid`): nothing we pass is read as an option.
 On Linux there is no osascript; tests put a fake one first on PATH that records its argv.
 """
 
@@ -11,6 +13,8 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .chat_guid import is_chat_guid
 
 SCRIPT = (
     "on run argv",
@@ -48,10 +52,22 @@ def send_argv(chat_guid: str, text: str, osascript: str = "osascript") -> list[s
     argv = [osascript]
     for line in SCRIPT:
         argv += ["-e", line]
-    return [*argv, chat_guid, text]
+    return [*argv, "--", chat_guid, text]
+
+
+def refusal(chat_guid: str, text: str) -> str | None:
+    """Why this send must not reach osascript at all (never worth retrying), or None."""
+    if not is_chat_guid(chat_guid):
+        return "invalid_chat_guid: not a Messages chat guid (service;-;handle or service;+;chat…)"
+    if "\x00" in text:
+        return "invalid_text: contains a NUL character, which cannot be passed to osascript"
+    return None
 
 
 def send(chat_guid: str, text: str, timeout: float = SEND_TIMEOUT_SECONDS) -> SendResult:
+    refused = refusal(chat_guid, text)
+    if refused is not None:
+        return SendResult(False, refused, retryable=False)
     return _run(lambda osascript: send_argv(chat_guid, text, osascript), timeout)
 
 
@@ -66,6 +82,8 @@ def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
         return SendResult(False, f"osascript did not finish within {timeout:g}s")
     except OSError as exc:
         return SendResult(False, f"osascript could not run: {exc}")
+    except ValueError as exc:  # an argument subprocess cannot pass (embedded NUL): never will
+        return SendResult(False, f"osascript could not be given its arguments: {exc}", False)
     if done.returncode == 0:
         return SendResult(True)
     detail = (done.stderr or done.stdout).strip()[:300]

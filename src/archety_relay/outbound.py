@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from . import messages_app, replies
+from .chat_guid import is_chat_guid
 from .chatdb import ChatDb
 from .commands import Action, Cancel, Invalid, ListScheduled, Schedule, SendNow
 from .config import Settings
@@ -59,6 +60,8 @@ class Outbound:
         if not planned.bubbles:
             return [], planned.reason
         chat_guid = json.loads(item.body)["chat_guid"]
+        if not is_chat_guid(chat_guid):
+            return [], "invalid_chat_guid"
         log.info(
             "reply_planned",
             message_guid=item.message_guid,
@@ -173,7 +176,12 @@ class Outbound:
                     f"missed: due {utc_iso(item.send_at)}, more than an hour ago",
                 )
             elif now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap:
-                self._send_one(item, now)
+                try:
+                    self._send_one(item, now)
+                except Exception as exc:
+                    # One row that cannot be sent or recorded never holds up other chats'.
+                    self._last_sent[item.chat_guid] = now
+                    log.exception("send_step_failed", outgoing_id=item.id, error=str(exc))
         # Next wake-up: each chat's head when it is due and its rate limit allows.
         ready = [
             max(head.send_at, self._last_sent.get(head.chat_guid, float("-inf")) + gap)
