@@ -30,9 +30,9 @@ from conftest import (
 )
 
 from archety_relay import commands, messages_app, replies
+from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
-from archety_relay.config import Settings
 from archety_relay.relay import Relay
 from archety_relay.store import Store
 
@@ -152,7 +152,9 @@ def test_no_argument_is_ever_read_as_an_osascript_option(
     assert isinstance(refused, commands.Invalid) and "chat_guid" in refused.reason
     for bad in ("-e", "-l", "iMessage;-;+1\x00", "chat1", "iMessage;x;+1", ""):
         result = messages_app.send(bad, INJECTION)
-        assert not result.ok and not result.retryable and "invalid_chat_guid" in (result.error or "")
+        assert (
+            not result.ok and not result.retryable and "invalid_chat_guid" in (result.error or "")
+        )
     assert osascript.calls() == []
     argv = messages_app.send_argv("-e", INJECTION)[1:]
     assert osascript_arguments(argv) == ["-e", INJECTION]  # arguments, not script
