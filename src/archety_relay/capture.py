@@ -92,15 +92,15 @@ class Capture:
                 if self._must_wait_for_chat(raw, now):
                     result.holding = True
                     break
-                outcome = rows.to_message(raw, now, self.settings.max_message_age)
+                outcome = self._convert(raw, now)
                 if isinstance(outcome, Skipped):
                     result.skipped[outcome.reason] += 1
                     log.debug(
                         "row_skipped", rowid=outcome.rowid, guid=outcome.guid, reason=outcome.reason
                     )
                 else:
-                    items.append((outcome.message_guid, outcome.rowid, outcome.frozen_body()))
-                    _log_captured(outcome)
+                    items.append((outcome[0].message_guid, outcome[0].rowid, outcome[1]))
+                    _log_captured(outcome[0])
                 last = raw.rowid
             if last > cursor.rowid:
                 cursor = Cursor(last, cursor.fingerprint)
@@ -110,6 +110,23 @@ class Capture:
             if result.holding or len(batch) < READ_BATCH:
                 break
         return result
+
+    def _convert(self, raw: rows.RawMessage, now: float) -> tuple[Message, bytes] | Skipped:
+        """A row becomes a message and its frozen body, or a reason; never an exception.
+
+        One row that trips an unforeseen case must not hold every row behind it: it is skipped
+        loudly (the error's type only: its text could quote the message).
+        """
+        try:
+            outcome = rows.to_message(raw, now, self.settings.max_message_age)
+            if isinstance(outcome, Skipped):
+                return outcome
+            return outcome, outcome.frozen_body()
+        except Exception as exc:
+            log.warning(
+                "row_unreadable", rowid=raw.rowid, guid=raw.guid, error_type=type(exc).__name__
+            )
+            return Skipped(raw.rowid, raw.guid, "unreadable")
 
     def _must_wait_for_chat(self, raw: rows.RawMessage, now: float) -> bool:
         """Messages writes a message row and its chat join in separate steps. Wait a little."""

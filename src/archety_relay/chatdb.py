@@ -8,6 +8,11 @@ Rules this module keeps, each learned from another bridge's lost messages or gro
   would otherwise go on reading the old, unlinked file forever.
 - Every query walks an index from the cursor (message ROWID, chat_message_join.message_id, ...),
   so the cost of a read does not grow with the size of the history.
+- Apple's TEXT columns are not always valid UTF-8 (an unpaired surrogate from an old SMS import,
+  a sender-chosen file name): every TEXT value is decoded leniently, so one bad byte can never
+  make every read fail and hold the cursor back forever.
+- SQLite's error text quotes column values (message text): it is never put in an error we raise,
+  only its error code. Full Disk Access is blamed only for open and permission errors.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ FULL_DISK_ACCESS_HINT = (
     "Privacy & Security > Full Disk Access and add the Python interpreter the relay runs "
     "(`archety-relay doctor` prints its exact path)."
 )
+BUSY_HINT = (
+    "Messages.app held a lock on chat.db for longer than the relay waits; it is retried "
+    "and nothing is lost. If it persists, restart Messages.app."
+)
+OTHER_HINT = (
+    "The relay retries and the cursor does not move, so nothing is lost. If this persists, "
+    "run `archety-relay doctor`."
+)
+# Errors that mean "this process may not read chat.db" (no Full Disk Access), not a busy database.
+_ACCESS_CODES = frozenset({"SQLITE_CANTOPEN", "SQLITE_AUTH", "SQLITE_PERM"})
+_ACCESS_WORDS = ("unable to open", "authorization denied", "not authorized")
+_BUSY_CODES = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 
 _MESSAGES_SQL = """
 SELECT m.ROWID, m.guid, m.text, m.attributedBody, h.id, m.service, m.is_from_me, m.item_type,
@@ -54,6 +71,29 @@ WHERE j.message_id IN ({ids}) ORDER BY j.message_id, a.ROWID
 
 def _placeholders(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
+
+
+def lenient_text(raw: bytes) -> str:
+    """How every TEXT value of chat.db is decoded: bytes that are not UTF-8 become U+FFFD."""
+    return raw.decode("utf-8", errors="replace")
+
+
+def unavailable(action: str, exc: sqlite3.Error) -> ChatDbUnavailable:
+    """Translate a sqlite3 error into the relay's, keeping SQLite's code but never its text.
+
+    The text is read only to classify the error (Python 3.10 has no error codes on exceptions);
+    it may quote a column value, so it goes into no message, hint or log line.
+    """
+    code = getattr(exc, "sqlite_errorname", None)
+    words = str(exc).lower()
+    if code in _ACCESS_CODES or any(w in words for w in _ACCESS_WORDS):
+        hint = FULL_DISK_ACCESS_HINT
+    elif code in _BUSY_CODES or "locked" in words or "busy" in words:
+        hint = BUSY_HINT
+    else:
+        hint = OTHER_HINT
+    kind = code or type(exc).__name__
+    return ChatDbUnavailable(f"{action} failed ({kind})", hint=hint)
 
 
 class ChatDb:
@@ -83,12 +123,11 @@ class ChatDb:
         uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.text_factory = lenient_text
             conn.execute("PRAGMA query_only = 1")
             conn.execute("SELECT 1 FROM message LIMIT 1").fetchall()
         except sqlite3.Error as exc:
-            raise ChatDbUnavailable(
-                f"chat.db at {self.path} cannot be read: {exc}", hint=FULL_DISK_ACCESS_HINT
-            ) from exc
+            raise unavailable(f"opening chat.db at {self.path}", exc) from exc
         self._conn = conn
         self._inode = self._current_inode()
         self.generation += 1
@@ -120,9 +159,7 @@ class ChatDb:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self.close()
-                raise ChatDbUnavailable(
-                    f"reading chat.db failed: {exc}", hint=FULL_DISK_ACCESS_HINT
-                ) from exc
+                raise unavailable("reading chat.db", exc) from exc
 
     # -- reads ------------------------------------------------------------------------------
     def changed(self) -> bool:
@@ -136,7 +173,7 @@ class ChatDb:
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
             except sqlite3.Error as exc:
                 self.close()
-                raise ChatDbUnavailable(f"reading chat.db failed: {exc}") from exc
+                raise unavailable("reading chat.db", exc) from exc
             changed = version != self._data_version
             self._data_version = version
             return changed
@@ -179,7 +216,8 @@ class ChatDb:
             ).fetchall()
         wanted = text.strip()
         return any(
-            ((t if isinstance(t, str) and t else typedstream.decode(b)) or "").strip() == wanted
+            ((_str(t) or typedstream.decode(b if isinstance(b, bytes) else None)) or "").strip()
+            == wanted
             for t, b in rows
         )
 
@@ -209,35 +247,58 @@ class ChatDb:
         self.close()
 
 
+def _str(value: object) -> str | None:
+    """A column meant to hold text, whatever SQLite's type for it is in this row.
+
+    SQLite keeps a value's own type per row: a BLOB in a TEXT column comes back as bytes, and an
+    integer may sit where text is expected. Neither may reach the JSON body or stop the read.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return lenient_text(value)
+    return str(value)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
 def _assemble(
     rows: list[tuple], chats: list[tuple], people: list[tuple], files: list[tuple]
 ) -> list[RawMessage]:
     participants: dict[int, list[str]] = {}
     for chat_id, handle in people:
-        if handle:
+        if handle := _str(handle):
             participants.setdefault(chat_id, []).append(handle)
     chats_of: dict[int, list[ChatRef]] = {}
     for message_id, chat_id, guid, style, identifier in chats:
-        ref = ChatRef(chat_id, guid, style, identifier, tuple(participants.get(chat_id, ())))
+        ref = ChatRef(
+            chat_id,
+            _str(guid),
+            _int(style),
+            _str(identifier),
+            tuple(participants.get(chat_id, ())),
+        )
         chats_of.setdefault(message_id, []).append(ref)
     files_of: dict[int, list] = {}
     for message_id, guid, filename, mime, name, size, uti in files:
-        if guid:
+        if guid := _str(guid):
             files_of.setdefault(message_id, []).append(
-                attachment(guid, filename, mime, name, size, uti)
+                attachment(guid, _str(filename), _str(mime), _str(name), _int(size), _str(uti))
             )
     return [
         RawMessage(
             rowid=rowid,
-            guid=guid,
-            text=text if isinstance(text, str) else None,
+            guid=_str(guid),
+            text=_str(text),
             attributed_body=body if isinstance(body, bytes) else None,
-            sender=sender,
-            service=service,
-            is_from_me=is_from_me,
-            item_type=item_type,
-            associated_message_type=assoc,
-            date=date if isinstance(date, int) else None,
+            sender=_str(sender),
+            service=_str(service),
+            is_from_me=_int(is_from_me),
+            item_type=_int(item_type),
+            associated_message_type=_int(assoc),
+            date=_int(date),
             chats=tuple(chats_of.get(rowid, ())),
             attachments=tuple(files_of.get(rowid, ())),
         )
