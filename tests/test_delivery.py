@@ -76,6 +76,9 @@ def test_request_headers_and_body_follow_the_contract(
         "timestamp",
         "participants",
         "message_guid",
+        "chat_identifier",
+        "service",
+        "metadata",
     }
 
 

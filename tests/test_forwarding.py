@@ -10,14 +10,18 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from conftest import ALICE, BOB
 
+from archety_relay import config
+from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.relay import Relay
 from archety_relay.rows import APPLE_EPOCH
+from archety_relay.store import open_store
 
 
 def relay_all(relay: Relay, now: float | None = None) -> None:
@@ -53,7 +57,54 @@ def test_direct_message_carries_every_field(
             "timestamp": int(sent_at),
             "participants": [ALICE],
             "message_guid": "GUID-1",
+            "chat_identifier": ALICE,
+            "service": "iMessage",
+            "metadata": {"has_attachment": False, "is_first_message": True},
         }
+    ]
+
+
+def test_body_says_service_first_message_and_persona(
+    env: dict[str, str],
+    tmp_path: Path,
+    writer: MessagesWriter,
+    backend: StubBackend,
+) -> None:
+    """A group's chat_identifier (the previous client's key), the message's service, whether
+    the chat had anything before it, and the persona from ARCHETY_PERSONA_ID/PHONE."""
+    settings = config.load(
+        environ={**env, "ARCHETY_PERSONA_ID": "luna", "ARCHETY_PERSONA_PHONE": "+15555550199"},
+        cwd=tmp_path,
+    )
+    group = writer.group_chat("chat6553", [ALICE, BOB])
+    direct = writer.direct_chat(ALICE)
+    writer.message("old history", sender=ALICE, chat=direct)
+    store = open_store(settings.state_dir)
+    with ChatDb(settings.chat_db) as chatdb:
+        relay = Relay(settings, chatdb, store)
+        start(relay)
+        writer.message("first in the group", sender=BOB, chat=group)
+        sms = writer.message("by sms", sender=ALICE, chat=direct)
+        writer.conn.execute("UPDATE message SET service = 'SMS' WHERE ROWID = ?", (sms,))
+        writer.message("second in the group", sender=ALICE, chat=group)
+        relay_all(relay)
+        relay.backend.close()
+    store.close()
+    seen = [
+        (
+            b["text"],
+            b["chat_identifier"],
+            b["service"],
+            b["metadata"]["is_first_message"],
+            b["persona_id"],
+            b["persona_phone"],
+        )
+        for b in bodies(backend)
+    ]
+    assert seen == [
+        ("first in the group", "chat6553", "iMessage", True, "luna", "+15555550199"),
+        ("by sms", ALICE, "SMS", False, "luna", "+15555550199"),
+        ("second in the group", "chat6553", "iMessage", False, "luna", "+15555550199"),
     ]
 
 

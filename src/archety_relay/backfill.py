@@ -50,6 +50,8 @@ def plan(chatdb: ChatDb, store: Store, since_seconds: float, now: float) -> Back
     return result
 
 
-def enqueue(store: Store, backfill: BackfillPlan, now: float) -> int:
-    items = [(m.message_guid, m.rowid, m.frozen_body()) for m in backfill.messages]
+def enqueue(
+    store: Store, backfill: BackfillPlan, now: float, extra: dict[str, str] | None = None
+) -> int:
+    items = [(m.message_guid, m.rowid, m.frozen_body(extra)) for m in backfill.messages]
     return store.enqueue(items, None, now)

@@ -121,7 +121,7 @@ class Capture:
             outcome = rows.to_message(raw, now, self.settings.max_message_age)
             if isinstance(outcome, Skipped):
                 return outcome
-            return outcome, outcome.frozen_body()
+            return outcome, outcome.frozen_body(self.settings.persona_fields())
         except Exception as exc:
             log.warning(
                 "row_unreadable", rowid=raw.rowid, guid=raw.guid, error_type=type(exc).__name__

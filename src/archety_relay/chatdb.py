@@ -54,7 +54,8 @@ FROM message AS m LEFT JOIN handle AS h ON h.ROWID = m.handle_id
 WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?
 """
 _CHATS_SQL = """
-SELECT j.message_id, c.ROWID, c.guid, c.style, c.chat_identifier
+SELECT j.message_id, c.ROWID, c.guid, c.style, c.chat_identifier,
+       (SELECT MIN(k.message_id) FROM chat_message_join AS k WHERE k.chat_id = c.ROWID)
 FROM chat_message_join AS j JOIN chat AS c ON c.ROWID = j.chat_id
 WHERE j.message_id IN ({ids})
 """
@@ -272,13 +273,14 @@ def _assemble(
         if handle := _str(handle):
             participants.setdefault(chat_id, []).append(handle)
     chats_of: dict[int, list[ChatRef]] = {}
-    for message_id, chat_id, guid, style, identifier in chats:
+    for message_id, chat_id, guid, style, identifier, first in chats:
         ref = ChatRef(
             chat_id,
             _str(guid),
             _int(style),
             _str(identifier),
             tuple(participants.get(chat_id, ())),
+            _int(first),
         )
         chats_of.setdefault(message_id, []).append(ref)
     files_of: dict[int, list] = {}

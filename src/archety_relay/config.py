@@ -74,6 +74,9 @@ class Settings:
     state_dir: Path
     log_file: Path
     env_file: Path | None
+    # Who the relay speaks for, carried on every message (the previous edge client sent them).
+    persona_id: str | None = None
+    persona_phone: str | None = None
     heartbeat_interval: float = 60.0
     sync_interval: float = 300.0
     max_message_age: float = 21600.0
@@ -86,6 +89,11 @@ class Settings:
     send_enabled: bool = True
     send_rate_per_chat: float = 3.0  # bubbles per second into one chat, at most
     notes: tuple[str, ...] = field(default=())  # things worth a log line once logging is up
+
+    def persona_fields(self) -> dict[str, str]:
+        """`persona_id` / `persona_phone` for a message body, those that are set."""
+        fields = {"persona_id": self.persona_id, "persona_phone": self.persona_phone}
+        return {k: v for k, v in fields.items() if v}
 
 
 def is_loopback(host: str | None) -> bool:
@@ -168,6 +176,8 @@ def load(
         state_dir=Path(get("ARCHETY_STATE_DIR") or DEFAULT_STATE_DIR).expanduser(),
         log_file=Path(get("ARCHETY_LOG_FILE") or DEFAULT_LOG_FILE).expanduser(),
         env_file=env_file,
+        persona_id=(get("ARCHETY_PERSONA_ID") or "").strip() or None,
+        persona_phone=(get("ARCHETY_PERSONA_PHONE") or "").strip() or None,
         heartbeat_interval=_seconds(get, "ARCHETY_HEARTBEAT_INTERVAL", 60.0, low=1.0),
         sync_interval=_seconds(get, "ARCHETY_SYNC_INTERVAL", 300.0, low=1.0),
         max_message_age=_seconds(get, "ARCHETY_MAX_MESSAGE_AGE", 21600.0, low=1.0),

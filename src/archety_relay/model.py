@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -46,6 +47,11 @@ class Message:
     timestamp: int  # Unix seconds
     participants: tuple[str, ...]
     attachments: tuple[Attachment, ...] = field(default=())
+    # The previous edge client keyed chats by chat.chat_identifier; sending it too lets the
+    # backend join its old and new conversation keys.
+    chat_identifier: str | None = None
+    service: str = "iMessage"  # message.service: iMessage, SMS, RCS
+    is_first_message: bool = False  # no earlier message of this chat in chat.db
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -56,14 +62,22 @@ class Message:
             "timestamp": self.timestamp,
             "participants": list(self.participants),
             "message_guid": self.message_guid,
+            "chat_identifier": self.chat_identifier or self.sender,
+            "service": self.service,
+            "metadata": {
+                "has_attachment": bool(self.attachments),
+                "is_first_message": self.is_first_message,
+            },
         }
         if self.attachments:
             body["attachments"] = [a.to_json() for a in self.attachments]
         return body
 
-    def frozen_body(self) -> bytes:
-        """The exact bytes every delivery attempt of this message sends."""
-        return json.dumps(self.payload(), ensure_ascii=False, separators=(",", ":")).encode()
+    def frozen_body(self, extra: Mapping[str, Any] | None = None) -> bytes:
+        """The exact bytes every delivery attempt of this message sends; `extra` adds fields
+        known outside chat.db (persona, the chat's context) and replaces keys it names."""
+        body = {**self.payload(), **(extra or {})}
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class ChatRef:
     style: int | None
     identifier: str | None
     participants: tuple[str, ...]
+    first_message_id: int | None = None  # the chat's lowest message ROWID (an index seek)
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,14 @@ def to_message(row: RawMessage, now: float, max_age: float) -> Message | Skipped
         chat_guid = chat.guid
         mode = "group" if is_group(chat) else "direct"
         participants = chat.participants or (sender,)
+        chat_identifier = chat.identifier or sender
+        first = chat.first_message_id is None or chat.first_message_id >= row.rowid
     else:
         # No chat join even after waiting: a direct chat's guid is derivable from the sender.
         chat_guid = f"{row.service or 'iMessage'};-;{sender}"
         mode = "direct"
         participants = (sender,)
+        chat_identifier, first = sender, False  # no chat to look back in
 
     return Message(
         rowid=row.rowid,
@@ -124,6 +128,9 @@ def to_message(row: RawMessage, now: float, max_age: float) -> Message | Skipped
         timestamp=unix_seconds(row.date) or int(now),
         participants=participants,
         attachments=row.attachments,
+        chat_identifier=chat_identifier,
+        service=row.service or "iMessage",
+        is_first_message=first,
     )
 
 

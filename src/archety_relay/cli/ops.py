@@ -189,7 +189,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             if input("Send them? [y/N] ").strip().lower() not in ("y", "yes"):
                 print("nothing sent")
                 return EXIT_OK
-        backfill.enqueue(store, found, time.time())
+        backfill.enqueue(store, found, time.time(), settings.persona_fields())
         return _deliver_backfill(settings, store, [m.message_guid for m in found.messages])
     finally:
         store.close()
