@@ -6,6 +6,9 @@ import json
 from datetime import datetime
 from typing import Any
 
+from .redact import RESPONSE_FIELDS, scrub_body
+from .terminal import escape_controls
+
 LEVEL_ORDER = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _FIRST = ("timestamp", "level", "event", "logger")
 # What to do when an event shows up in `logs --errors`; the event's own hint wins.
@@ -49,17 +52,25 @@ def keep(event: dict[str, Any], *, errors_only: bool, since: float | None) -> bo
 
 
 def format_event(event: dict[str, Any], *, advise: bool = False) -> str:
+    """One event as one line (plus an advice line); nothing in it can steer the terminal."""
     ts = str(event.get("timestamp", ""))[:19].replace("T", " ")
     level = str(event.get("level", "?")).upper()
     name = str(event.get("event", "?"))
     fields = " ".join(
-        f"{k}={_value(v)}" for k, v in event.items() if k not in _FIRST and k != "hint"
+        f"{k}={_value(scrub_body(v) if k in RESPONSE_FIELDS and isinstance(v, str) else v)}"
+        for k, v in event.items()
+        if k not in _FIRST and k != "hint"
     )
-    line = f"{ts} {level:<7} {name:<28} {fields}".rstrip()
+    line = escape_controls(f"{ts} {level:<7} {name:<28} {fields}".rstrip())
     hint = event.get("hint") or (ADVICE.get(name) if advise else None)
     if hint and (advise or LEVEL_ORDER.get(level.lower(), 0) >= LEVEL_ORDER["warning"]):
-        line += f"\n    → {hint}"
+        line += f"\n    → {escape_controls(str(hint))}"
     return line
+
+
+def format_raw(line: str) -> str:
+    """A line that is not one of our events (a traceback, a foreign line), printable."""
+    return escape_controls(line.rstrip("\n"))
 
 
 def _value(v: Any) -> str:

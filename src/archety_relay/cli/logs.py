@@ -22,7 +22,7 @@ def _emit(line: str, args: argparse.Namespace, since: float | None, out: TextIO)
     event = logview.parse(line)
     if event is None:
         if line.strip() and not args.errors:
-            out.write(line if line.endswith("\n") else line + "\n")
+            out.write(logview.format_raw(line) + "\n")
         return
     if logview.keep(event, errors_only=args.errors, since=since):
         out.write(logview.format_event(event, advise=args.errors) + "\n")

@@ -14,7 +14,9 @@ from ..config import Settings
 from ..errors import RelayError
 from ..model import utc_iso
 from ..pidlock import running_pid
+from ..redact import scrub_body
 from ..store import OUTBOX_FILE, Store, open_store
+from ..terminal import escape_controls
 from .common import settings_and_logs
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -93,7 +95,8 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
                 "status": d.status,
                 "attempts": d.attempts,
                 "dead_at": _iso(d.dead_at),
-                "response": (d.response or "")[:200],
+                # Scrubbed whole, then cut: rows stored before the scrub may echo message text.
+                "response": scrub_body(d.response or "", (settings.secret.reveal(),))[:200],
             }
             for d in dead
         ],
@@ -139,7 +142,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "outgoing      : "
         + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
     ]
-    print("\n".join(lines))
+    # Everything above may carry text from outside (answers, errors, chat.db guids).
+    print("\n".join(escape_controls(line) for line in lines))
     return 0
 
 

@@ -1,0 +1,135 @@
+"""What the relay keeps and shows: no message text or secret from a backend's echo, nothing that
+steers the operator's terminal, logs nobody else can read, and a secret that cannot work is
+refused up front with a message that never quotes it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import ALICE, read_log, run_cli
+
+from archety_relay.demo.messages_writer import MessagesWriter
+from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.redact import scrub_body
+from archety_relay.store import OUTBOX_FILE
+
+MSG = "/orchestrator/message"
+PRIVATE = "meet me behind the station at 9"
+# What FastAPI answers when pydantic refuses a field: the refused value comes back as `input`.
+PYDANTIC_422 = {
+    "detail": [
+        {
+            "type": "string_too_long",
+            "loc": ["body", "text"],
+            "msg": "String should have at most 10 characters",
+            "input": PRIVATE,
+            "ctx": {"max_length": 10},
+        },
+        {
+            "type": "missing",
+            "loc": ["body", "chat_guid"],
+            "msg": "Field required",
+            "input": {"text": PRIVATE, "sender": ALICE},
+        },
+    ],
+    "body": {"text": PRIVATE, "sender": ALICE},
+}
+
+
+# -- 20: backend bodies echoed into logs and status ---------------------------------------------
+@pytest.mark.parametrize("cut", [None, 150, 260, 400])
+def test_scrub_body_drops_what_a_422_echoes_even_when_cut_short(cut: int | None) -> None:
+    """Whole or cut anywhere, the scrubbed 422 keeps what went wrong (type, loc, msg) and never
+    the message text or the sender's number."""
+    raw = json.dumps(PYDANTIC_422)
+    scrubbed = scrub_body(raw[:cut] if cut else raw)
+    assert PRIVATE not in scrubbed and "0101" not in scrubbed.replace("***0101", "")
+    assert "meet me" not in scrubbed and ALICE not in scrubbed
+    assert "string_too_long" in scrubbed
+
+
+def test_scrub_body_masks_secret_like_values_and_keeps_guids() -> None:
+    """Tokens, Bearer values, the configured secret, phone numbers and e-mail addresses are
+    masked in any body, JSON or not; a message guid stays readable."""
+    guid = "5F0E1234-ABCD-4ABC-8DEF-0123456789AB"
+    body = (
+        f"<html>rejected {guid}: token=sk_live_abcdefghijklmnop1234567890 "
+        "Authorization: Bearer abc.def call +1 (555) 555-0101 or jo@example.com "
+        "configured-secret-value</html>"
+    )
+    scrubbed = scrub_body(body, ("configured-secret-value",))
+    for leaked in ("sk_live", "abc.def", "555-0101", "jo@", "configured-secret-value"):
+        assert leaked not in scrubbed
+    assert guid in scrubbed and "+1555***0101" in scrubbed
+    as_json = scrub_body(json.dumps({"error": "bad", "token": "x", "password": "hunter2"}))
+    assert json.loads(as_json) == {"error": "bad", "token": "[omitted]", "password": "[omitted]"}
+
+
+def test_a_422_that_echoes_the_message_leaves_no_text_in_the_log_or_status(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Dead-lettered with a pydantic 422: the ERROR log line, `status` and `status --json` say
+    HTTP 422 and why, but neither the text nor the number, even for a row stored unscrubbed
+    by an older version."""
+    chat = writer.direct_chat(ALICE)
+    run_cli(["--once"], env, cwd=tmp_path)
+    writer.message(PRIVATE, sender=ALICE, chat=chat)
+    backend.script(MSG, Behaviour(422, body=PYDANTIC_422))
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    (dead,) = [e for e in read_log(Path(env["ARCHETY_LOG_FILE"])) if e["level"] == "error"]
+    assert dead["event"] == "message_dead_lettered" and "string_too_long" in dead["response"]
+    with sqlite3.connect(Path(env["ARCHETY_STATE_DIR"]) / OUTBOX_FILE) as db:
+        db.execute("UPDATE dead_letter SET response = ?", (json.dumps(PYDANTIC_422),))
+    db.close()
+    human = run_cli(["status"], env, cwd=tmp_path).stdout
+    as_json = run_cli(["status", "--json"], env, cwd=tmp_path).stdout
+    (listed,) = json.loads(as_json)["dead_letters"]
+    assert listed["status"] == 422 and "string_too_long" in listed["response"]
+    for shown in (Path(env["ARCHETY_LOG_FILE"]).read_text(), human, as_json):
+        assert "behind the station" not in shown and ALICE not in shown
+
+
+# -- 21: control characters in status and logs --------------------------------------------------
+def test_status_escapes_control_characters_in_a_dead_letter(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A plain-text answer carrying ESC sequences and newlines cannot clear the screen or forge
+    `status` lines: every control shows as `\\xNN` on the dead letter's own line."""
+    chat = writer.direct_chat(ALICE)
+    run_cli(["--once"], env, cwd=tmp_path)
+    writer.message("hello", sender=ALICE, chat=chat)
+    forged = "\x1b[2J\x1b[H\nqueue         : 0 undelivered\nauth          : ok\x9b31m\x07"
+    backend.script(MSG, Behaviour(400, body=forged.encode()))
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    human = run_cli(["status"], env, cwd=tmp_path).stdout
+    assert not any(ch in human for ch in "\x1b\x9b\x07")
+    assert [ln for ln in human.splitlines() if ln.startswith("auth")] == ["auth          : ok"]
+    (dead_line,) = [ln for ln in human.splitlines() if ln.startswith("  - ")]
+    assert "\\x1b[2J\\x1b[H\\x0aqueue" in dead_line
+
+
+def test_logs_escape_control_characters_in_fields_and_foreign_lines(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`logs` prints one line per event whatever a field holds (newline, ESC, C1, bidi override),
+    and a line that is not JSON is escaped too."""
+    log = Path(env["ARCHETY_LOG_FILE"])
+    log.parent.mkdir(parents=True)
+    event = {
+        "event": "message_delivery_attempt",
+        "level": "warning",
+        "timestamp": "2026-11-28T05:00:00Z",
+        "chat_guid": "x\n2026-11-28\x1b[8m",
+        "error": "\x9b2J\u202eevil",
+        "hint": "fix\x1b]0;title\x07",
+    }
+    log.write_text(json.dumps(event) + "\n" + "Traceback \x1b[31mred\x1b[0m\n")
+    out = run_cli(["logs"], env, cwd=tmp_path).stdout
+    assert not any(ch in out for ch in "\x1b\x9b\x07\u202e")
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[1].startswith("    → fix\\x1b]0;title")
+    assert "chat_guid=x\\x0a2026-11-28\\x1b[8m error=\\x9b2J\\u202eevil" in lines[0]
+    assert lines[2] == "Traceback \\x1b[31mred\\x1b[0m"
