@@ -5,12 +5,18 @@ refused up front with a message that never quotes it."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from conftest import ALICE, read_log, run_cli
 
+from archety_relay import logs
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.redact import scrub_body
@@ -133,3 +139,43 @@ def test_logs_escape_control_characters_in_fields_and_foreign_lines(
     assert len(lines) == 3 and lines[1].startswith("    → fix\\x1b]0;title")
     assert "chat_guid=x\\x0a2026-11-28\\x1b[8m error=\\x9b2J\\u202eevil" in lines[0]
     assert lines[2] == "Traceback \\x1b[31mred\\x1b[0m"
+
+
+# -- 22: log file modes -------------------------------------------------------------------------
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    structlog.reset_defaults()
+
+
+def test_rotated_logs_stay_private_and_the_log_directory_is_0700(
+    tmp_path: Path, umask_022: None
+) -> None:
+    """Under a umask of 022 the log directory is created 0700, and after a rollover the new
+    log file and the rotated one are both 0600; a backup an older version left 0644 is fixed."""
+    log_file = tmp_path / "Logs" / "archety-relay" / "relay.log"
+    log_file.parent.parent.mkdir()
+    (log_file.parent.parent / "unrelated").mkdir()
+    assert logs.configure(log_file=log_file, console=None) == []
+    structlog.get_logger("test").info("before_rollover")
+    (handler,) = [h for h in logging.getLogger().handlers if hasattr(h, "doRollover")]
+    handler.doRollover()  # type: ignore[attr-defined]
+    structlog.get_logger("test").info("after_rollover")
+    Path(f"{log_file}.2").write_text("{}\n")
+    os.chmod(f"{log_file}.2", 0o644)
+    logs.configure(log_file=log_file, console=None)
+
+    def mode(path: Path | str) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    assert mode(log_file.parent) == 0o700
+    assert mode(log_file.parent.parent) == 0o755  # not ours to change
+    assert [mode(p) for p in (log_file, f"{log_file}.1", f"{log_file}.2")] == [0o600] * 3
+    assert "after_rollover" in log_file.read_text()
+    assert "before_rollover" in Path(f"{log_file}.1").read_text()

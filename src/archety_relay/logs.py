@@ -24,6 +24,32 @@ LOG_BACKUPS = 5
 REDACTOR = Redactor()
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Every file it opens, the first and each one after a rollover, is 0600 (the stock handler
+    creates new files with the umask's mode, 0644 on a Mac): phone prefixes and event details
+    are nobody else's business."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # a file an older version created 0644
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
+def _private_log_dir(directory: Path) -> None:
+    """Create the log directory 0700. One that exists is left as it is: it may be shared."""
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=0o700)
+        os.chmod(directory, 0o700)
+
+
+def _private_backups(log_file: Path) -> None:
+    """Backups an older version rotated with the umask's mode become 0600 too."""
+    for n in range(1, LOG_BACKUPS + 1):
+        backup = Path(f"{log_file}.{n}")
+        if backup.exists():
+            os.chmod(backup, 0o600)
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -66,11 +92,11 @@ def configure(
 
     if log_file is not None:
         try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.handlers.RotatingFileHandler(
+            _private_log_dir(log_file.parent)
+            handler = PrivateRotatingFileHandler(
                 log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
             )
-            os.chmod(log_file, 0o600)
+            _private_backups(log_file)
             handler.setFormatter(
                 structlog.stdlib.ProcessorFormatter(
                     processor=structlog.processors.JSONRenderer(ensure_ascii=False),
