@@ -16,9 +16,10 @@ import pytest
 import structlog
 from conftest import ALICE, read_log, run_cli
 
-from archety_relay import logs
+from archety_relay import config, logs
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.errors import ConfigError
 from archety_relay.redact import scrub_body
 from archety_relay.store import OUTBOX_FILE
 
@@ -179,3 +180,57 @@ def test_rotated_logs_stay_private_and_the_log_directory_is_0700(
     assert [mode(p) for p in (log_file, f"{log_file}.1", f"{log_file}.2")] == [0o600] * 3
     assert "after_rollover" in log_file.read_text()
     assert "before_rollover" in Path(f"{log_file}.1").read_text()
+
+
+# -- 28: a secret that cannot be sent ------------------------------------------------------------
+BAD_SECRET = "abc\u2019def0123456789"  # a pasted curly quote
+
+
+def test_config_refuses_a_secret_outside_printable_ascii(tmp_path: Path) -> None:
+    """A curly quote or a control character in the secret: ConfigError naming the variable,
+    where it came from and the position, never the secret; read-only commands still load."""
+    for bad in (BAD_SECRET, "abc\x7f0123456789", "abc\x000123456789"):
+        env = {config.SECRET_VARIABLE: bad, "ARCHETY_STATE_DIR": str(tmp_path)}
+        with pytest.raises(ConfigError) as refused:
+            config.load(env, tmp_path)
+        message = refused.value.message
+        assert "RELAY_WEBHOOK_SECRET (from environment)" in message and "character 4" in message
+        assert bad not in message and "def012" not in message
+        relaxed = config.load(env, tmp_path, require_secret=False)
+        assert relaxed.secret.reveal() == "" and relaxed.notes[-1].startswith("secret_unusable:")
+
+
+def test_set_secret_refuses_a_non_ascii_secret_and_stores_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """set-secret with a pasted curly quote: exit 2, the reason, no traceback, the secret not
+    echoed, nothing written to the Keychain or a .env file."""
+    keyring_file = tmp_path / "keyring.json"
+    run_env = {
+        **env,
+        "PYTHON_KEYRING_BACKEND": "keyring_backends.FileKeyring",
+        "TEST_KEYRING_FILE": str(keyring_file),
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
+    del run_env["RELAY_WEBHOOK_SECRET"]
+    result = run_cli(["set-secret", "--no-verify"], run_env, cwd=tmp_path, input=BAD_SECRET + "\n")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "not ASCII" in result.stderr and "Traceback" not in result.stderr
+    assert BAD_SECRET not in result.stdout + result.stderr
+    assert not keyring_file.exists() and not (Path(env["ARCHETY_STATE_DIR"]) / ".env").exists()
+
+
+def test_doctor_names_an_unusable_secret_without_crashing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """doctor with a non-ASCII secret: the problem is listed (exit 2), the other checks still
+    run, no traceback and no secret in the output; the daemon refuses to start the same way."""
+    bad_env = {**env, "RELAY_WEBHOOK_SECRET": BAD_SECRET}
+    result = run_cli(["doctor"], bad_env, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "not ASCII" in result.stdout and "chat.db" in result.stdout
+    assert BAD_SECRET not in result.stdout + result.stderr
+    once = run_cli(["--once"], bad_env, cwd=tmp_path)
+    assert once.returncode == 2 and "RELAY_WEBHOOK_SECRET (from environment)" in once.stderr
+    assert "Traceback" not in once.stderr and BAD_SECRET not in once.stderr

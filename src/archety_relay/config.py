@@ -107,6 +107,21 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def secret_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as a Bearer token, or None. Never quotes the value: it names
+    the position and the kind of the first bad character (a pasted curly quote is the usual one).
+    HTTP sends header values as latin-1 and the backend compares bytes, so only printable ASCII
+    is safe; anything else would fail on every request, deep inside the HTTP client."""
+    for index, ch in enumerate(value, start=1):
+        if not " " <= ch <= "~":
+            kind = "a control character" if ord(ch) < 0x20 or ord(ch) == 0x7F else "not ASCII"
+            return (
+                f"character {index} of {len(value)} is {kind} (a curly quote, an accent or an "
+                "invisible character, usually from copy-paste); only printable ASCII is accepted"
+            )
+    return None
+
+
 def resolve_env_file(environ: Mapping[str, str], cwd: Path) -> Path | None:
     explicit = environ.get("ARCHETY_ENV_FILE")
     if explicit:
@@ -165,6 +180,13 @@ def load(
         problem = next((n.partition(":")[2] for n in notes if n.startswith("keychain_")), "")
         raise ConfigError(SECRET_HELP + (f"\n{KEYCHAIN_PROBLEM}{problem}" if problem else ""))
     secret_value = (secret_value or "").strip()
+    unusable = secret_problem(secret_value)
+    if unusable is not None:
+        if require_secret:
+            raise ConfigError(f"{SECRET_VARIABLE} (from {source}): {unusable}. Enter it again.")
+        # Commands that only read local state still work; the secret is not used there.
+        notes.append(f"secret_unusable:{SECRET_VARIABLE} from {source}: {unusable}")
+        secret_value = ""
 
     backend_url = _backend_url(get("ARCHETY_BACKEND_URL") or DEFAULT_BACKEND_URL, get)
     return Settings(

@@ -79,6 +79,8 @@ def cmd_set_secret(args: argparse.Namespace) -> int:
     value = _read_secret()
     if not value or any(ch.isspace() for ch in value):
         raise ConfigError("set-secret: the secret is empty or contains spaces")
+    if (problem := config.secret_problem(value)) is not None:
+        raise ConfigError(f"set-secret: nothing stored: {problem}")
     secret = Secret(value)
     verified: HttpOutcome | None = None
     if not args.no_verify:
