@@ -79,8 +79,8 @@ def test_a_422_that_echoes_the_message_leaves_no_text_in_the_log_or_status(
     env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
 ) -> None:
     """Dead-lettered with a pydantic 422: the ERROR log line, `status` and `status --json` say
-    HTTP 422 and why, but neither the text nor the number, even for a row stored unscrubbed
-    by an older version."""
+    HTTP 422 and why, but neither the text nor the number; the dead-letter row is stored
+    scrubbed, and a row stored unscrubbed by an older version is scrubbed when shown."""
     chat = writer.direct_chat(ALICE)
     run_cli(["--once"], env, cwd=tmp_path)
     writer.message(PRIVATE, sender=ALICE, chat=chat)
@@ -89,6 +89,10 @@ def test_a_422_that_echoes_the_message_leaves_no_text_in_the_log_or_status(
     (dead,) = [e for e in read_log(Path(env["ARCHETY_LOG_FILE"])) if e["level"] == "error"]
     assert dead["event"] == "message_dead_lettered" and "string_too_long" in dead["response"]
     with sqlite3.connect(Path(env["ARCHETY_STATE_DIR"]) / OUTBOX_FILE) as db:
+        ((stored,),) = db.execute("SELECT response FROM dead_letter").fetchall()
+        assert "string_too_long" in stored and "behind the station" not in stored
+        assert ALICE not in stored
+        # What an older version stored: `status` scrubs it when it shows it.
         db.execute("UPDATE dead_letter SET response = ?", (json.dumps(PYDANTIC_422),))
     db.close()
     human = run_cli(["status"], env, cwd=tmp_path).stdout

@@ -22,6 +22,7 @@ from .chatdb import ChatDb
 from .config import Secret, Settings
 from .outbound import Outbound, Sender
 from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
+from .redact import scrub_body
 from .store import NewOutgoing, Store
 from .sync import Sync
 
@@ -114,12 +115,14 @@ class Relay:
             self._recovered(item.message_guid, now)
             return Delivery("delivered", 0.0, outcome)
         if decided is Verdict.DEAD_LETTER:
-            self.store.dead_letter(item, outcome.status, outcome.body, time.time())
+            # Error bodies echo what we sent (a 422's `input`): keep and log only the scrubbed.
+            response = scrub_body(outcome.body, (self.secret.reveal(),))
+            self.store.dead_letter(item, outcome.status, response, time.time())
             log.error(
                 "message_dead_lettered",
                 message_guid=item.message_guid,
                 status=outcome.status,
-                response=outcome.body[:300],
+                response=response[:300],
                 hint="the backend refused this message; `archety-relay status` lists it and "
                 "`archety-relay retry-dead` queues it again",
             )
