@@ -221,11 +221,20 @@ def accepted_texts(backend: StubBackend) -> list[str]:
     return [r.body["text"] for r in backend.messages()]
 
 
-FAKE_OSASCRIPT = '''#!{python}
-"""Stands in for macOS's osascript: records argv, and behaves like Messages.app on request.
+FAKE_OSASCRIPT = """#!{python}
+\"\"\"Stands in for macOS's osascript and Messages.app: records argv, then does what the send
+script and Messages would do with its arguments.
 
 Options are read as osascript reads them (POSIX getopt: until `--` or the first non-option), so
-an argument that would be taken for an option is caught here as it would be on the Mac."""
+an argument that would be taken for an option is caught here as it would be on the Mac.
+The send script's arguments are: chat guid, text, handle, service, the guid's other spelling.
+Like the script it tries `chat id` with the guid, then the other spelling, then (direct chats)
+the participant; Messages records what it sent as an is_from_me = 1 row joined to the chat.
+  FAKE_OSASCRIPT_CHATDB             the chat.db Messages writes to (unset: record argv only)
+  FAKE_OSASCRIPT_MODE=silent        exit 0 and write nothing (what macOS 26 does to some groups)
+  FAKE_OSASCRIPT_UNKNOWN_CHAT_IDS   guids `chat id` cannot find (-1728), comma-separated
+  FAKE_OSASCRIPT_FAIL               fail every call with this message
+\"\"\"
 import getopt, json, os, sqlite3, sys, time, uuid
 log = os.environ["FAKE_OSASCRIPT_LOG"]
 with open(log, "a") as f:
@@ -238,24 +247,46 @@ fail = os.environ.get("FAKE_OSASCRIPT_FAIL")
 if fail:
     sys.stderr.write(fail + "\\n")
     sys.exit(1)
-sleep_first = float(os.environ.get("FAKE_OSASCRIPT_SLEEP_BEFORE", "0"))
-time.sleep(sleep_first)
+if not arguments:  # the Automation probe: count of accounts
+    print(1)
+    sys.exit(0)
+time.sleep(float(os.environ.get("FAKE_OSASCRIPT_SLEEP_BEFORE", "0")))
+chat_guid, text, handle, service, alt = (arguments + [""] * 5)[:5]
 db = os.environ.get("FAKE_OSASCRIPT_CHATDB")
-if db:  # Messages.app records what it sent as is_from_me = 1 in the chat
-    chat_guid, text = arguments[0], arguments[1]
+unknown = set(os.environ.get("FAKE_OSASCRIPT_UNKNOWN_CHAT_IDS", "").split(","))
+if db and os.environ.get("FAKE_OSASCRIPT_MODE") != "silent":
     conn = sqlite3.connect(db, timeout=10)
-    chat = conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (chat_guid,)).fetchone()
+    conn.create_function("verify_chat", 1, lambda guid: None)
+    chat, via = None, None
+    for guid, form in ((chat_guid, "chat_id"), (alt, "alt_chat_id")):
+        if guid and guid not in unknown:
+            chat = conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (guid,)).fetchone()
+            if chat:
+                via = form
+                break
+    if chat is None:
+        if not handle:
+            sys.stderr.write("execution error: group_send_unsupported: no chat with this id "
+                             "(-1728)\\n")
+            sys.exit(1)
+        chat = conn.execute("SELECT ROWID FROM chat WHERE chat_identifier = ? AND style = 45",
+                            (handle,)).fetchone()
+        if chat is None:  # Messages starts a conversation with the participant
+            chat = (conn.execute("INSERT INTO chat (guid, style, state, chat_identifier, "
+                                 "service_name) VALUES (?, 45, 3, ?, ?)",
+                                 (f"{service};-;{handle}", handle, service)).lastrowid,)
+        via = "participant"
     date = int((time.time() - 978307200) * 1e9)
     cur = conn.execute("INSERT INTO message (guid, text, handle_id, service, date, is_from_me, "
-                       "is_sent, is_finished) VALUES (?, ?, 0, 'iMessage', ?, 1, 1, 1)",
-                       (str(uuid.uuid4()).upper(), text, date))
-    if chat:
-        conn.execute("INSERT INTO chat_message_join (chat_id, message_id, message_date) "
-                      "VALUES (?, ?, ?)", (chat[0], cur.lastrowid, date))
+                       "is_sent, is_finished) VALUES (?, ?, 0, ?, ?, 1, 1, 1)",
+                       (str(uuid.uuid4()).upper(), text, service or "iMessage", date))
+    conn.execute("INSERT INTO chat_message_join (chat_id, message_id, message_date) "
+                 "VALUES (?, ?, ?)", (chat[0], cur.lastrowid, date))
     conn.commit()
     conn.close()
+    print(via)
 time.sleep(float(os.environ.get("FAKE_OSASCRIPT_SLEEP_AFTER", "0")))
-'''
+"""
 
 
 class FakeOsascript:
@@ -286,8 +317,12 @@ def osascript_arguments(argv: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def osascript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeOsascript:
+def osascript(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: MessagesWriter
+) -> FakeOsascript:
+    """A fake osascript first on PATH, sending into the test's chat.db as Messages would."""
     fake = FakeOsascript(tmp_path / "fakebin")
+    monkeypatch.setenv("FAKE_OSASCRIPT_CHATDB", str(writer.path))
     for key, value in fake.env.items():
         monkeypatch.setenv(key, value)
     return fake

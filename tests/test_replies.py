@@ -30,6 +30,7 @@ from conftest import (
 )
 
 from archety_relay import commands, messages_app, replies
+from archety_relay.chat_guid import Target, send_target
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
@@ -128,8 +129,18 @@ def test_command_parsing_and_interval_clamping() -> None:
 
 def test_text_is_an_argument_never_script_source() -> None:
     """The AppleScript is fixed; chat guid and text are argv after it, untouched."""
-    argv = messages_app.send_argv("iMessage;+;chat1", TRICKY)
-    assert argv == ["osascript", *SCRIPT_ARGS, "--", "iMessage;+;chat1", TRICKY]
+    target = send_target("iMessage;+;chat1", None)
+    argv = messages_app.send_argv(target, TRICKY)
+    assert argv == [
+        "osascript",
+        *SCRIPT_ARGS,
+        "--",
+        "iMessage;+;chat1",
+        TRICKY,
+        "",  # a group: no participant to fall back to
+        "iMessage",
+        "any;+;chat1",  # macOS 26's spelling of the same chat
+    ]
     assert all(TRICKY not in line for line in messages_app.SCRIPT)
 
 
@@ -151,13 +162,13 @@ def test_no_argument_is_ever_read_as_an_osascript_option(
     )
     assert isinstance(refused, commands.Invalid) and "chat_guid" in refused.reason
     for bad in ("-e", "-l", "iMessage;-;+1\x00", "chat1", "iMessage;x;+1", ""):
-        result = messages_app.send(bad, INJECTION)
+        result = messages_app.send(Target(bad, "", "", "iMessage"), INJECTION)
         assert (
             not result.ok and not result.retryable and "invalid_chat_guid" in (result.error or "")
         )
     assert osascript.calls() == []
-    argv = messages_app.send_argv("-e", INJECTION)[1:]
-    assert osascript_arguments(argv) == ["-e", INJECTION]  # arguments, not script
+    argv = messages_app.send_argv(Target("-e", "", "", "iMessage"), INJECTION)[1:]
+    assert osascript_arguments(argv)[:2] == ["-e", INJECTION]  # arguments, not script
 
 
 def test_a_nul_byte_fails_one_send_and_never_blocks_another_chat(
@@ -188,8 +199,8 @@ def test_a_row_whose_send_raises_does_not_stop_the_other_chats(
 
     sent: list[str] = []
 
-    def send(chat_guid: str, text: str) -> messages_app.SendResult:
-        if ALICE in chat_guid:
+    def send(target: Target, text: str) -> messages_app.SendResult:
+        if ALICE in target.chat_guid:
             raise RuntimeError("boom")
         sent.append(text)
         return messages_app.SendResult(True)
@@ -254,7 +265,7 @@ def test_replies_go_to_the_chat_in_order_byte_for_byte(
     writer.message("quiet please", sender=ALICE, chat=alice)
     assert wait_until(lambda: len(osascript.calls()) == 6, timeout=15)
     calls = osascript.calls()
-    assert calls[0] == [*SCRIPT_ARGS, "--", f"iMessage;-;{ALICE}", TRICKY]
+    assert calls[0][: len(SCRIPT_ARGS) + 3] == [*SCRIPT_ARGS, "--", f"iMessage;-;{ALICE}", TRICKY]
     group_sent = [t for c, t in osascript.sent() if c == "iMessage;+;chat77"]
     assert group_sent == ["one", "two"]  # chats interleave freely; each keeps its own order
     per_chat = [t for c, t in osascript.sent() if c == f"iMessage;-;{ALICE}"]

@@ -13,8 +13,11 @@ character (NUL above all) cannot travel in argv. Commands, replies and the send 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _CHAT_GUID = re.compile(r"(iMessage|SMS|RCS|any);([-+]);([^\x00-\x1f\x7f]+)")
+# A group's identifier (`chat` and digits); macOS 26 may spell a group `any;-;chat…`.
+_GROUP_ID = re.compile(r"chat\d+")
 MAX_CHARS = 512
 SERVICES = ("iMessage", "SMS", "RCS")
 
@@ -30,7 +33,7 @@ def is_chat_guid(value: object) -> bool:
 def direct_handle(guid: str) -> str | None:
     """The other person's address for a direct chat (`…;-;<handle>`), None for a group."""
     match = _CHAT_GUID.fullmatch(guid)
-    if match is None or match.group(2) != "-" or match.group(3).startswith("chat"):
+    if match is None or match.group(2) != "-" or _GROUP_ID.fullmatch(match.group(3)):
         return None
     return match.group(3)
 
@@ -39,3 +42,33 @@ def service_of(guid: str) -> str | None:
     """The service a guid names, or None for macOS 26's `any` (read chat.service_name then)."""
     match = _CHAT_GUID.fullmatch(guid)
     return match.group(1) if match is not None and match.group(1) in SERVICES else None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything the send script needs to find a chat, in the order it tries them.
+
+    macOS 26 refuses `chat id "any;-;…"` for some chats (-1728) and may not list a chat.db guid
+    among its live chats at all, so the script tries the guid as stored, then the other spelling
+    (`any` ⇄ the service), then, for a direct chat, the participant on the right service."""
+
+    chat_guid: str
+    alt_chat_guid: str  # "" when there is no other spelling
+    handle: str  # "" for a group chat: no participant fallback
+    service: str  # "iMessage" | "SMS" | "RCS": the account type for the participant form
+
+    @property
+    def chat_guids(self) -> tuple[str, ...]:
+        return (self.chat_guid, self.alt_chat_guid) if self.alt_chat_guid else (self.chat_guid,)
+
+
+def send_target(guid: str, service_name: str | None) -> Target:
+    """The target for a valid chat guid; `service_name` is chat.service_name, when known."""
+    match = _CHAT_GUID.fullmatch(guid)
+    if match is None:
+        raise ValueError("not a chat guid")
+    prefix, kind, rest = match.groups()
+    service = prefix if prefix in SERVICES else service_name if service_name in SERVICES else None
+    service = service or "iMessage"
+    alt = f"{service};{kind};{rest}" if prefix == "any" else f"any;{kind};{rest}"
+    return Target(guid, alt, direct_handle(guid) or "", service)

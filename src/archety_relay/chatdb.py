@@ -23,6 +23,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import typedstream
@@ -68,6 +69,14 @@ SELECT j.message_id, a.guid, a.filename, a.mime_type, a.transfer_name, a.total_b
 FROM message_attachment_join AS j JOIN attachment AS a ON a.ROWID = j.attachment_id
 WHERE j.message_id IN ({ids}) ORDER BY j.message_id, a.ROWID
 """
+
+
+@dataclass(frozen=True)
+class SentRow:
+    """An outgoing message Messages recorded: `error` is message.error (0 when it went out)."""
+
+    rowid: int
+    error: int
 
 
 def _placeholders(values: Sequence[object]) -> str:
@@ -221,6 +230,37 @@ class ChatDb:
             == wanted
             for t, b in rows
         )
+
+    def chat_service_name(self, chat_guid: str) -> str | None:
+        """`chat.service_name` (iMessage, SMS, RCS) of a chat: macOS 26 guids say only `any`."""
+        with self._snapshot() as conn:
+            row = conn.execute(
+                "SELECT service_name FROM chat WHERE guid = ? LIMIT 1", (chat_guid,)
+            ).fetchone()
+        return row[0] if row and isinstance(row[0], str) else None
+
+    def find_sent(
+        self, chat_guids: Sequence[str], handle: str, text: str, since_unix: float
+    ) -> SentRow | None:
+        """The newest outgoing row with this text that Messages joined to one of these chats
+        (or, for a direct chat, to the chat with this handle, however its guid is spelled)."""
+        guids = list(chat_guids)
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT m.ROWID, m.error, m.text, m.attributedBody FROM chat AS c "
+                "JOIN chat_message_join AS j ON j.chat_id = c.ROWID "
+                "JOIN message AS m ON m.ROWID = j.message_id "
+                f"WHERE (c.guid IN ({_placeholders(guids)}) "
+                "OR (? != '' AND c.chat_identifier = ? AND c.style = 45)) "
+                "AND m.is_from_me = 1 AND m.date >= ? ORDER BY m.ROWID DESC LIMIT 200",
+                (*guids, handle, handle, apple_date(since_unix)),
+            ).fetchall()
+        wanted = text.strip()
+        for rowid, error, t, b in rows:
+            found = (t if isinstance(t, str) and t else typedstream.decode(b)) or ""
+            if found.strip() == wanted:
+                return SentRow(int(rowid), int(error or 0))
+        return None
 
     def read_after(self, cursor: int, limit: int) -> list[RawMessage]:
         """Up to `limit` message rows with ROWID > cursor, in ROWID order, with their joins."""

@@ -9,20 +9,21 @@ stored work plus an event; a command id seen before is not executed again.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from . import messages_app, replies
-from .chat_guid import is_chat_guid
+from .chat_guid import Target, is_chat_guid, send_target, service_of
 from .chatdb import ChatDb
 from .commands import Action, Cancel, Invalid, ListScheduled, Schedule, SendNow
 from .config import Settings
 from .messages_app import SendResult
 from .model import utc_iso
 from .store import NewOutgoing, Outgoing, QueuedItem, Store
-from .store.outgoing import FAILED, MISSED, SENDING, SENT
+from .store.outgoing import FAILED, MISSED, SENT
 
 log = structlog.get_logger("archety_relay.outbound")
 
@@ -30,11 +31,14 @@ MAX_SEND_ATTEMPTS = 3
 SEND_RETRY_SECONDS = (2.0, 10.0)
 # A send due longer ago than this (the Mac was off, sending was disabled) is reported, not sent.
 MISSED_AFTER_SECONDS = 3600.0
-# How far back to look in chat.db for a send that a crash interrupted.
+# How far back to look in chat.db for a send that a crash interrupted (clocks, Messages' date).
 RECOVERY_SLACK_SECONDS = 5.0
+# How long Messages has to record a send osascript reported (imsg waits about as long).
+CONFIRM_SECONDS = 3.0
+CONFIRM_POLL_SECONDS = 0.05
 IDLE_SECONDS = 30.0
 
-Sender = Callable[[str, str], SendResult]
+Sender = Callable[[Target, str], SendResult]
 
 
 class Outbound:
@@ -47,7 +51,7 @@ class Outbound:
         self.send = send
         self.notify: Callable[[], None] = lambda: None
         self._last_sent: dict[str, float] = {}
-        self._recovered = False
+        self.confirm_seconds = CONFIRM_SECONDS
         self._disabled_logged = False
 
     # -- replies ----------------------------------------------------------------------------
@@ -154,9 +158,6 @@ class Outbound:
     # -- sending ----------------------------------------------------------------------------
     def dispatch_step(self, now: float) -> float | None:
         """Send every chat's due head once. Returns seconds until something is due (None: idle)."""
-        if not self._recovered:
-            self._recover_interrupted(now)
-            self._recovered = True
         if not self.settings.send_enabled:
             if not self._disabled_logged and self.store.next_due_at() is not None:
                 log.warning(
@@ -190,9 +191,14 @@ class Outbound:
         return max(0.0, min(ready) - now) if ready else None
 
     def _send_one(self, item: Outgoing, now: float) -> None:
+        target = self._target(item.chat_guid)
+        if item.attempts and self._already_sent(item, target, now):
+            return
         self.store.mark_sending(item, now)
-        result = self.send(item.chat_guid, item.text)
+        result = self.send(target, item.text)
         self._last_sent[item.chat_guid] = now
+        if result.ok:
+            result = self._confirm(target, item.text, now - RECOVERY_SLACK_SECONDS, result)
         attempt = item.attempts + 1
         log.info(
             "message_send_attempt",
@@ -201,6 +207,7 @@ class Outbound:
             origin=item.origin,
             attempt=attempt,
             ok=result.ok,
+            via=result.via,
             error=result.error,
         )
         if result.ok:
@@ -217,6 +224,51 @@ class Outbound:
                 attempts=attempt,
                 error=result.error,
             )
+
+    def _target(self, chat_guid: str) -> Target:
+        if not is_chat_guid(chat_guid):  # refused by the sender, with the reason
+            return Target(chat_guid, "", "", "iMessage")
+        service = None if service_of(chat_guid) else self.chatdb.chat_service_name(chat_guid)
+        return send_target(chat_guid, service)
+
+    def _already_sent(self, item: Outgoing, target: Target, now: float) -> bool:
+        """A row tried before (a crash mid-send, a timeout, an error after osascript) may have
+        gone out: if Messages recorded it, it did, and sending it again would double it."""
+        since = (item.sending_since or item.send_at) - RECOVERY_SLACK_SECONDS
+        found = self.chatdb.find_sent(target.chat_guids, target.handle, item.text, since)
+        if found is not None and found.error == 0:
+            log.info("send_recovered_as_sent", outgoing_id=item.id, attempts=item.attempts)
+            self._finish(item, SENT, now, "message_sent", None)
+            return True
+        log.info("send_recovered_for_retry", outgoing_id=item.id, attempts=item.attempts)
+        return False
+
+    def _confirm(self, target: Target, text: str, since: float, sent: SendResult) -> SendResult:
+        """osascript said yes; Messages has the last word. A send is done only when an outgoing
+        row with this text is joined to the chat with error 0 (macOS 26 can exit 0 and write
+        nothing, or an empty row in no chat). Not found in time is a failure, never retried:
+        a late row would make a retry a duplicate."""
+        deadline = time.monotonic() + self.confirm_seconds
+        while True:
+            found = self.chatdb.find_sent(target.chat_guids, target.handle, text, since)
+            if found is not None and found.error == 0:
+                return sent
+            if found is not None:
+                return SendResult(
+                    False,
+                    f"messages_error: Messages recorded the send with error {found.error}",
+                    retryable=False,
+                    via=sent.via,
+                )
+            if time.monotonic() >= deadline:
+                return SendResult(
+                    False,
+                    f"not_recorded: osascript reported success but Messages recorded no sent "
+                    f"message in this chat within {self.confirm_seconds:g}s",
+                    retryable=False,
+                    via=sent.via,
+                )
+            time.sleep(CONFIRM_POLL_SECONDS)
 
     def _finish(
         self, item: Outgoing, status: str, now: float, event_type: str, error: str | None
@@ -251,16 +303,3 @@ class Outbound:
                 chat_guid=item.chat_guid,
                 due=utc_iso(item.send_at),
             )
-
-    def _recover_interrupted(self, now: float) -> None:
-        """A row left `sending` by a crash: if Messages has it as sent, it was; else retry."""
-        for item in self.store.heads_due(float("inf")):
-            if item.status != SENDING:
-                continue
-            since = (item.sending_since or item.send_at) - RECOVERY_SLACK_SECONDS
-            if self.chatdb.was_sent(item.chat_guid, item.text, since):
-                log.info("send_recovered_as_sent", outgoing_id=item.id)
-                self._finish(item, SENT, now, "message_sent", None)
-            else:
-                log.info("send_recovered_for_retry", outgoing_id=item.id)
-                self.store.retry_later(item, item.send_at, "interrupted", now)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .. import config, logs
+from ..chat_guid import Target
 from ..daemon import Daemon
 from ..demo.messages_writer import AttachmentSpec, MessagesWriter
 from ..demo.stub_backend import Behaviour, Received, StubBackend
@@ -75,13 +76,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     replies: list[tuple[str, str]] = []
 
-    def would_send(chat_guid: str, text: str) -> SendResult:
-        replies.append((chat_guid, text))
+    def would_send(target: Target, text: str) -> SendResult:
+        replies.append((target.chat_guid, text))
         print(
-            f"  Messages.app → {chat_guid}: {json.dumps(text, ensure_ascii=False)}"
+            f"  Messages.app → {target.chat_guid}: {json.dumps(text, ensure_ascii=False)}"
             "  (would be sent; osascript on a Mac)"
         )
-        return SendResult(True)
+        writer.record_sent(target.chat_guid, text)  # as Messages would, so the send confirms
+        return SendResult(True, via="demo")
 
     ready = threading.Event()
     store = open_store(settings.state_dir)

@@ -191,6 +191,29 @@ class MessagesWriter:
         self.conn.execute("COMMIT")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
+    def record_sent(self, chat_guid: str, text: str) -> None:
+        """What Messages writes after sending `text` to a chat: an outgoing row joined to it.
+        Safe from another thread (its own connection), as Messages is another process."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        try:
+            chat = conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (chat_guid,)).fetchone()
+            date = apple_date(time.time())
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.execute(
+                "INSERT INTO message (guid, attributedBody, handle_id, service, date, is_from_me, "
+                "is_finished, is_sent) VALUES (?, ?, 0, 'iMessage', ?, 1, 1, 1)",
+                (str(uuid.uuid4()).upper(), typedstream.encode(text), date),
+            )
+            if chat is not None:
+                conn.execute(
+                    "INSERT INTO chat_message_join (chat_id, message_id, message_date) "
+                    "VALUES (?, ?, ?)",
+                    (chat[0], cur.lastrowid, date),
+                )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
     def join(self, message_rowid: int, chat: int) -> None:
         date = self.conn.execute(
             "SELECT date FROM message WHERE ROWID = ?", (message_rowid,)
