@@ -1,0 +1,223 @@
+"""Pictures into what the backend takes: the only user of Pillow, pillow-heif and `sips`.
+
+`convert(path or bytes, limits)` returns `Converted`: JPEG (PNG when the picture really has
+transparency) bytes no larger than the limits, or no bytes and a fixed reason ("unreadable",
+"too_large"). It never raises for a bad picture, whatever the file holds.
+
+What leaves the Mac:
+- the pixels turned upright (EXIF orientation applied; HEIC's `irot` is applied by libheif);
+- the colour profile, when it is an RGB one (a CMYK or grey profile would mislabel RGB pixels);
+- nothing else: no EXIF, GPS, XMP or comment. The output is encoded from a bare copy of the
+  pixels with only the profile passed, so no metadata can ride along by default.
+
+Hostile or huge files: Pillow's decompression-bomb limit stays on (and its warning zone counts as
+too large); truncated files are not padded. A picture Pillow refuses goes to the fallback (on
+macOS, Apple's own `sips`, which decodes every format Messages writes) and its output is
+normalised by Pillow again. Conversions run one at a time: a 12 MP HEIC needs ~110 MB while it
+decodes, and several at once must not stack up (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+UNREADABLE = "unreadable"
+TOO_LARGE = "too_large"
+JPEG = "image/jpeg"
+PNG = "image/png"
+EXTENSIONS = {JPEG: "jpg", PNG: "png"}
+
+# Quality steps tried before the picture is made smaller, and how much smaller each round.
+JPEG_QUALITIES = (85, 75, 65, 50, 35)
+SHRINK = 0.75
+# Below this long side a picture is no use to anyone; give up instead.
+MIN_LONG_SIDE = 64
+SIPS = Path("/usr/bin/sips")
+SIPS_TIMEOUT_SECONDS = 60.0
+
+# A fallback converts a file Pillow could not: path in, bytes of some picture out (or None).
+Fallback = Callable[[Path, int], bytes | None]
+
+_one_at_a_time = threading.Lock()
+_heif_registered = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_px: int = 1024  # long side
+    max_bytes: int = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Converted:
+    data: bytes | None
+    mime: str | None
+    reason: str | None  # None when `data` is set
+    width: int = 0
+    height: int = 0
+    via: str = "pillow"  # "pillow" | "sips"
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS.get(self.mime or "", "bin")
+
+
+class _Refused(Exception):
+    """Pillow would not (or must not) decode this picture; `reason` says which way."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def convert(source: Path | bytes, limits: Limits, fallback: Fallback | None = None) -> Converted:
+    """One picture to upload-ready bytes, or a reason. Blocks while another conversion runs."""
+    with _one_at_a_time:
+        try:
+            return _with_pillow(source, limits)
+        except _Refused as refused:
+            first = refused
+        if fallback is None or not isinstance(source, Path):
+            return Converted(None, None, first.reason)
+        produced = fallback(source, limits.max_px)
+        if produced is None:
+            return Converted(None, None, first.reason)
+        try:
+            again = _with_pillow(produced, limits)
+        except _Refused:
+            return Converted(None, None, first.reason)
+        return Converted(again.data, again.mime, None, again.width, again.height, via="sips")
+
+
+def default_fallback() -> Fallback | None:
+    """`sips` on a Mac; nothing elsewhere (Linux CI has no second decoder to offer)."""
+    if sys.platform == "darwin" and SIPS.exists():
+        return sips_fallback(SIPS)
+    return None
+
+
+def sips_fallback(executable: Path) -> Fallback:
+    """Apple's `sips`: `-s format jpeg -Z <px> <in> --out <dir>/out.jpg`, in a temporary dir.
+
+    The output goes to a file inside a directory we created: sips writes a *file* named after
+    a missing output directory. Success is judged by the output, not by the exit code alone.
+    """
+
+    def run(path: Path, max_px: int) -> bytes | None:
+        with tempfile.TemporaryDirectory(prefix="archety-sips-") as tmp:
+            out = Path(tmp) / "out.jpg"
+            argv = [str(executable), "-s", "format", "jpeg", "-Z", str(max_px)]
+            try:
+                done = subprocess.run(
+                    [*argv, str(path), "--out", str(out)],
+                    capture_output=True,
+                    timeout=SIPS_TIMEOUT_SECONDS,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            if done.returncode != 0 or b"Error" in done.stderr or not out.is_file():
+                return None
+            return out.read_bytes()
+
+    return run
+
+
+# -- Pillow --------------------------------------------------------------------------------------
+def _register_heif() -> None:
+    """Imported on first use: `--once` and the CLI should not pay for libheif at start-up."""
+    global _heif_registered
+    if not _heif_registered:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+
+
+def _with_pillow(source: Path | bytes, limits: Limits) -> Converted:
+    from PIL import Image
+
+    _register_heif()
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice that; both mean "too large" here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(opened) as img:
+                if img.width * img.height > (Image.MAX_IMAGE_PIXELS or sys.maxsize):
+                    raise _Refused(TOO_LARGE, f"{img.width}x{img.height} pixels")
+                return _normalise(img, limits)
+    except _Refused:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
+        raise _Refused(TOO_LARGE, str(exc)) from exc
+    except Exception as exc:  # truncated, corrupt, unknown format: every decoder raises its own
+        raise _Refused(UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _normalise(img: Any, limits: Limits) -> Converted:
+    from PIL import Image, ImageOps
+
+    if img.format == "JPEG":
+        # Decode big JPEGs at a reduced scale straight away (never below the target size).
+        img.draft(img.mode, (limits.max_px, limits.max_px))
+    icc = img.info.get("icc_profile")
+    upright = ImageOps.exif_transpose(img)
+    if _has_alpha(upright):
+        rgba = upright.convert("RGBA")
+        lowest = rgba.getchannel("A").getextrema()[0]
+        transparent = isinstance(lowest, (int, float)) and lowest < 255
+        pixels = rgba if transparent else rgba.convert("RGB")
+    else:
+        pixels = upright.convert("RGB")
+    mime = PNG if pixels.mode == "RGBA" else JPEG
+    # A bare copy: info (exif, xmp, comment, dpi...) is not carried, only what we pass on save.
+    bare = Image.new(pixels.mode, pixels.size)
+    bare.paste(pixels)
+    bare.thumbnail((limits.max_px, limits.max_px), Image.Resampling.LANCZOS)
+    profile = icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
+    data, size = _fit(bare, mime, profile, limits.max_bytes)
+    if data is None:
+        raise _Refused(TOO_LARGE, f"does not fit in {limits.max_bytes} bytes")
+    return Converted(data, mime, None, size[0], size[1])
+
+
+def _has_alpha(img: Any) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def _fit(img: Any, mime: str, icc: bytes | None, max_bytes: int) -> tuple[bytes | None, Any]:
+    """Lower the quality, then the size, until the encoded picture fits in `max_bytes`."""
+    from PIL import Image
+
+    current = img
+    while True:
+        qualities = JPEG_QUALITIES if mime == JPEG else (None,)
+        for quality in qualities:
+            data = _encode(current, mime, icc, quality)
+            if len(data) <= max_bytes:
+                return data, current.size
+        width, height = current.size
+        smaller = (max(1, int(width * SHRINK)), max(1, int(height * SHRINK)))
+        if max(smaller) < MIN_LONG_SIDE:
+            return None, current.size
+        current = img.resize(smaller, Image.Resampling.LANCZOS)
+
+
+def _encode(img: Any, mime: str, icc: bytes | None, quality: int | None) -> bytes:
+    out = io.BytesIO()
+    options: dict[str, Any] = {"icc_profile": icc} if icc else {}
+    if mime == JPEG:
+        img.save(out, "JPEG", quality=quality, optimize=True, **options)
+    else:
+        img.save(out, "PNG", optimize=True, **options)
+    return out.getvalue()
