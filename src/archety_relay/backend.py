@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+from urllib3.filepost import encode_multipart_formdata
 
 from . import __version__
 from .config import Secret, Settings
@@ -26,6 +27,7 @@ from .policy import HttpOutcome
 MESSAGE_PATH = "/orchestrator/message"
 HEARTBEAT_PATH = "/orchestrator/heartbeat"
 SYNC_PATH = "/edge/sync"
+PHOTO_UPLOAD_PATH = "/photo/upload"
 BODY_EXCERPT_CHARS = 2000
 
 
@@ -140,6 +142,21 @@ class Backend:
 
     def post_message(self, body: bytes, message_guid: str) -> HttpOutcome:
         return self.post(MESSAGE_PATH, body, {"Idempotency-Key": message_guid})
+
+    def upload_photo(
+        self, fields: dict[str, str], filename: str, data: bytes, mime: str, attachment_guid: str
+    ) -> HttpOutcome:
+        """`POST /photo/upload`: multipart text `fields` plus the picture as part `file`.
+
+        The body is built here (a few MB at most) and sent through `post`, so an upload has the
+        same headers, timeouts and failure values as a message; the attachment guid is the
+        Idempotency-Key, so a retry after a lost answer is recognisable.
+        """
+        parts: list[Any] = list(fields.items())
+        parts.append(("file", (filename, data, mime)))
+        body, content_type = encode_multipart_formdata(parts)
+        extra = {"Content-Type": content_type, "Idempotency-Key": attachment_guid}
+        return self.post(PHOTO_UPLOAD_PATH, body, extra)
 
     def heartbeat(self) -> HttpOutcome:
         return self.post(HEARTBEAT_PATH, _json({"edge_agent_id": self.agent_id}))
