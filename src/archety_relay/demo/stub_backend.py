@@ -3,10 +3,15 @@
 Used by the demo, the tests and the benchmarks. It checks the Bearer secret like the real one
 (401 otherwise). Behaviours are queued with `script()`: a status with headers and body, a delay,
 a hang (accept, never answer), or a reset mid-response; unscripted requests get 200.
+`POST /photo/upload` is parsed as the multipart form it is (text fields and the file part) and
+answered like the real endpoint: `photo_id` and `photo_url`, the same id again for an
+Idempotency-Key it has already accepted.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import socket
 import ssl
@@ -31,13 +36,44 @@ class Behaviour:
 
 
 @dataclass(frozen=True)
+class FilePart:
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Received:
     path: str
     headers: dict[str, str]
-    body: Any
+    body: Any  # parsed JSON; for a multipart form, its text fields as a dict
     raw: bytes
     at: float  # time.time() when the request was read
     status: int  # what we answered (0: no answer)
+    files: dict[str, FilePart] = field(default_factory=dict)
+
+
+PHOTO_UPLOAD = "/photo/upload"
+
+
+def parse_multipart(content_type: str, raw: bytes) -> tuple[dict[str, str], dict[str, FilePart]]:
+    """A multipart/form-data body, read with the standard MIME parser: (fields, files)."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    fields: dict[str, str] = {}
+    files: dict[str, FilePart] = {}
+    if not message.is_multipart():
+        return fields, files
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        decoded = part.get_payload(decode=True)
+        payload = decoded if isinstance(decoded, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            files[str(name)] = FilePart(filename, part.get_content_type(), payload)
+        else:
+            fields[str(name)] = payload.decode("utf-8")
+    return fields, files
 
 
 class _Server(ThreadingHTTPServer):
@@ -64,6 +100,7 @@ class StubBackend:
         self._arrived = threading.Condition()
         self._stopping = threading.Event()
         self._on_message = on_message
+        self._photo_ids: dict[str, str] = {}  # Idempotency-Key -> photo_id already given
         self._server = _Server(("127.0.0.1", port), self._handler_class())
         self._scheme = "http"
         if tls is not None:  # an HTTPS backend, for checking that certificates are verified
@@ -126,6 +163,22 @@ class StubBackend:
                 and (not accepted_only or 200 <= r.status < 300)
             ]
 
+    def uploads(self, *, accepted_only: bool = True) -> list[Received]:
+        """Every `POST /photo/upload` (by default only those answered 2xx), in arrival order."""
+        return [
+            r for r in self.requests_to(PHOTO_UPLOAD) if not accepted_only or 200 <= r.status < 300
+        ]
+
+    def _photo_answer(self, received: Received) -> dict[str, Any]:
+        key = received.headers.get("Idempotency-Key") or f"anonymous-{len(self.received)}"
+        with self._lock:
+            photo_id = self._photo_ids.setdefault(key, f"photo-{len(self._photo_ids) + 1}")
+        return {
+            "photo_id": photo_id,
+            "photo_url": f"https://photos.example.invalid/{photo_id}.jpg",
+            "status": "stored",
+        }
+
     def requests_to(self, path: str) -> list[Received]:
         with self._lock:
             return [r for r in self.received if r.path == path]
@@ -171,10 +224,16 @@ class StubBackend:
                     self.close_connection = True
                     return
                 arrived = time.time()
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
+                content_type = self.headers.get("Content-Type") or ""
+                files: dict[str, FilePart] = {}
+                body: Any
+                if content_type.startswith("multipart/form-data"):
+                    body, files = parse_multipart(content_type, raw)
+                else:
+                    try:
+                        body = json.loads(raw) if raw else None
+                    except ValueError:
+                        body = None
                 headers = {k: v for k, v in self.headers.items()}
                 behaviour = stub._next(self.path)
                 if behaviour.delay:
@@ -196,8 +255,11 @@ class StubBackend:
                 status = behaviour.status
                 if self.headers.get("Authorization") != f"Bearer {stub.secret}":
                     status = 401
-                stub._record(Received(self.path, headers, body, raw, arrived, status))
+                received = Received(self.path, headers, body, raw, arrived, status, files)
+                stub._record(received)
                 reply = behaviour.body
+                if reply is None and self.path == PHOTO_UPLOAD and status < 300:
+                    reply = stub._photo_answer(received)
                 if reply is None:
                     reply = {"ok": status < 300}
                 payload = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
