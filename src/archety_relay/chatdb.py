@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import typedstream
 from .errors import ChatDbUnavailable
+from .photo_rules import AttachmentState
 from .rows import ChatRef, RawMessage, apple_date, attachment
 
 FULL_DISK_ACCESS_HINT = (
@@ -280,6 +281,24 @@ class ChatDb:
             )
             files = conn.execute(_ATTACHMENTS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
         return _assemble(rows, chats, people, files)
+
+    def attachment_states(self, guids: Sequence[str]) -> dict[str, AttachmentState]:
+        """Whether these attachments' files are there yet: a lookup by the unique `guid`
+        index for just the rows a message waits for, never a scan of the attachment table."""
+        if not guids:
+            return {}
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT guid, filename, transfer_state, ck_sync_state, total_bytes "
+                f"FROM attachment WHERE guid IN ({_placeholders(guids)})",
+                list(guids),
+            ).fetchall()
+        return {
+            guid: AttachmentState(
+                guid, os.path.expanduser(filename) if filename else None, state, ck, size
+            )
+            for guid, filename, state, ck, size in rows
+        }
 
     def __enter__(self) -> ChatDb:
         return self
