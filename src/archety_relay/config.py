@@ -88,6 +88,9 @@ class Settings:
     chat_join_wait: float = 5.0
     send_enabled: bool = True
     send_rate_per_chat: float = 3.0  # bubbles per second into one chat, at most
+    photo_max_px: int = 1024  # long side of an uploaded picture
+    photo_max_bytes: int = 5 * 1024 * 1024
+    attachment_wait: float = 60.0  # a message waits this long for its pictures to download
     notes: tuple[str, ...] = field(default=())  # things worth a log line once logging is up
 
     def persona_fields(self) -> dict[str, str]:
@@ -211,6 +214,11 @@ def load(
         chat_join_wait=_seconds(get, "ARCHETY_CHAT_JOIN_WAIT", 5.0, low=0.0, high=300.0),
         send_enabled=_flag(get, "ARCHETY_SEND_ENABLED", True),
         send_rate_per_chat=_seconds(get, "ARCHETY_SEND_RATE_PER_CHAT", 3.0, low=0.1, high=100.0),
+        photo_max_px=_integer(get, "ARCHETY_PHOTO_MAX_PX", 1024, low=64, high=8000),
+        photo_max_bytes=_integer(
+            get, "ARCHETY_PHOTO_MAX_BYTES", 5 * 1024 * 1024, low=10_000, high=50 * 1024 * 1024
+        ),
+        attachment_wait=_seconds(get, "ARCHETY_ATTACHMENT_WAIT", 60.0, low=0.0, high=3600.0),
         notes=tuple(notes),
     )
 
@@ -270,4 +278,19 @@ def _seconds(
     if value != value or value < low or (high is not None and value > high):
         bounds = f"at least {low:g}" + (f" and at most {high:g}" if high is not None else "")
         raise ConfigError(f"{name} must be {bounds} seconds, got {raw!r}")
+    return value
+
+
+def _integer(
+    get: Callable[[str], str | None], name: str, default: int, *, low: int, high: int
+) -> int:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
     return value
