@@ -42,6 +42,10 @@ class AttachmentSpec:
     transfer_name: str | None = None
     total_bytes: int = 1024
     uti: str = "public.jpeg"
+    # 5: Messages finished the transfer. 0 with ck_sync_state 1: still in iCloud (not on disk).
+    transfer_state: int = 5
+    ck_sync_state: int = 0
+    guid: str | None = None
 
 
 class MessagesWriter:
@@ -260,15 +264,18 @@ class MessagesWriter:
         for spec in attachments:
             att = self.conn.execute(
                 "INSERT INTO attachment (guid, original_guid, filename, mime_type, transfer_name,"
-                " total_bytes, uti) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " total_bytes, uti, transfer_state, ck_sync_state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (g := str(uuid.uuid4()).upper()),
+                    (g := spec.guid or str(uuid.uuid4()).upper()),
                     g,
                     spec.filename,
                     spec.mime_type,
                     spec.transfer_name or Path(spec.filename).name,
                     spec.total_bytes,
                     spec.uti,
+                    spec.transfer_state,
+                    spec.ck_sync_state,
                 ),
             )
             self.conn.execute(
@@ -276,6 +283,13 @@ class MessagesWriter:
                 (rowid, att.lastrowid),
             )
         return rowid
+
+    def finish_download(self, attachment_guid: str) -> None:
+        """What Messages does when an attachment's file has landed: transfer_state 5."""
+        self.conn.execute(
+            "UPDATE attachment SET transfer_state = 5, ck_sync_state = 1 WHERE guid = ?",
+            (attachment_guid,),
+        )
 
     def checkpoint(self) -> tuple[int, int, int]:
         """`PRAGMA wal_checkpoint(TRUNCATE)` as Messages runs it: (busy, log, checkpointed)."""
