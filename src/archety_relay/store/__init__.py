@@ -3,6 +3,7 @@
 db        the connection, schema, the one transaction helper, safe opening
 outbox    cursor, queued messages, dead letters, delivered guids, facts for status
 outgoing  replies and sends waiting for Messages.app, events for the backend, seen commands
+uploads   pictures on their way to /photo/upload, message bodies frozen once settled
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ from .outbox import (
     QueueStats,
 )
 from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
+from .uploads import SCHEMA as UPLOADS_SCHEMA
+from .uploads import UploadQueries, UploadRecord
 
 
-class Store(OutboxQueries, OutgoingQueries):
+class Store(OutboxQueries, OutgoingQueries, UploadQueries):
     """Every query on the state database, sharing one connection and one lock."""
 
 
 def open_store(state_dir: Path, now: float | None = None) -> Store:
     """Open (or create) the outbox; a corrupt one is moved aside and a fresh one started."""
     conn, path = open_connection(state_dir, now)
+    conn.executescript(UPLOADS_SCHEMA)
     return Store(conn, path)
 
 
@@ -42,5 +46,6 @@ __all__ = [
     "QueueStats",
     "QueuedItem",
     "Store",
+    "UploadRecord",
     "open_store",
 ]
