@@ -29,7 +29,7 @@ from pathlib import Path
 from . import typedstream
 from .errors import ChatDbUnavailable
 from .photo_rules import AttachmentState
-from .rows import ChatRef, RawMessage, apple_date, attachment
+from .rows import ChatRef, RawMessage, WatchedRow, apple_date, attachment
 
 FULL_DISK_ACCESS_HINT = (
     "On a Mac this is almost always missing Full Disk Access: open System Settings > "
@@ -49,11 +49,42 @@ _ACCESS_CODES = frozenset({"SQLITE_CANTOPEN", "SQLITE_AUTH", "SQLITE_PERM"})
 _ACCESS_WORDS = ("unable to open", "authorization denied", "not authorized")
 _BUSY_CODES = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 
+# Columns beyond the first ten, each replaced by NULL where this macOS lacks it (the emoji
+# column arrived in macOS 15, the edit columns in 13): an older chat.db still reads.
+_EXTRA_COLUMNS = (
+    "associated_message_guid",
+    "associated_message_emoji",
+    "group_action_type",
+    "group_title",
+    "thread_originator_guid",
+    "thread_originator_part",
+    "balloon_bundle_id",
+    "is_read",
+)
 _MESSAGES_SQL = """
 SELECT m.ROWID, m.guid, m.text, m.attributedBody, h.id, m.service, m.is_from_me, m.item_type,
-       m.associated_message_type, m.date
+       m.associated_message_type, m.date, oh.id, {extra}
 FROM message AS m LEFT JOIN handle AS h ON h.ROWID = m.handle_id
-WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?
+LEFT JOIN handle AS oh ON oh.ROWID = m.other_handle AND m.item_type = 1
+WHERE {where}
+"""
+_AFTER = "m.ROWID > ? ORDER BY m.ROWID LIMIT ?"
+_BY_ROWID = "m.ROWID IN ({ids})"
+# The in-place change watch: cheap columns only, by message_idx_date (or by ROWID for the
+# persona's unread messages older than the window). No blob but the small summary plist.
+_WATCH_COLUMNS = (
+    "date_edited",
+    "is_empty",
+    "message_summary_info",
+    "is_read",
+    "date_read",
+)
+_WATCH_SQL = """
+SELECT m.ROWID, m.guid, m.date, m.is_from_me, {extra} FROM message AS m
+WHERE m.date >= ? AND m.item_type = 0 AND m.associated_message_type IN (0, 2, 3)
+"""
+_WATCH_ROWIDS_SQL = """
+SELECT m.ROWID, m.guid, m.date, m.is_from_me, {extra} FROM message AS m WHERE m.ROWID IN ({ids})
 """
 _CHATS_SQL = """
 SELECT j.message_id, c.ROWID, c.guid, c.style, c.chat_identifier,
@@ -119,6 +150,7 @@ class ChatDb:
         self.generation = 0
         # The capture and dispatch threads share this connection; one read at a time on it.
         self._lock = threading.RLock()
+        self._columns: frozenset[str] = frozenset()
 
     # -- connection -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -139,6 +171,9 @@ class ChatDb:
             conn.execute("SELECT 1 FROM message LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             raise unavailable(f"opening chat.db at {self.path}", exc) from exc
+        self._columns = frozenset(
+            r[1] for r in conn.execute("PRAGMA table_info(message)").fetchall()
+        )
         self._conn = conn
         self._inode = self._current_inode()
         self.generation += 1
@@ -266,20 +301,53 @@ class ChatDb:
     def read_after(self, cursor: int, limit: int) -> list[RawMessage]:
         """Up to `limit` message rows with ROWID > cursor, in ROWID order, with their joins."""
         with self._snapshot() as conn:
-            rows = conn.execute(_MESSAGES_SQL, (cursor, limit)).fetchall()
-            if not rows:
-                return []
-            ids = [r[0] for r in rows]
-            chats = conn.execute(_CHATS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
-            chat_ids = sorted({c[1] for c in chats})
-            people = (
-                conn.execute(
-                    _PARTICIPANTS_SQL.format(ids=_placeholders(chat_ids)), chat_ids
-                ).fetchall()
-                if chat_ids
-                else []
-            )
-            files = conn.execute(_ATTACHMENTS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
+            rows = conn.execute(self._messages_sql(_AFTER), (cursor, limit)).fetchall()
+            return self._with_joins(conn, rows)
+
+    def read_rowids(self, rowids: Sequence[int]) -> list[RawMessage]:
+        """These message rows as they are now, with their joins (ROWID order)."""
+        if not rowids:
+            return []
+        with self._snapshot() as conn:
+            sql = self._messages_sql(_BY_ROWID.format(ids=_placeholders(rowids)))
+            rows = conn.execute(sql + " ORDER BY m.ROWID", list(rowids)).fetchall()
+            return self._with_joins(conn, rows)
+
+    def watch_window(self, since_apple_date: int, rowids: Sequence[int]) -> list[WatchedRow]:
+        """Ordinary messages dated at or after `since_apple_date` (message_idx_date), plus these
+        rows: the cheap columns an edit, unsend or read receipt changes. Cost follows the
+        window's size, not chat.db's."""
+        extra = self._extra(_WATCH_COLUMNS)
+        with self._snapshot() as conn:
+            found = conn.execute(_WATCH_SQL.format(extra=extra), (since_apple_date,)).fetchall()
+            if rowids:
+                ids = list(rowids)
+                sql = _WATCH_ROWIDS_SQL.format(extra=extra, ids=_placeholders(ids))
+                found += conn.execute(sql, ids).fetchall()
+        seen: dict[int, WatchedRow] = {}
+        for r in found:
+            if isinstance(r[1], str):
+                seen[r[0]] = WatchedRow(*r)
+        return [seen[k] for k in sorted(seen)]
+
+    def _extra(self, names: Sequence[str]) -> str:
+        return ", ".join(f"m.{n}" if n in self._columns else "NULL" for n in names)
+
+    def _messages_sql(self, where: str) -> str:
+        return _MESSAGES_SQL.format(extra=self._extra(_EXTRA_COLUMNS), where=where)
+
+    def _with_joins(self, conn: sqlite3.Connection, rows: list[tuple]) -> list[RawMessage]:
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        chats = conn.execute(_CHATS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
+        chat_ids = sorted({c[1] for c in chats})
+        people = (
+            conn.execute(_PARTICIPANTS_SQL.format(ids=_placeholders(chat_ids)), chat_ids).fetchall()
+            if chat_ids
+            else []
+        )
+        files = conn.execute(_ATTACHMENTS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
         return _assemble(rows, chats, people, files)
 
     def attachment_states(self, guids: Sequence[str]) -> dict[str, AttachmentState]:
@@ -362,6 +430,15 @@ def _assemble(
             date=_int(date),
             chats=tuple(chats_of.get(rowid, ())),
             attachments=tuple(files_of.get(rowid, ())),
+            other_handle=_str(other),
+            associated_message_guid=_str(extra[0]),
+            associated_message_emoji=_str(extra[1]),
+            group_action_type=_int(extra[2]),
+            group_title=_str(extra[3]),
+            thread_originator_guid=_str(extra[4]),
+            thread_originator_part=_str(extra[5]),
+            balloon_bundle_id=_str(extra[6]),
+            is_read=_int(extra[7]),
         )
-        for rowid, guid, text, body, sender, service, is_from_me, item_type, assoc, date in rows
+        for rowid, guid, text, body, sender, service, is_from_me, item_type, assoc, date, other, *extra in rows
     ]

@@ -1,8 +1,10 @@
 """The only module that starts threads: it repeats the relay's steps until told to stop.
 
-    capture thread   waits for a file event or the poll interval, then `capture_step`
+    capture thread   waits for a file event or the poll interval, then `capture_step`, and
+                     `changes_step` (edits, unsends, reads) whenever chat.db changed
     sender thread    `deliver_step` until idle, then waits for the capture thread or a deadline
-    timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL
+    timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL,
+                     and within SYNC_DEBOUNCE_SECONDS of a new conversation event (`sync_soon`)
     dispatch thread  sends due replies and commanded messages through Messages.app
     watchdog         sets the capture thread's wake event (see watcher)
 
@@ -38,6 +40,8 @@ CHAT_JOIN_RECHECK_SECONDS = 0.1
 SETTLE_WINDOW_SECONDS = 0.25
 SETTLE_STEP_SECONDS = 0.002
 SHUTDOWN_GRACE_SECONDS = 3.0
+# A new conversation event starts a sync this soon; events within it share that sync.
+SYNC_DEBOUNCE_SECONDS = 1.0
 
 
 class _ErrorLog:
@@ -90,6 +94,7 @@ class Daemon:
         self.wake = threading.Event()
         self.outbox_ready = threading.Event()
         self.outgoing_ready = threading.Event()
+        self.sync_soon = threading.Event()
         self.relay.outbound.notify = self.outgoing_ready.set
         self._threads: list[threading.Thread] = []
         self._observer: Any = None
@@ -121,6 +126,7 @@ class Daemon:
         self.wake.set()
         self.outbox_ready.set()
         self.outgoing_ready.set()
+        self.sync_soon.set()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -156,7 +162,7 @@ class Daemon:
         holding = False
         # A failed capture leaves rows unread although data_version has been seen: retry it
         # without waiting for another change to chat.db (a full disk that frees up, say).
-        retry = False
+        retry = changes_due = False
         settle_until = 0.0
         wait = 0.0
         while not self.stop.is_set():
@@ -180,6 +186,11 @@ class Daemon:
                             enqueued=result.enqueued,
                             skipped=dict(result.skipped),
                         )
+                changes_due = changes_due or changed
+                if changes_due:
+                    if self.relay.changes_step(time.time()).emitted:
+                        self.sync_soon.set()
+                    changes_due = False
                 # Ready only after the first capture placed the cursor: a message written
                 # after `relay_ready` must never be mistaken for history.
                 self._ensure_watcher()
@@ -246,4 +257,7 @@ class Daemon:
                 errors.ok(now)
             except Exception as exc:
                 errors.failed(exc, now)
-            self.stop.wait(max(0.05, min(next_heartbeat, next_sync) - time.monotonic()))
+            self.sync_soon.wait(max(0.05, min(next_heartbeat, next_sync) - time.monotonic()))
+            if self.sync_soon.is_set():
+                self.sync_soon.clear()
+                next_sync = min(next_sync, time.monotonic() + SYNC_DEBOUNCE_SECONDS)

@@ -18,6 +18,7 @@ import structlog
 
 from .backend import Backend
 from .capture import Capture, CaptureResult
+from .changes import Changes, ChangesResult
 from .chatdb import ChatDb
 from .config import Secret, Settings
 from .outbound import Outbound, Sender
@@ -60,6 +61,7 @@ class Relay:
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
         self.capture = Capture(settings, chatdb, store)
+        self.changes = Changes(chatdb, store)
         self.failures = 0
         self.retry_at = 0.0
         self.auth_paused_until: float | None = None
@@ -78,6 +80,10 @@ class Relay:
     def capture_step(self, now: float) -> CaptureResult:
         """Move every new chat.db row into the outbox (or past it, with a reason)."""
         return self.capture.step(now)
+
+    def changes_step(self, now: float) -> ChangesResult:
+        """Find edits, unsends and read receipts in the recent window; store them as events."""
+        return self.changes.step(now)
 
     # -- delivery: outbox -> backend --------------------------------------------------------
     def deliver_step(self, now: float) -> Delivery:

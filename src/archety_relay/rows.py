@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import typedstream
 from .model import Attachment, Message, Skipped
@@ -48,6 +49,30 @@ class RawMessage:
     date: int | None
     chats: tuple[ChatRef, ...] = field(default=())
     attachments: tuple[Attachment, ...] = field(default=())
+    # What reactions, replies, group changes and late arrivals are told apart by (see events).
+    associated_message_guid: str | None = None
+    associated_message_emoji: str | None = None
+    group_action_type: int | None = None
+    other_handle: str | None = None  # handle.id of message.other_handle
+    group_title: str | None = None
+    thread_originator_guid: str | None = None
+    thread_originator_part: str | None = None
+    balloon_bundle_id: str | None = None
+    is_read: int | None = None
+
+
+class WatchedRow(NamedTuple):
+    """The columns of a recent row that an edit, unsend or read receipt changes (see events)."""
+
+    rowid: int
+    guid: str
+    date: int | None
+    is_from_me: int | None
+    date_edited: int | None
+    is_empty: int | None
+    message_summary_info: bytes | None
+    is_read: int | None
+    date_read: int | None
 
 
 def unix_seconds(apple_date: int | None) -> int | None:

@@ -8,16 +8,17 @@ Never point it at a real chat.db.
 
 from __future__ import annotations
 
+import plistlib
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from .. import typedstream
-from ..rows import apple_date
+from ..rows import APPLE_EPOCH, apple_date
 
 # Functions only Messages.app registers; the schema's triggers call them.
 _STAND_INS: tuple[tuple[str, int, object], ...] = (
@@ -130,8 +131,11 @@ class MessagesWriter:
         attributed_body: bytes | None = None,
         guid: str | None = None,
         join_chat: bool = True,
+        columns: Mapping[str, object] | None = None,
     ) -> int:
-        """Write one message as Messages does: the row, its attachments, then its chat join."""
+        """Write one message as Messages does: the row, its attachments, then its chat join.
+
+        `columns` sets any other `message` column in the same transaction."""
         self.conn.execute("BEGIN")
         try:
             rowid = self._insert_message(
@@ -146,6 +150,11 @@ class MessagesWriter:
                 attributed_body,
                 guid,
             )
+            if columns:
+                names = ", ".join(f"{name} = ?" for name in columns)
+                self.conn.execute(
+                    f"UPDATE message SET {names} WHERE ROWID = ?", (*columns.values(), rowid)
+                )
             if chat is not None and join_chat:
                 self.join(rowid, chat)
             self.conn.execute("COMMIT")
@@ -289,6 +298,105 @@ class MessagesWriter:
         self.conn.execute(
             "UPDATE attachment SET transfer_state = 5, ck_sync_state = 1 WHERE guid = ?",
             (attachment_guid,),
+        )
+
+    # -- what happens to a message later (UPDATEs, and rows about other rows) ---------------
+    def edit(self, rowid: int, new_text: str, *, at: float | None = None, part: int = 0) -> None:
+        """Edit as macOS 13+ records it: `date_edited` stamped, `text` NULL, the new text only in
+        `attributedBody`, every version in `message_summary_info.ec[part]` (oldest first)."""
+        when = time.time() if at is None else at
+        text, body, info = self.conn.execute(
+            "SELECT text, attributedBody, message_summary_info FROM message WHERE ROWID = ?",
+            (rowid,),
+        ).fetchone()
+        summary = plistlib.loads(info) if info else {}
+        history = summary.setdefault("ec", {}).setdefault(str(part), [])
+        if not history:  # the original becomes version 0
+            original = body or typedstream.encode(text or "")
+            history.append({"d": when - 60 - APPLE_EPOCH, "t": original, "bcg": str(uuid.uuid4())})
+        new_body = typedstream.encode(new_text)
+        history.append({"d": when - APPLE_EPOCH, "t": new_body, "bcg": str(uuid.uuid4())})
+        summary.update({"amc": 0, "ust": True, "ep": [part], "otr": {str(part): {"lo": 0}}})
+        self.conn.execute(
+            "UPDATE message SET text = NULL, attributedBody = ?, date_edited = ?, "
+            "message_summary_info = ? WHERE ROWID = ?",
+            (new_body, apple_date(when), plistlib.dumps(summary, fmt=plistlib.FMT_BINARY), rowid),
+        )
+
+    def unsend(self, rowid: int, *, parts: Sequence[int] = (0,), at: float | None = None) -> None:
+        """Unsend as macOS 26 records it: an edit that lists the withdrawn parts in `rp`, the
+        body cleared and `is_empty = 1` (`date_retracted` stays 0)."""
+        when = time.time() if at is None else at
+        summary = {"amc": 0, "ust": True, "ep": list(parts), "otr": {}, "rp": list(parts)}
+        self.conn.execute(
+            "UPDATE message SET text = NULL, attributedBody = NULL, is_empty = 1, "
+            "date_edited = ?, date_retracted = 0, message_summary_info = ? WHERE ROWID = ?",
+            (apple_date(when), plistlib.dumps(summary, fmt=plistlib.FMT_BINARY), rowid),
+        )
+
+    def mark_read(self, rowid: int, *, at: float | None = None) -> None:
+        """The recipient read it: `is_read`, `date_read` (and delivered) on the row."""
+        self.conn.execute(
+            "UPDATE message SET is_read = 1, date_read = ?, is_delivered = 1, "
+            "date_delivered = ? WHERE ROWID = ?",
+            (apple_date(time.time() if at is None else at),) * 2 + (rowid,),
+        )
+
+    def guid_of(self, rowid: int) -> str:
+        return str(
+            self.conn.execute("SELECT guid FROM message WHERE ROWID = ?", (rowid,)).fetchone()[0]
+        )
+
+    def reaction(
+        self,
+        target_rowid: int,
+        associated_type: int,
+        *,
+        sender: str | None,
+        chat: int,
+        emoji: str | None = None,
+        part: int = 0,
+        is_from_me: int = 0,
+    ) -> int:
+        """A tapback row: its own guid, `associated_message_guid` = `p:<part>/<target>`, the
+        fallback text Messages writes, the emoji in `associated_message_emoji` (macOS 15+)."""
+        target = self.guid_of(target_rowid)
+        verb = "Removed a reaction from" if associated_type >= 3000 else "Reacted to"
+        return self.message(
+            f"{verb} “…”",
+            sender=sender,
+            chat=chat,
+            is_from_me=is_from_me,
+            associated_message_type=associated_type,
+            columns={
+                "associated_message_guid": f"p:{part}/{target}",
+                "associated_message_emoji": emoji,
+                "associated_message_range_length": 1,
+            },
+        )
+
+    def group_action(
+        self,
+        chat: int,
+        *,
+        item_type: int,
+        action: int = 0,
+        sender: str | None,
+        other: str | None = None,
+        title: str | None = None,
+    ) -> int:
+        """A group change row as Messages writes it: no text, `item_type` 1 (member added or
+        removed), 2 (renamed, `group_title`) or 3 (left, photo), `other_handle` the member."""
+        return self.message(
+            None,
+            sender=sender,
+            chat=chat,
+            item_type=item_type,
+            columns={
+                "group_action_type": action,
+                "other_handle": self.handle(other) if other else 0,
+                "group_title": title,
+            },
         )
 
     def checkpoint(self) -> tuple[int, int, int]:

@@ -101,6 +101,8 @@ class StubBackend:
         self._stopping = threading.Event()
         self._on_message = on_message
         self._photo_ids: dict[str, str] = {}  # Idempotency-Key -> photo_id already given
+        # Acknowledge every event a sync carries, as the real backend does once it stored them.
+        self.ack_events = False
         self._server = _Server(("127.0.0.1", port), self._handler_class())
         self._scheme = "http"
         if tls is not None:  # an HTTPS backend, for checking that certificates are verified
@@ -154,6 +156,15 @@ class StubBackend:
             return self._default.get(path, Behaviour())
 
     # -- what arrived -----------------------------------------------------------------------
+    def sync_events(self) -> list[dict[str, Any]]:
+        """Every event carried by an accepted `/edge/sync`, in arrival order (repeats included)."""
+        return [
+            e
+            for r in self.requests_to("/edge/sync")
+            if r.status == 200 and isinstance(r.body, dict)
+            for e in r.body.get("events", [])
+        ]
+
     def messages(self, *, accepted_only: bool = True) -> list[Received]:
         with self._lock:
             return [
@@ -260,6 +271,9 @@ class StubBackend:
                 reply = behaviour.body
                 if reply is None and self.path == PHOTO_UPLOAD and status < 300:
                     reply = stub._photo_answer(received)
+                if reply is None and stub.ack_events and self.path == "/edge/sync":
+                    events = body.get("events", []) if isinstance(body, dict) else []
+                    reply = {"ack_events": [e.get("event_id") for e in events]}
                 if reply is None:
                     reply = {"ok": status < 300}
                 payload = reply if isinstance(reply, bytes) else json.dumps(reply).encode()

@@ -4,6 +4,7 @@ db        the connection, schema, the one transaction helper, safe opening
 outbox    cursor, queued messages, dead letters, delivered guids, facts for status
 outgoing  replies and sends waiting for Messages.app, events for the backend, seen commands
 uploads   pictures on their way to /photo/upload, message bodies frozen once settled
+watch     fingerprints of recent chat.db rows, and the events their changes produced
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from .outbox import (
 from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
 from .uploads import SCHEMA as UPLOADS_SCHEMA
 from .uploads import UploadQueries, UploadRecord
+from .watch import WatchQueries
 
 
-class Store(OutboxQueries, OutgoingQueries, UploadQueries):
+class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries):
     """Every query on the state database, sharing one connection and one lock."""
 
 

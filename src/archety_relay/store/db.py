@@ -80,6 +80,18 @@ CREATE TABLE IF NOT EXISTS events (
     payload TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS watched (
+    guid TEXT PRIMARY KEY,
+    rowid INTEGER NOT NULL,
+    date INTEGER NOT NULL,
+    from_me INTEGER NOT NULL,
+    date_edited INTEGER NOT NULL,
+    unsent TEXT NOT NULL,
+    is_empty INTEGER NOT NULL,
+    read_at INTEGER NOT NULL,
+    text TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS watched_date ON watched (date);
 CREATE TABLE IF NOT EXISTS commands_seen (
     command_id TEXT PRIMARY KEY,
     seen_at REAL NOT NULL

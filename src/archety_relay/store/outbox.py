@@ -7,11 +7,13 @@ leaves either both or neither.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..events import ChatEvent
 from .db import Transactional
 from .outgoing import NewOutgoing, insert_outgoing
+from .watch import add_counts, insert_chat_event
 
 # Delivered guids are remembered this long so an iCloud re-insert is not sent again.
 DELIVERED_MEMORY_SECONDS = 7 * 86400
@@ -61,11 +63,18 @@ class OutboxQueries(Transactional):
             _write_cursor(db, cursor, now)
 
     def enqueue(
-        self, items: Iterable[tuple[str, int, bytes]], cursor: Cursor | None, now: float
+        self,
+        items: Iterable[tuple[str, int, bytes]],
+        cursor: Cursor | None,
+        now: float,
+        events: Sequence[ChatEvent] = (),
+        counts: Mapping[str, int] | None = None,
     ) -> int:
         """Store (guid, rowid, body) items and move the cursor, atomically. Returns how many were new.
 
         `cursor=None` (a backfill of rows behind the cursor) leaves the cursor where it is.
+        The conversation events and skip counts of the same rows are stored in the same
+        transaction, so a crash never reports one twice or loses it.
         """
         added = 0
         with self._tx() as db:
@@ -77,6 +86,9 @@ class OutboxQueries(Transactional):
                     "(SELECT 1 FROM dead_letter WHERE message_guid = ?)",
                     (guid, rowid, body, now, guid, guid),
                 ).rowcount
+            for event in events:
+                insert_chat_event(db, event, now)
+            add_counts(db, counts or {})
             if cursor is not None:
                 _write_cursor(db, cursor, now)
         return added

@@ -1,0 +1,124 @@
+"""In-place changes: edits, unsends and read receipts, found by re-reading a recent window.
+
+These are UPDATEs of existing rows, which a ROWID cursor never sees, and the columns they touch
+(`date_edited`, `date_read`, `is_empty`) have no index. Apple bounds the problem instead: an
+edit is allowed within 15 minutes of sending, an unsend within 2. So each time chat.db changes,
+`step(now)` reads the rows dated within `WINDOW_SECONDS` (by `message_idx_date`) plus the
+persona's unread messages of the last `UNREAD_WATCH_SECONDS`, compares each row's fingerprint
+with the stored one (`store.watch`) and stores what changed, with its events, in one
+transaction. The cost follows the window, not the size of chat.db.
+
+A row seen for the first time is only fingerprinted: whatever it looks like then, the
+message itself (captured from the same row) already carried it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import structlog
+
+from . import events, rows
+from .chatdb import ChatDb
+from .events import ChatEvent, Fingerprint
+from .rows import apple_date
+from .store import Store
+
+log = structlog.get_logger("archety_relay.changes")
+
+# Longer than Apple's 15-minute edit limit, plus slack for a late sync from another device.
+WINDOW_SECONDS = 20 * 60
+# The persona's messages are watched for a read receipt this long after they were sent.
+UNREAD_WATCH_SECONDS = 2 * 86400
+PRUNE_INTERVAL_SECONDS = 60.0
+
+
+@dataclass
+class ChangesResult:
+    watched: int = 0
+    emitted: int = 0
+    found: Counter[str] = field(default_factory=Counter)
+
+
+class Changes:
+    def __init__(self, chatdb: ChatDb, store: Store) -> None:
+        self.chatdb = chatdb
+        self.store = store
+        # The stored fingerprints, mirrored: an unchanged window costs no state-db query.
+        self._known: dict[str, Fingerprint] = {}
+        self._pruned_at = float("-inf")
+
+    def step(self, now: float) -> ChangesResult:
+        """Look at the recent window once; store (and return the count of) what changed."""
+        result = ChangesResult()
+        unread = self.store.unread_own(apple_date(now - UNREAD_WATCH_SECONDS))
+        watched = self.chatdb.watch_window(apple_date(now - WINDOW_SECONDS), unread)
+        result.watched = len(watched)
+        current = {w.guid: (w, events.fingerprint(w)) for w in watched}
+        unknown = [g for g in current if g not in self._known]
+        texts: dict[str, str | None] = {}
+        if unknown:
+            for guid, (fp, text) in self.store.watched(unknown).items():
+                self._known[guid] = fp
+                texts[guid] = text
+        new = [g for g in current if g not in self._known]
+        changed = {
+            g: kinds
+            for g, (_w, fp) in current.items()
+            if g in self._known and (kinds := events.changes(self._known[g], fp))
+        }
+        moved = [g for g, (_w, fp) in current.items() if g in self._known and self._known[g] != fp]
+        if new or moved:
+            self._record(current, new, moved, changed, texts, now, result)
+        if now - self._pruned_at >= PRUNE_INTERVAL_SECONDS:
+            self._pruned_at = now
+            self.store.prune_watched(
+                apple_date(now - WINDOW_SECONDS), apple_date(now - UNREAD_WATCH_SECONDS)
+            )
+            self._known = {g: fp for g, fp in self._known.items() if g in current}
+        return result
+
+    def _record(
+        self,
+        current: dict[str, tuple[rows.WatchedRow, Fingerprint]],
+        new: list[str],
+        moved: list[str],
+        changed: dict[str, tuple[str, ...]],
+        texts: dict[str, str | None],
+        now: float,
+        result: ChangesResult,
+    ) -> None:
+        """Read the rows that are new or changed in full, build the events, store it all."""
+        wanted = [current[g][1].rowid for g in [*new, *moved]]
+        full = {r.guid: r for r in self.chatdb.read_rowids(wanted) if r.guid}
+        missing = [g for g in changed if g not in texts]
+        if missing:
+            texts.update({g: t for g, (_fp, t) in self.store.watched(missing).items()})
+        found: list[ChatEvent] = []
+        records: list[tuple[Fingerprint, str | None]] = []
+        for guid in [*new, *moved]:
+            watched, fp = current[guid]
+            row = full.get(guid)
+            if row is None:  # gone between the two reads; look again next time
+                continue
+            text = None if fp.from_me else rows.message_text(row)
+            for kind in changed.get(guid, ()):
+                before = self._known[guid]
+                found.append(
+                    events.change_event(
+                        kind, before, fp, row, watched.message_summary_info, texts.get(guid)
+                    )
+                )
+            records.append((fp, text))
+        result.emitted = self.store.record_watch(records, found, now)
+        for fp, _text in records:
+            self._known[fp.guid] = fp
+        for event in found:
+            result.found[event.event_type] += 1
+            log.info(
+                "conversation_event",
+                event_type=event.event_type,
+                chat_guid=event.chat_guid,
+                message_guid=event.message_guid,
+            )

@@ -1,0 +1,127 @@
+"""Fingerprints of recent chat.db rows, and the conversation events found by comparing them.
+
+A fingerprint is stored in the same transaction as the events its change produced, so a crash
+either loses both (the change is found again on the next look) or keeps both (never reported
+twice). Event ids are deterministic as well (`events.ChatEvent.event_id`): the same change can
+only be stored once while the backend has not acknowledged it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+
+from ..events import ChatEvent, Fingerprint
+from .db import Transactional
+
+# The persona's unread messages are watched for a read receipt this many at most.
+UNREAD_WATCH_LIMIT = 200
+
+
+def insert_chat_event(db: sqlite3.Connection, event: ChatEvent, now: float) -> bool:
+    return (
+        db.execute(
+            "INSERT OR IGNORE INTO events (event_id, event_type, payload, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (
+                event.event_id,
+                event.event_type,
+                json.dumps(event.payload(), ensure_ascii=False),
+                now,
+            ),
+        ).rowcount
+        == 1
+    )
+
+
+def add_counts(db: sqlite3.Connection, counts: Mapping[str, int]) -> None:
+    """Add to the running totals shown by `status` (meta keys `count_<name>`)."""
+    for name, n in counts.items():
+        if n:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT)",
+                (f"count_{name}", str(n), n),
+            )
+
+
+def _fingerprint(row: tuple) -> Fingerprint:
+    guid, rowid, date, from_me, edited, unsent, empty, read_at = row
+    parts = tuple(int(p) for p in unsent.split(",") if p)
+    return Fingerprint(guid, rowid, date, bool(from_me), edited, parts, bool(empty), read_at)
+
+
+class WatchQueries(Transactional):
+    def watched(self, guids: Sequence[str]) -> dict[str, tuple[Fingerprint, str | None]]:
+        """The stored fingerprint (and last known text) of each of these guids that has one."""
+        found: dict[str, tuple[Fingerprint, str | None]] = {}
+        with self._tx() as db:
+            for start in range(0, len(guids), 500):
+                chunk = list(guids[start : start + 500])
+                rows = db.execute(
+                    "SELECT guid, rowid, date, from_me, date_edited, unsent, is_empty, read_at, "
+                    f"text FROM watched WHERE guid IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                for r in rows:
+                    found[r[0]] = (_fingerprint(r[:8]), r[8])
+        return found
+
+    def unread_own(self, since_date: int) -> list[int]:
+        """ROWIDs of the persona's messages since `since_date` not yet read by the recipient."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT rowid FROM watched WHERE from_me = 1 AND read_at = 0 AND date >= ? "
+                "ORDER BY date DESC LIMIT ?",
+                (since_date, UNREAD_WATCH_LIMIT),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def has_watched(self) -> bool:
+        with self._tx() as db:
+            return db.execute("SELECT 1 FROM watched LIMIT 1").fetchone() is not None
+
+    def record_watch(
+        self,
+        fingerprints: Iterable[tuple[Fingerprint, str | None]],
+        events: Sequence[ChatEvent],
+        now: float,
+    ) -> int:
+        """Store fingerprints and the events their changes produced, together. Returns how many
+        events were new."""
+        added = 0
+        with self._tx() as db:
+            for fp, text in fingerprints:
+                db.execute(
+                    "INSERT INTO watched (guid, rowid, date, from_me, date_edited, unsent, "
+                    "is_empty, read_at, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (guid) DO UPDATE SET rowid = excluded.rowid, "
+                    "date = excluded.date, from_me = excluded.from_me, "
+                    "date_edited = excluded.date_edited, unsent = excluded.unsent, "
+                    "is_empty = excluded.is_empty, read_at = excluded.read_at, "
+                    "text = excluded.text",
+                    (
+                        fp.guid,
+                        fp.rowid,
+                        fp.date,
+                        int(fp.from_me),
+                        fp.date_edited,
+                        ",".join(map(str, fp.unsent)),
+                        int(fp.is_empty),
+                        fp.read_at,
+                        text,
+                    ),
+                )
+            added = sum(insert_chat_event(db, e, now) for e in events)
+        return added
+
+    def prune_watched(self, before_date: int, own_unread_before: int) -> int:
+        """Forget rows older than the window, except the persona's unread ones (kept until
+        `own_unread_before`, waiting for a read receipt)."""
+        with self._tx() as db:
+            return db.execute(
+                "DELETE FROM watched WHERE date < ? AND NOT (from_me = 1 AND read_at = 0 "
+                "AND date >= ?)",
+                (before_date, own_unread_before),
+            ).rowcount
