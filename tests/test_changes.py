@@ -60,11 +60,11 @@ def test_edit_with_null_text_reports_new_and_previous_text(
     assert event["event_id"] and event["timestamp"]
 
 
-def test_edit_history_gives_previous_text_after_a_restart(
+def test_previous_text_comes_from_apples_edit_history(
     settings: Settings, writer: MessagesWriter, backend: StubBackend
 ) -> None:
-    """Edited before the relay ever stored the message's text (fingerprint without text):
-    `previous_text` comes from Apple's edit history in message_summary_info."""
+    """Edited twice, the second time after the relay first looked: `previous_text` is the
+    version before the last, from Apple's edit history in message_summary_info."""
     chat = writer.direct_chat(ALICE)
     rowid = writer.message("first", sender=ALICE, chat=chat)
     writer.edit(rowid, "second")

@@ -9,7 +9,8 @@ with the stored one (`store.watch`) and stores what changed, with its events, in
 transaction. The cost follows the window, not the size of chat.db.
 
 A row seen for the first time is only fingerprinted: whatever it looks like then, the
-message itself (captured from the same row) already carried it.
+message itself (captured from the same row) already carried it. No text is kept: the text
+before an edit comes from Apple's own edit history in `message_summary_info`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from . import events, rows
+from . import events
 from .chatdb import ChatDb
 from .events import ChatEvent, Fingerprint
-from .rows import apple_date
+from .rows import WatchedRow, apple_date
 from .store import Store
 
 log = structlog.get_logger("archety_relay.changes")
@@ -57,20 +58,12 @@ class Changes:
         result.watched = len(watched)
         current = {w.guid: (w, events.fingerprint(w)) for w in watched}
         unknown = [g for g in current if g not in self._known]
-        texts: dict[str, str | None] = {}
         if unknown:
-            for guid, (fp, text) in self.store.watched(unknown).items():
-                self._known[guid] = fp
-                texts[guid] = text
+            self._known.update(self.store.watched(unknown))
         new = [g for g in current if g not in self._known]
-        changed = {
-            g: kinds
-            for g, (_w, fp) in current.items()
-            if g in self._known and (kinds := events.changes(self._known[g], fp))
-        }
         moved = [g for g, (_w, fp) in current.items() if g in self._known and self._known[g] != fp]
         if new or moved:
-            self._record(current, new, moved, changed, texts, now, result)
+            self._record(current, new, moved, now, result)
         if now - self._pruned_at >= PRUNE_INTERVAL_SECONDS:
             self._pruned_at = now
             self.store.prune_watched(
@@ -81,38 +74,34 @@ class Changes:
 
     def _record(
         self,
-        current: dict[str, tuple[rows.WatchedRow, Fingerprint]],
+        current: dict[str, tuple[WatchedRow, Fingerprint]],
         new: list[str],
         moved: list[str],
-        changed: dict[str, tuple[str, ...]],
-        texts: dict[str, str | None],
         now: float,
         result: ChangesResult,
     ) -> None:
-        """Read the rows that are new or changed in full, build the events, store it all."""
-        wanted = [current[g][1].rowid for g in [*new, *moved]]
-        full = {r.guid: r for r in self.chatdb.read_rowids(wanted) if r.guid}
-        missing = [g for g in changed if g not in texts]
-        if missing:
-            texts.update({g: t for g, (_fp, t) in self.store.watched(missing).items()})
+        """Build the events of what changed (reading those rows in full), store them all."""
         found: list[ChatEvent] = []
-        records: list[tuple[Fingerprint, str | None]] = []
-        for guid in [*new, *moved]:
+        kinds = {g: events.changes(self._known[g], current[g][1]) for g in moved}
+        eventful = [current[g][1].rowid for g in moved if kinds[g]]
+        full = {r.guid: r for r in self.chatdb.read_rowids(eventful) if r.guid}
+        for guid in moved:
             watched, fp = current[guid]
             row = full.get(guid)
-            if row is None:  # gone between the two reads; look again next time
+            if kinds[guid] and row is None:  # gone between the two reads: look again next time
                 continue
-            text = None if fp.from_me else rows.message_text(row)
-            for kind in changed.get(guid, ()):
-                before = self._known[guid]
+            for kind in kinds[guid]:
+                assert row is not None
                 found.append(
                     events.change_event(
-                        kind, before, fp, row, watched.message_summary_info, texts.get(guid)
+                        kind, self._known[guid], fp, row, watched.message_summary_info
                     )
                 )
-            records.append((fp, text))
+        records = [current[g][1] for g in new] + [
+            current[g][1] for g in moved if not kinds[g] or g in full
+        ]
         result.emitted = self.store.record_watch(records, found, now)
-        for fp, _text in records:
+        for fp in records:
             self._known[fp.guid] = fp
         for event in found:
             result.found[event.event_type] += 1

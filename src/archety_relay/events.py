@@ -292,7 +292,6 @@ def change_event(
     after: Fingerprint,
     row: RawMessage,
     summary: bytes | None,
-    known_text: str | None,
 ) -> ChatEvent:
     """The event for one detected change; `row` is the full row as it is now."""
     info = summary_info(summary)
@@ -305,9 +304,7 @@ def change_event(
             after.guid,
             {
                 "text": rows.message_text(row),
-                "previous_text": known_text
-                if known_text is not None
-                else previous_text(info, edited_part(info)),
+                "previous_text": previous_text(info, edited_part(info)),
                 "edited_at": _iso(after.date_edited),
                 "part": edited_part(info),
             },

@@ -88,8 +88,7 @@ CREATE TABLE IF NOT EXISTS watched (
     date_edited INTEGER NOT NULL,
     unsent TEXT NOT NULL,
     is_empty INTEGER NOT NULL,
-    read_at INTEGER NOT NULL,
-    text TEXT
+    read_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS watched_date ON watched (date);
 CREATE TABLE IF NOT EXISTS commands_seen (

@@ -53,19 +53,19 @@ def _fingerprint(row: tuple) -> Fingerprint:
 
 
 class WatchQueries(Transactional):
-    def watched(self, guids: Sequence[str]) -> dict[str, tuple[Fingerprint, str | None]]:
-        """The stored fingerprint (and last known text) of each of these guids that has one."""
-        found: dict[str, tuple[Fingerprint, str | None]] = {}
+    def watched(self, guids: Sequence[str]) -> dict[str, Fingerprint]:
+        """The stored fingerprint of each of these guids that has one."""
+        found: dict[str, Fingerprint] = {}
         with self._tx() as db:
             for start in range(0, len(guids), 500):
                 chunk = list(guids[start : start + 500])
                 rows = db.execute(
-                    "SELECT guid, rowid, date, from_me, date_edited, unsent, is_empty, read_at, "
-                    f"text FROM watched WHERE guid IN ({','.join('?' * len(chunk))})",
+                    "SELECT guid, rowid, date, from_me, date_edited, unsent, is_empty, read_at "
+                    f"FROM watched WHERE guid IN ({','.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
                 for r in rows:
-                    found[r[0]] = (_fingerprint(r[:8]), r[8])
+                    found[r[0]] = _fingerprint(r)
         return found
 
     def unread_own(self, since_date: int) -> list[int]:
@@ -84,7 +84,7 @@ class WatchQueries(Transactional):
 
     def record_watch(
         self,
-        fingerprints: Iterable[tuple[Fingerprint, str | None]],
+        fingerprints: Iterable[Fingerprint],
         events: Sequence[ChatEvent],
         now: float,
     ) -> int:
@@ -92,15 +92,14 @@ class WatchQueries(Transactional):
         events were new."""
         added = 0
         with self._tx() as db:
-            for fp, text in fingerprints:
+            for fp in fingerprints:
                 db.execute(
                     "INSERT INTO watched (guid, rowid, date, from_me, date_edited, unsent, "
-                    "is_empty, read_at, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "is_empty, read_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (guid) DO UPDATE SET rowid = excluded.rowid, "
                     "date = excluded.date, from_me = excluded.from_me, "
                     "date_edited = excluded.date_edited, unsent = excluded.unsent, "
-                    "is_empty = excluded.is_empty, read_at = excluded.read_at, "
-                    "text = excluded.text",
+                    "is_empty = excluded.is_empty, read_at = excluded.read_at",
                     (
                         fp.guid,
                         fp.rowid,
@@ -110,7 +109,6 @@ class WatchQueries(Transactional):
                         ",".join(map(str, fp.unsent)),
                         int(fp.is_empty),
                         fp.read_at,
-                        text,
                     ),
                 )
             added = sum(insert_chat_event(db, e, now) for e in events)
