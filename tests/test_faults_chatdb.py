@@ -114,15 +114,24 @@ def test_undecodable_handle_chat_and_attachment_values_are_forwarded(
 
 
 def test_crash_recovery_lookup_survives_an_undecodable_sent_row(writer: MessagesWriter) -> None:
-    """`was_sent` (crash recovery of a send) reads from-me rows: a bad one must not make every
+    """The send checks (`find_sent` after osascript, `was_sent` after a crash) read from-me rows:
+    one with text that is not UTF-8, or an attributedBody stored as TEXT, must not make every
     dispatch step raise, and the lookup still finds the text it is asked about."""
     chat = writer.direct_chat(ALICE)
     bad = writer.message("x", sender=ALICE, chat=chat, is_from_me=1, text_in_column=True)
     poison_text(writer, "message", "text", bad)
-    writer.message("sent reply", sender=ALICE, chat=chat, is_from_me=1, text_in_column=True)
+    odd = writer.message(None, sender=ALICE, chat=chat, is_from_me=1)
+    writer.conn.execute(
+        "UPDATE message SET attributedBody = CAST(? AS TEXT) WHERE ROWID = ?", (POISON, odd)
+    )
+    sent = writer.message("sent reply", sender=ALICE, chat=chat, is_from_me=1)
+    guid = f"iMessage;-;{ALICE}"
     with ChatDb(writer.path) as db:
-        assert db.was_sent(f"iMessage;-;{ALICE}", "sent reply", 0)
-        assert not db.was_sent(f"iMessage;-;{ALICE}", "never sent", 0)
+        assert db.was_sent(guid, "sent reply", 0)
+        assert not db.was_sent(guid, "never sent", 0)
+        found = db.find_sent([guid], ALICE, "sent reply", 0)
+        assert found is not None and found.rowid == sent
+        assert db.find_sent([guid], ALICE, "never sent", 0) is None
 
 
 @pytest.mark.parametrize(

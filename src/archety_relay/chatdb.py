@@ -278,11 +278,7 @@ class ChatDb:
                 (chat_guid, apple_date(since_unix)),
             ).fetchall()
         wanted = text.strip()
-        return any(
-            ((_str(t) or typedstream.decode(b if isinstance(b, bytes) else None)) or "").strip()
-            == wanted
-            for t, b in rows
-        )
+        return any(_row_text(t, b) == wanted for t, b in rows)
 
     def chat_service_name(self, chat_guid: str) -> str | None:
         """`chat.service_name` (iMessage, SMS, RCS) of a chat: macOS 26 guids say only `any`."""
@@ -310,9 +306,8 @@ class ChatDb:
             ).fetchall()
         wanted = text.strip()
         for rowid, error, t, b in rows:
-            found = (t if isinstance(t, str) and t else typedstream.decode(b)) or ""
-            if found.strip() == wanted:
-                return SentRow(int(rowid), int(error or 0))
+            if _row_text(t, b) == wanted:
+                return SentRow(int(rowid), _int(error) or 0)
         return None
 
     def chats_of_handle(self, handle: str) -> tuple[list[ChatRef], bool]:
@@ -430,6 +425,12 @@ def _str(value: object) -> str | None:
     if isinstance(value, bytes):
         return lenient_text(value)
     return str(value)
+
+
+def _row_text(text: object, body: object) -> str:
+    """The stripped text of a row read for send checks, whatever type its columns hold."""
+    found = _str(text) or typedstream.decode(body if isinstance(body, bytes) else None)
+    return (found or "").strip()
 
 
 def _int(value: object) -> int | None:
