@@ -70,7 +70,7 @@ class SyncResponse:
 def parse_response(body: str) -> SyncResponse:
     try:
         data = json.loads(body) if body else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser's stack
         return SyncResponse()
     if not isinstance(data, dict):
         return SyncResponse()

@@ -50,7 +50,7 @@ def _burst_delay(value: Any) -> float | None:
 def plan(body: str) -> ReplyPlan:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser's stack: not a reply
         return ReplyPlan((), "not_json")
     if not isinstance(data, dict):
         return ReplyPlan((), "not_an_object")
