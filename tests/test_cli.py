@@ -44,8 +44,11 @@ def test_daemon_relays_a_new_message_and_stops_cleanly_on_sigterm(
         "events",
         "status",
         "last_sync",
+        "last_command_id",
+        "stats",
     }
-    assert {"queue_depth", "dead_letters", "last_delivery_at", "uptime_s"} <= set(sync["status"])
+    assert sync["status"] == "active"
+    assert {"queue_depth", "dead_letters", "last_delivery_at", "uptime_s"} <= set(sync["stats"])
     rc, took = relay.terminate()
     assert rc == 0 and took < 5
     assert log_events(relay.log, "relay_stopped")

@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+# Lone surrogates are valid in JSON ("\ud83d") but cannot be encoded as UTF-8 (SQLite, argv).
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """Text from the backend made safe to store and send: a lone surrogate becomes U+FFFD and
+    NUL is dropped (it cannot travel in argv). Anything the backend sends can then be stored."""
+    return _SURROGATES.sub("\ufffd", value).replace("\x00", "")
+
+
+MAX_JSON_DEPTH = 32
+
+
+def clean_json(value: Any, depth: int = 0) -> Any:
+    """A JSON value from the backend with every string cleaned (`clean_text`), keys included.
+    Raises ValueError beyond MAX_JSON_DEPTH levels, or for a number that is not finite."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v, depth + 1) for v in value]
+    if isinstance(value, float) and value - value != 0:  # inf and nan are not JSON
+        raise ValueError("a number that is not finite")
+    return value
 
 
 def utc_iso(ts: float) -> str:

@@ -3,7 +3,7 @@
 Everything outgoing is stored before it is acted on (see store.outgoing). `dispatch_step(now)`
 sends what is due, the earliest bubble of each chat first, and reports each outcome as an event
 that the next sync carries to the backend. `execute(action, now)` turns one sync command into
-stored work plus an event; a command id seen before is not executed again.
+stored work plus an event (see executor).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from . import messages_app, replies
+from . import executor, messages_app, replies
 from .chat_guid import Target, is_chat_guid, send_target, service_of
 from .chatdb import ChatDb
-from .commands import Action, Cancel, Invalid, ListScheduled, Schedule, SendNow
+from .commands import Action
 from .config import Settings
 from .messages_app import SendResult
 from .model import utc_iso
@@ -80,80 +80,9 @@ class Outbound:
 
     # -- commands ---------------------------------------------------------------------------
     def execute(self, action: Action, now: float) -> None:
-        kind = type(action).__name__
-        if action.command_id and not self.store.first_sight(action.command_id, now):
-            log.info("command_duplicate_ignored", command_id=action.command_id, action=kind)
-            return
-        base: dict[str, Any] = {"command_id": action.command_id}
-        if isinstance(action, Invalid):
-            self.store.add_event(
-                "command_failed",
-                {**base, "details": {"command_type": action.command_type, "reason": action.reason}},
-                now,
-            )
-            log.warning(
-                "command_failed",
-                command_id=action.command_id,
-                command_type=action.command_type,
-                reason=action.reason,
-            )
-        elif isinstance(action, (SendNow, Schedule)):
-            scheduled = isinstance(action, Schedule)
-            send_at = action.send_at if isinstance(action, Schedule) else now
-            origin = "schedule_message" if scheduled else "send_message"
-            ids = self.store.add_outgoing(
-                [NewOutgoing(action.chat_guid, action.text, send_at, origin, action.command_id)],
-                now,
-                event=(
-                    "command_completed",
-                    {
-                        **base,
-                        "chat_guid": action.chat_guid,
-                        "thread_id": action.chat_guid,
-                        "details": {"command_type": origin, "send_at": utc_iso(send_at)},
-                    },
-                ),
-            )
-            log.info(
-                "command_accepted",
-                command_id=action.command_id,
-                command_type=origin,
-                message_id=ids[0],
-                send_at=utc_iso(send_at),
-                chat_guid=action.chat_guid,
-            )
+        """Carry out one sync command (see executor); wake the dispatcher if it stored a send."""
+        if executor.execute(self.store, action, now):
             self.notify()
-        elif isinstance(action, Cancel):
-            done = self.store.cancel(action.message_id, now)
-            self.store.add_event(
-                "command_completed" if done else "command_failed",
-                {
-                    **base,
-                    "details": {
-                        "command_type": "cancel_message",
-                        "message_id": action.message_id,
-                        **({} if done else {"reason": "no pending message with that id"}),
-                    },
-                },
-                now,
-            )
-            log.info("command_cancel", command_id=action.command_id, cancelled=done)
-        elif isinstance(action, ListScheduled):
-            items = [
-                {
-                    "message_id": o.id,
-                    "chat_guid": o.chat_guid,
-                    "send_at": utc_iso(o.send_at),
-                    "status": o.status,
-                    "text": o.text,
-                }
-                for o in self.store.scheduled(action.status)
-            ]
-            self.store.add_event(
-                "command_completed",
-                {**base, "details": {"command_type": "list_scheduled", "scheduled": items}},
-                now,
-            )
 
     # -- sending ----------------------------------------------------------------------------
     def dispatch_step(self, now: float) -> float | None:
@@ -176,7 +105,10 @@ class Outbound:
                     "message_failed",
                     f"missed: due {utc_iso(item.send_at)}, more than an hour ago",
                 )
-            elif now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap:
+            elif (
+                item.origin == executor.REFLEX_ORIGIN
+                or now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap
+            ):
                 try:
                     self._send_one(item, now)
                 except Exception as exc:

@@ -21,6 +21,8 @@ from .capture import Capture, CaptureResult
 from .changes import Changes, ChangesResult
 from .chatdb import ChatDb
 from .config import Secret, Settings
+from .errors import ChatDbUnavailable
+from .inbound import Inbound
 from .outbound import Outbound, Sender
 from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
 from .redact import scrub_body
@@ -60,7 +62,10 @@ class Relay:
         self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
-        self.capture = Capture(settings, chatdb, store)
+        self.inbound = Inbound(settings, store)
+        self.inbound.notify = lambda: self.outbound.notify()
+        self.capture = Capture(settings, chatdb, store, self.inbound.admit)
+        self.chatdb_ok = True
         self.changes = Changes(chatdb, store)
         self.failures = 0
         self.retry_at = 0.0
@@ -71,7 +76,8 @@ class Relay:
             store,
             self.backend,
             self.outbound,
-            lambda: "auth_paused" if self.auth_paused_until is not None else "running",
+            self.inbound,
+            self._state,
         )
         # Changed at run time by the backend's config_updates; the daemon's timer reads it.
         self.intervals = self.sync.intervals
@@ -79,7 +85,20 @@ class Relay:
     # -- capture: chat.db -> outbox ---------------------------------------------------------
     def capture_step(self, now: float) -> CaptureResult:
         """Move every new chat.db row into the outbox (or past it, with a reason)."""
-        return self.capture.step(now)
+        try:
+            result = self.capture.step(now)
+        except ChatDbUnavailable:
+            self.chatdb_ok = False
+            raise
+        self.chatdb_ok = True
+        return result
+
+    def _state(self) -> str:
+        """What the sync reports: paused while the secret is rejected, degraded while chat.db
+        cannot be read, else active."""
+        if self.auth_paused_until is not None:
+            return "paused"
+        return "active" if self.chatdb_ok else "degraded"
 
     def changes_step(self, now: float) -> ChangesResult:
         """Find edits, unsends and read receipts in the recent window; store them as events."""

@@ -7,7 +7,9 @@ Every shape the backend has used is accepted; unknown fields are ignored, missin
     {"should_respond": true, "reflex_message": "…", "burst_messages": ["…"], "burst_delay_ms": 2000}
 
 `should_respond` false or absent, or a body that is not JSON: nothing is sent (and the caller
-logs why). Bubbles after the first are spaced by a short natural gap.
+logs why). Bubbles after the first are spaced by a short natural gap. Reading an answer never
+raises (a 2xx must always be recordable, or the message would be posted again and again), and
+its text is cleaned (`model.clean_text`) so that it can always be stored.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from .model import clean_text
 
 BUBBLE_GAP_SECONDS = 1.2
 MAX_BURST_DELAY_SECONDS = 60.0
@@ -35,23 +39,33 @@ class ReplyPlan:
 
 def _texts(value: Any) -> list[str]:
     if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str) and v.strip()]
-    return []
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    texts = (clean_text(v) for v in value if isinstance(v, str))
+    return [t for t in texts if t.strip()]
 
 
 def _burst_delay(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return None
-    return min(MAX_BURST_DELAY_SECONDS, max(0.0, float(value) / 1000.0))
+    if value >= MAX_BURST_DELAY_SECONDS * 1000:  # also an int too large for a float
+        return MAX_BURST_DELAY_SECONDS
+    return float(value) / 1000.0 if value > 0 else 0.0
 
 
 def plan(body: str) -> ReplyPlan:
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError):  # nested deeper than the parser's stack: not a reply
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than ~1000
         return ReplyPlan((), "not_json")
+    try:
+        return _plan(data)
+    except Exception:  # an unforeseen shape is "nothing to say", never a failed delivery
+        return ReplyPlan((), "unreadable")
+
+
+def _plan(data: Any) -> ReplyPlan:
     if not isinstance(data, dict):
         return ReplyPlan((), "not_an_object")
     if data.get("should_respond") is not True:

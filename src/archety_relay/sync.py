@@ -1,8 +1,17 @@
 """Heartbeat and `/edge/sync`: report status and events, carry out what the backend answers.
 
 `sync_step(now)` is one round trip: the status and pending events go out; acknowledgements,
-commands and interval changes come back and are applied. The driver (daemon's timer thread,
-`--once`) decides when; `intervals` is what it reads to decide.
+interval changes and commands come back and are applied, in that order, so a command that
+cannot be carried out never costs the acknowledgements or the intervals. The driver (daemon's
+timer thread, `--once`) decides when; `intervals` is what it reads to decide.
+
+The request has exactly the integration document's fields (`status` is a string there: a
+backend model typed that way rejects an object), plus `last_command_id` and the figures under
+`stats`:
+
+    {"edge_agent_id", "version", "capabilities": [...], "events": [...],
+     "status": "active" | "paused" | "degraded", "last_sync": ISO 8601,
+     "last_command_id": "c-…" | null, "stats": {"queue_depth", ...}}
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import structlog
 
 from . import __version__, commands
 from .backend import Backend
+from .commands import SetContext, SetRule, UpdatePlan
 from .config import Settings
+from .inbound import Inbound
 from .model import utc_iso
 from .outbound import Outbound
 from .policy import HttpOutcome
@@ -23,7 +34,11 @@ from .store import Store
 
 log = structlog.get_logger("archety_relay.sync")
 
+# The integration document's names first, then what this relay can do besides.
 CAPABILITIES = (
+    "schedule",
+    "filter",
+    "local_cache",
     "message_relay",
     "attributed_body",
     "attachments_metadata",
@@ -33,6 +48,14 @@ CAPABILITIES = (
     "schedule_message",
     "cancel_message",
     "list_scheduled",
+    "send_message_now",
+    "cancel_scheduled",
+    "set_rule",
+    "auto_reply",
+    "context_update",
+    "context_reset",
+    "update_plan",
+    "emit_event",
 )
 
 
@@ -43,13 +66,16 @@ class Sync:
         store: Store,
         backend: Backend,
         outbound: Outbound,
+        inbound: Inbound,
         state: Callable[[], str],
     ) -> None:
         self.settings = settings
         self.store = store
         self.backend = backend
         self.outbound = outbound
-        # The relay's own state ("running", "auth_paused"), asked at each sync.
+        self.inbound = inbound
+        # The relay's state for the backend: "active", "paused" (secret rejected) or
+        # "degraded" (chat.db unreadable), asked at each sync.
         self._state = state
         # Changed at run time by the backend's config_updates (clamped in commands.intervals).
         self.intervals = {
@@ -57,7 +83,8 @@ class Sync:
             "sync_interval": settings.sync_interval,
         }
         self.started_at = time.time()
-        self.last_sync_at: float | None = None
+        saved = store.meta().get("last_sync_at")
+        self.last_sync_at: float | None = float(saved) if saved else None
 
     def heartbeat_step(self) -> HttpOutcome:
         outcome = self.backend.heartbeat()
@@ -73,6 +100,7 @@ class Sync:
         last_delivery = meta.get("last_delivery_at")
         return {
             "state": self._state(),
+            "rules": len(self.inbound.rules),
             "queue_depth": stats.depth,
             "oldest_undelivered_age_s": (
                 round(now - stats.oldest_enqueued_at, 1) if stats.oldest_enqueued_at else None
@@ -86,6 +114,8 @@ class Sync:
         """Report status and events; carry out the commands and settings that come back."""
         status = self.status_payload(now)
         events = self.store.pending_events()
+        # Never synced: the time the relay started (a backend model may require a time here).
+        last_sync = self.last_sync_at or self.started_at
         payload = {
             "edge_agent_id": self.settings.agent_id,
             "version": __version__,
@@ -99,8 +129,10 @@ class Sync:
                 }
                 for e in events
             ],
-            "status": status,
-            "last_sync": utc_iso(self.last_sync_at) if self.last_sync_at else None,
+            "status": status["state"],
+            "last_sync": utc_iso(last_sync),
+            "last_command_id": self.store.meta().get("last_command_id"),
+            "stats": {k: v for k, v in status.items() if k != "state"},
         }
         outcome = self.backend.sync(payload)
         queue = {
@@ -112,16 +144,22 @@ class Sync:
             log.warning("sync_failed", status=outcome.status, error=outcome.error, **queue)
             return outcome
         self.last_sync_at = now
+        self.store.set_meta("last_sync_at", repr(now))
         self.store.prune_delivered(now)
         self.store.prune_history(now)
+        self.store.prune_rule_hits(now)
         response = commands.parse_response(outcome.body)
         acked = self.store.ack_events(response.ack_events)
-        for action in response.actions:
-            self.outbound.execute(action, now)
         for name, value in response.intervals.items():
             if self.intervals.get(name) != value:
                 log.info("interval_updated", name=name, seconds=value)
                 self.intervals[name] = value
+        try:
+            for action in response.actions:
+                self.outbound.execute(action, now)
+        finally:
+            if any(isinstance(a, (SetRule, SetContext, UpdatePlan)) for a in response.actions):
+                self.inbound.reload()
         log.info(
             "sync",
             status=outcome.status,

@@ -72,6 +72,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
             last_delivery_at=None,
             last_error=None,
             auth_state=None,
+            rules=[],
         )
         return report
     try:
@@ -80,6 +81,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         meta = store.meta()
         dead = store.dead_letters()
         outgoing = store.outgoing_counts()
+        rules = [_rule_summary(source) for source in store.rules()]
     finally:
         store.close()
     last_delivery = meta.get("last_delivery_at")
@@ -104,8 +106,20 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         last_error=meta.get("last_error"),
         auth_state=meta.get("auth_state", "ok"),
         outgoing=outgoing,
+        rules=rules,
     )
     return report
+
+
+def _rule_summary(source: dict[str, Any]) -> dict[str, Any]:
+    """A stored rule as `status` shows it (set_rule upserts them by name)."""
+    config = source.get("rule_config") or {}
+    return {
+        "name": config.get("name"),
+        "rule_type": source.get("rule_type"),
+        "enabled": config.get("enabled", True) is not False,
+        "conditions": config.get("conditions", []),
+    }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -141,7 +155,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"auth          : {report['auth_state'] or 'unknown'}",
         "outgoing      : "
         + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
+        f"rules         : {len(report['rules']) or 'none'}",
     ]
+    for rule in report["rules"]:
+        state = "enabled" if rule["enabled"] else "disabled"
+        lines.append(f"  - {rule['name']} ({rule['rule_type']}, {state})")
     # Everything above may carry text from outside (answers, errors, chat.db guids).
     print("\n".join(escape_controls(line) for line in lines))
     return 0

@@ -5,12 +5,14 @@ outbox    cursor, queued messages, dead letters, delivered guids, facts for stat
 outgoing  replies and sends waiting for Messages.app, events for the backend, seen commands
 uploads   pictures on their way to /photo/upload, message bodies frozen once settled
 watch     fingerprints of recent chat.db rows, and the events their changes produced
+commands  one sync command's work in one transaction; rules and per-chat context it keeps
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .commands import ChatState, CommandQueries, CommandTx
 from .db import OUTBOX_FILE, open_connection
 from .outbox import (
     DELIVERED_MEMORY_SECONDS,
@@ -26,7 +28,7 @@ from .uploads import UploadQueries, UploadRecord
 from .watch import WatchQueries
 
 
-class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries):
+class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, CommandQueries):
     """Every query on the state database, sharing one connection and one lock."""
 
 
@@ -40,6 +42,8 @@ def open_store(state_dir: Path, now: float | None = None) -> Store:
 __all__ = [
     "DELIVERED_MEMORY_SECONDS",
     "OUTBOX_FILE",
+    "ChatState",
+    "CommandTx",
     "Cursor",
     "DeadLetter",
     "Event",

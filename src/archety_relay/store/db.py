@@ -95,6 +95,25 @@ CREATE TABLE IF NOT EXISTS commands_seen (
     command_id TEXT PRIMARY KEY,
     seen_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rules (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chat_state (
+    chat_key TEXT PRIMARY KEY,
+    context TEXT,
+    context_at REAL,
+    plan TEXT,
+    plan_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rule_hits (
+    message_guid TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    created_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 

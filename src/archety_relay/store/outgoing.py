@@ -99,6 +99,37 @@ def insert_event(
     return event_id
 
 
+def cancel_pending(db: sqlite3.Connection, message_id: int, now: float) -> bool:
+    return (
+        db.execute(
+            "UPDATE outgoing SET status = 'cancelled', updated_at = ? "
+            "WHERE id = ? AND status = 'pending'",
+            (now, message_id),
+        ).rowcount
+        == 1
+    )
+
+
+def select_scheduled(db: sqlite3.Connection, status: str | None) -> list[Outgoing]:
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM outgoing WHERE origin = 'schedule_message' "
+        "AND (? IS NULL OR status = ?) ORDER BY send_at, id",
+        (status, status),
+    ).fetchall()
+    return [Outgoing(*r) for r in rows]
+
+
+def mark_seen(db: sqlite3.Connection, command_id: str, now: float) -> bool:
+    """True the first time a command id is seen; a repeat is not executed again."""
+    return (
+        db.execute(
+            "INSERT OR IGNORE INTO commands_seen (command_id, seen_at) VALUES (?, ?)",
+            (command_id, now),
+        ).rowcount
+        == 1
+    )
+
+
 class OutgoingQueries(Transactional):
     def add_outgoing(
         self,
@@ -168,23 +199,11 @@ class OutgoingQueries(Transactional):
 
     def cancel(self, message_id: int, now: float) -> bool:
         with self._tx() as db:
-            return (
-                db.execute(
-                    "UPDATE outgoing SET status = 'cancelled', updated_at = ? "
-                    "WHERE id = ? AND status = 'pending'",
-                    (now, message_id),
-                ).rowcount
-                == 1
-            )
+            return cancel_pending(db, message_id, now)
 
     def scheduled(self, status: str | None) -> list[Outgoing]:
         with self._tx() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM outgoing WHERE origin = 'schedule_message' "
-                "AND (? IS NULL OR status = ?) ORDER BY send_at, id",
-                (status, status),
-            ).fetchall()
-        return [Outgoing(*r) for r in rows]
+            return select_scheduled(db, status)
 
     def outgoing_counts(self) -> dict[str, int]:
         with self._tx() as db:
@@ -214,13 +233,7 @@ class OutgoingQueries(Transactional):
     def first_sight(self, command_id: str, now: float) -> bool:
         """True the first time a command id is seen; a repeat is not executed again."""
         with self._tx() as db:
-            return (
-                db.execute(
-                    "INSERT OR IGNORE INTO commands_seen (command_id, seen_at) VALUES (?, ?)",
-                    (command_id, now),
-                ).rowcount
-                == 1
-            )
+            return mark_seen(db, command_id, now)
 
     def add_event(self, event_type: str, payload: dict[str, Any], now: float) -> str:
         with self._tx() as db:
