@@ -171,6 +171,11 @@ def _normalise(img: Any, limits: Limits) -> Converted:
         # Decode big JPEGs at a reduced scale straight away (never below the target size).
         img.draft(img.mode, (limits.max_px, limits.max_px))
     icc = img.info.get("icc_profile")
+    if img.mode not in _RESIZABLE:
+        img = img.convert("RGBA" if _has_alpha(img) else "RGB")
+    # Shrink first, in place: every later copy (turning, converting) is then of a small picture.
+    # A 12 MP photo decoded is 36 MB; three full-size copies of it were most of the peak.
+    img.thumbnail((limits.max_px, limits.max_px), Image.Resampling.LANCZOS)
     upright = ImageOps.exif_transpose(img)
     if _has_alpha(upright):
         rgba = upright.convert("RGBA")
@@ -183,12 +188,15 @@ def _normalise(img: Any, limits: Limits) -> Converted:
     # A bare copy: info (exif, xmp, comment, dpi...) is not carried, only what we pass on save.
     bare = Image.new(pixels.mode, pixels.size)
     bare.paste(pixels)
-    bare.thumbnail((limits.max_px, limits.max_px), Image.Resampling.LANCZOS)
     profile = icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
     data, size = _fit(bare, mime, profile, limits.max_bytes)
     if data is None:
         raise _Refused(TOO_LARGE, f"does not fit in {limits.max_bytes} bytes")
     return Converted(data, mime, None, size[0], size[1])
+
+
+# Modes Pillow resizes with a proper filter; others (palette, 1-bit, 16-bit) are converted first.
+_RESIZABLE = frozenset({"RGB", "RGBA", "L", "LA", "CMYK", "YCbCr", "RGBa", "La"})
 
 
 def _has_alpha(img: Any) -> bool:
