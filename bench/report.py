@@ -140,7 +140,11 @@ def main() -> int:
         "about 0.22 s in all.",
         "",
     ]
-    DOC.write_text("\n".join(doc))
+    # Sections other scripts own (bench/photos.py) are kept as they are.
+    old = DOC.read_text() if DOC.exists() else ""
+    pattern = r"<!-- (\w+):begin -->.*?<!-- \1:end -->"
+    kept = [m.group(0) for m in re.finditer(pattern, old, flags=re.S)]
+    DOC.write_text("\n".join([*doc, *kept, ""]) if kept else "\n".join(doc))
     readme = README.read_text()
     block = "\n".join(
         [
