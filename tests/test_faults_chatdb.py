@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ALICE, BOB, RelayProcess, accepted_texts
+from structlog.testing import capture_logs
 
+from archety_relay import typedstream
+from archety_relay.capture import GROUP_JOIN_WAIT_FACTOR
 from archety_relay.chatdb import ChatDb, unavailable
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
@@ -111,15 +114,24 @@ def test_undecodable_handle_chat_and_attachment_values_are_forwarded(
 
 
 def test_crash_recovery_lookup_survives_an_undecodable_sent_row(writer: MessagesWriter) -> None:
-    """`was_sent` (crash recovery of a send) reads from-me rows: a bad one must not make every
+    """The send checks (`find_sent` after osascript, `was_sent` after a crash) read from-me rows:
+    one with text that is not UTF-8, or an attributedBody stored as TEXT, must not make every
     dispatch step raise, and the lookup still finds the text it is asked about."""
     chat = writer.direct_chat(ALICE)
     bad = writer.message("x", sender=ALICE, chat=chat, is_from_me=1, text_in_column=True)
     poison_text(writer, "message", "text", bad)
-    writer.message("sent reply", sender=ALICE, chat=chat, is_from_me=1, text_in_column=True)
+    odd = writer.message(None, sender=ALICE, chat=chat, is_from_me=1)
+    writer.conn.execute(
+        "UPDATE message SET attributedBody = CAST(? AS TEXT) WHERE ROWID = ?", (POISON, odd)
+    )
+    sent = writer.message("sent reply", sender=ALICE, chat=chat, is_from_me=1)
+    guid = f"iMessage;-;{ALICE}"
     with ChatDb(writer.path) as db:
-        assert db.was_sent(f"iMessage;-;{ALICE}", "sent reply", 0)
-        assert not db.was_sent(f"iMessage;-;{ALICE}", "never sent", 0)
+        assert db.was_sent(guid, "sent reply", 0)
+        assert not db.was_sent(guid, "never sent", 0)
+        found = db.find_sent([guid], ALICE, "sent reply", 0)
+        assert found is not None and found.rowid == sent
+        assert db.find_sent([guid], ALICE, "never sent", 0) is None
 
 
 @pytest.mark.parametrize(
@@ -164,3 +176,132 @@ def test_a_locked_chatdb_is_reported_without_blaming_full_disk_access(
             writer.conn.execute("ROLLBACK")
     assert "SQLITE_BUSY" in str(caught.value)
     assert "Full Disk Access" not in caught.value.hint
+
+
+def _fill_attachment(writer: MessagesWriter, rowid: int) -> None:
+    writer.conn.execute("BEGIN")
+    att = writer.conn.execute(
+        "INSERT INTO attachment (guid, original_guid, filename, mime_type, transfer_name, "
+        "total_bytes, uti) "
+        "VALUES ('ATT-LATE', 'ATT-LATE', '~/late.jpeg', 'image/jpeg', 'late.jpeg', 10, 'public.jpeg')"
+    ).lastrowid
+    writer.conn.execute(
+        "INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (?, ?)",
+        (rowid, att),
+    )
+    writer.conn.execute("COMMIT")
+
+
+def test_text_or_attachment_written_after_the_row_is_not_lost(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """The review's reproduction (#4): a joined row with no text whose attributedBody is filled
+    a moment later, and one whose attachment is joined a moment later: both reach the backend,
+    in order, instead of being skipped as empty on first sight."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    t0 = time.time()
+    first = writer.message(None, sender=ALICE, chat=chat)
+    second = writer.message(None, sender=ALICE, chat=chat)
+    assert relay.capture_step(t0).holding
+    writer.conn.execute(
+        "UPDATE message SET attributedBody = ? WHERE ROWID = ?",
+        (typedstream.encode("filled in later"), first),
+    )
+    assert relay.capture_step(t0 + 0.2).holding
+    _fill_attachment(writer, second)
+    relay_all(relay, now=t0 + 0.4)
+    got = [r.body for r in backend.messages()]
+    assert [b["text"] for b in got] == ["filled in later", ""]
+    assert got[1]["attachments"][0]["transfer_name"] == "late.jpeg"
+
+
+def test_a_row_that_stays_empty_is_passed_with_a_warning_and_stops_nothing(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A row still empty after ARCHETY_CHAT_JOIN_WAIT is skipped with a warning an operator
+    sees (not a debug line), and the message behind it goes out."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    t0 = time.time()
+    writer.message(None, sender=ALICE, chat=chat, guid="EMPTY-1")
+    writer.message("behind the empty one", sender=ALICE, chat=chat)
+    assert relay.capture_step(t0).holding
+    with capture_logs() as logs:
+        relay_all(relay, now=t0 + relay.settings.chat_join_wait + 0.1)
+    assert [r.body["text"] for r in backend.messages()] == ["behind the empty one"]
+    (warning,) = [e for e in logs if e["event"] == "row_empty_after_wait"]
+    assert warning["log_level"] == "warning" and warning["guid"] == "EMPTY-1"
+
+
+def test_a_late_group_chat_join_is_never_sent_as_a_direct_chat(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """The review's reproduction (#19): a group row whose chat join lands after
+    ARCHETY_CHAT_JOIN_WAIT goes out as the group's message, not as a direct chat with its
+    sender (whose reply would then go to a 1:1 chat)."""
+    group = writer.group_chat("chat42", [ALICE, BOB])
+    relay.capture_step(time.time())
+    t0 = time.time()
+    rowid = writer.message("to the group", sender=BOB, chat=group, join_chat=False)
+    wait = relay.settings.chat_join_wait
+    assert relay.capture_step(t0).holding
+    assert relay.capture_step(t0 + wait + 0.1).holding  # BOB is only in a group: wait longer
+    writer.conn.execute("BEGIN")
+    writer.join(rowid, group)
+    writer.conn.execute("COMMIT")
+    relay_all(relay, now=t0 + 2 * wait)
+    assert [(r.body["chat_guid"], r.body["mode"]) for r in backend.messages()] == [
+        ("iMessage;+;chat42", "group")
+    ]
+
+
+def test_a_group_row_whose_join_never_comes_is_passed_with_a_warning(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """If the join never comes, the row is skipped with a warning rather than guessed into a
+    direct chat, and the message behind it goes out."""
+    group = writer.group_chat("chat42", [ALICE, BOB])
+    relay.capture_step(time.time())
+    t0 = time.time()
+    writer.message("lost join", sender=BOB, chat=group, join_chat=False, guid="ORPHAN-G")
+    writer.message("next", sender=BOB, chat=group)
+    assert relay.capture_step(t0).holding
+    later = t0 + relay.settings.chat_join_wait * GROUP_JOIN_WAIT_FACTOR + 0.1
+    with capture_logs() as logs:
+        relay_all(relay, now=later)
+    assert [(r.body["text"], r.body["mode"]) for r in backend.messages()] == [("next", "group")]
+    (warning,) = [e for e in logs if e["event"] == "group_chat_join_missing"]
+    assert warning["log_level"] == "warning" and warning["guid"] == "ORPHAN-G"
+
+
+def test_a_missing_join_uses_the_real_macos_26_chat_instead_of_inventing_one(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Issue #12 point 3: an RCS row without its chat join, on macOS 26 where the direct chat
+    is `any;-;<handle>`: it goes to that chat, not to a made-up `RCS;-;<handle>`."""
+    writer.chat(f"any;-;{ALICE}", 45, [ALICE], identifier=ALICE)
+    relay.capture_step(time.time())
+    t0 = time.time()
+    rowid = writer.message("over RCS", sender=ALICE, chat=None)
+    writer.conn.execute("UPDATE message SET service = 'RCS' WHERE ROWID = ?", (rowid,))
+    assert relay.capture_step(t0).holding
+    relay_all(relay, now=t0 + relay.settings.chat_join_wait + 0.1)
+    assert [(r.body["chat_guid"], r.body["mode"]) for r in backend.messages()] == [
+        (f"any;-;{ALICE}", "direct")
+    ]
+
+
+def test_a_sender_in_no_chat_gets_the_guid_form_this_database_writes(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """With no chat for the sender at all, the direct guid is derived in the form this chat.db
+    uses: `any;-;` on macOS 26, never a service form Messages would not recognise there."""
+    writer.chat(f"any;-;{BOB}", 45, [BOB], identifier=BOB)
+    relay.capture_step(time.time())
+    t0 = time.time()
+    rowid = writer.message("first contact", sender=ALICE, chat=None)
+    writer.conn.execute("UPDATE message SET service = 'RCS' WHERE ROWID = ?", (rowid,))
+    assert relay.capture_step(t0).holding
+    relay_all(relay, now=t0 + relay.settings.chat_join_wait + 0.1)
+    assert [r.body["chat_guid"] for r in backend.messages()] == [f"any;-;{ALICE}"]

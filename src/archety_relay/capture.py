@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -24,6 +24,9 @@ log = structlog.get_logger("archety_relay.capture")
 
 # Rows read per transaction: bounds memory during a burst and keeps each read snapshot short.
 READ_BATCH = 500
+# A row without a chat join whose sender is only in group chats waits this many chat-join waits
+# for its join before it is passed: a guess would answer a group's message in a direct chat.
+GROUP_JOIN_WAIT_FACTOR = 6
 
 
 @dataclass
@@ -98,10 +101,11 @@ class Capture:
             items: list[tuple[str, int, bytes]] = []
             last = cursor.rowid
             for raw in batch:
-                if self._must_wait_for_chat(raw, now):
+                settled = self._settle(raw, now)
+                if settled is None:
                     result.holding = True
                     break
-                outcome = self._convert(raw, now)
+                outcome = settled if isinstance(settled, Skipped) else self._convert(settled, now)
                 if isinstance(outcome, Skipped):
                     result.skipped[outcome.reason] += 1
                     log.debug(
@@ -142,19 +146,56 @@ class Capture:
         admitted = self.admit(outcome, now)
         return admitted if isinstance(admitted, Skipped) else (outcome, admitted)
 
-    def _must_wait_for_chat(self, raw: rows.RawMessage, now: float) -> bool:
-        """Messages writes a message row and its chat join in separate steps. Wait a little."""
-        if raw.chats or rows.skip_reason(raw, now, self.settings.max_message_age) is not None:
-            return False
-        first_seen = self._held_since.setdefault(raw.rowid, now)
-        if first_seen > now:  # the clock went backwards: start the wait again
-            self._held_since[raw.rowid] = first_seen = now
-        if now - first_seen < self.settings.chat_join_wait:
-            return True
+    def _settle(self, raw: rows.RawMessage, now: float) -> rows.RawMessage | Skipped | None:
+        """The row as it can be forwarded, a reason to pass it, or None: hold it (and every row
+        behind it, to keep their order) a little longer.
+
+        Messages writes a row, then its chat join, text or attachments in separate steps (RCS
+        rows may get their join late or never): a row with no chat, or with nothing in it yet,
+        waits ARCHETY_CHAT_JOIN_WAIT before it is judged as it stands.
+        """
+        if rows.skip_reason(raw, now, self.settings.max_message_age) is not None:
+            return raw
+        if raw.chats and not rows.is_empty(raw):
+            return raw
+        waited = self._waited(raw.rowid, now)
+        if waited < self.settings.chat_join_wait:
+            return None
+        if not raw.chats and raw.sender:
+            return self._place_orphan(raw, waited)
+        if rows.is_empty(raw):
+            log.warning("row_empty_after_wait", rowid=raw.rowid, guid=raw.guid, waited_s=waited)
+        return raw
+
+    def _place_orphan(
+        self, raw: rows.RawMessage, waited: float
+    ) -> rows.RawMessage | Skipped | None:
+        """A row whose chat join never came goes to a chat its sender is really in, never to one
+        made up beside a real one (#12), nor to a direct chat when the sender is only known
+        from group chats: that row is held longer, then passed with a warning."""
+        assert raw.sender is not None
+        found, any_form = self.chatdb.chats_of_handle(raw.sender)
+        chat = rows.chat_for_orphan(raw, found, any_form)
+        if chat is None:
+            if waited < self.settings.chat_join_wait * GROUP_JOIN_WAIT_FACTOR:
+                return None
+            log.warning("group_chat_join_missing", rowid=raw.rowid, guid=raw.guid, waited_s=waited)
+            return Skipped(raw.rowid, raw.guid, "group_chat_join_missing")
         log.warning(
-            "chat_join_missing", rowid=raw.rowid, guid=raw.guid, waited_s=round(now - first_seen, 2)
+            "chat_join_missing",
+            rowid=raw.rowid,
+            guid=raw.guid,
+            waited_s=waited,
+            chat_guid=chat.guid,
+            found_in_chatdb=chat.rowid >= 0,
         )
-        return False
+        return replace(raw, chats=(chat,))
+
+    def _waited(self, rowid: int, now: float) -> float:
+        first_seen = self._held_since.setdefault(rowid, now)
+        if first_seen > now:  # the clock went backwards: start the wait again
+            self._held_since[rowid] = first_seen = now
+        return round(now - first_seen, 2)
 
 
 def _log_captured(message: Message) -> None:

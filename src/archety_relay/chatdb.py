@@ -111,6 +111,23 @@ class SentRow:
     error: int
 
 
+# The chats a handle is in, for a row whose chat join never came: by chat_identifier (a direct
+# chat names its peer there) and by membership; both walk an index (chat_idx_chat_identifier,
+# handle_idx_id, chat_handle_join_idx_handle_id).
+_CHATS_OF_HANDLE_SQL = """
+SELECT c.ROWID, c.guid, c.style, c.chat_identifier,
+       (SELECT MIN(k.message_id) FROM chat_message_join AS k WHERE k.chat_id = c.ROWID)
+FROM chat AS c WHERE c.ROWID IN (
+    SELECT ROWID FROM chat WHERE chat_identifier = ?1
+    UNION
+    SELECT chj.chat_id FROM handle AS h JOIN chat_handle_join AS chj ON chj.handle_id = h.ROWID
+    WHERE h.id = ?1
+)
+"""
+# macOS 26 writes chat guids as `any;-;<handle>`; a database that has one uses that form.
+_ANY_FORM_SQL = "SELECT EXISTS (SELECT 1 FROM chat WHERE guid LIKE 'any;%')"
+
+
 def _placeholders(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
@@ -261,11 +278,7 @@ class ChatDb:
                 (chat_guid, apple_date(since_unix)),
             ).fetchall()
         wanted = text.strip()
-        return any(
-            ((_str(t) or typedstream.decode(b if isinstance(b, bytes) else None)) or "").strip()
-            == wanted
-            for t, b in rows
-        )
+        return any(_row_text(t, b) == wanted for t, b in rows)
 
     def chat_service_name(self, chat_guid: str) -> str | None:
         """`chat.service_name` (iMessage, SMS, RCS) of a chat: macOS 26 guids say only `any`."""
@@ -293,10 +306,36 @@ class ChatDb:
             ).fetchall()
         wanted = text.strip()
         for rowid, error, t, b in rows:
-            found = (t if isinstance(t, str) and t else typedstream.decode(b)) or ""
-            if found.strip() == wanted:
-                return SentRow(int(rowid), int(error or 0))
+            if _row_text(t, b) == wanted:
+                return SentRow(int(rowid), _int(error) or 0)
         return None
+
+    def chats_of_handle(self, handle: str) -> tuple[list[ChatRef], bool]:
+        """The chats this handle is in, and whether this database writes `any;` chat guids."""
+        with self._snapshot() as conn:
+            chats = conn.execute(_CHATS_OF_HANDLE_SQL, (handle,)).fetchall()
+            chat_ids = [c[0] for c in chats]
+            people = (
+                conn.execute(
+                    _PARTICIPANTS_SQL.format(ids=_placeholders(chat_ids)), chat_ids
+                ).fetchall()
+                if chat_ids
+                else []
+            )
+            any_form = bool(conn.execute(_ANY_FORM_SQL).fetchone()[0])
+        participants = _participants(people)
+        refs = [
+            ChatRef(
+                rowid,
+                _str(guid),
+                _int(style),
+                _str(ident),
+                participants.get(rowid, ()),
+                _int(first),
+            )
+            for rowid, guid, style, ident, first in chats
+        ]
+        return refs, any_form
 
     def read_after(self, cursor: int, limit: int) -> list[RawMessage]:
         """Up to `limit` message rows with ROWID > cursor, in ROWID order, with their joins."""
@@ -388,17 +427,28 @@ def _str(value: object) -> str | None:
     return str(value)
 
 
+def _row_text(text: object, body: object) -> str:
+    """The stripped text of a row read for send checks, whatever type its columns hold."""
+    found = _str(text) or typedstream.decode(body if isinstance(body, bytes) else None)
+    return (found or "").strip()
+
+
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) else None
+
+
+def _participants(people: list[tuple]) -> dict[int, tuple[str, ...]]:
+    found: dict[int, list[str]] = {}
+    for chat_id, handle in people:
+        if handle := _str(handle):
+            found.setdefault(chat_id, []).append(handle)
+    return {chat_id: tuple(handles) for chat_id, handles in found.items()}
 
 
 def _assemble(
     rows: list[tuple], chats: list[tuple], people: list[tuple], files: list[tuple]
 ) -> list[RawMessage]:
-    participants: dict[int, list[str]] = {}
-    for chat_id, handle in people:
-        if handle := _str(handle):
-            participants.setdefault(chat_id, []).append(handle)
+    participants = _participants(people)
     chats_of: dict[int, list[ChatRef]] = {}
     for message_id, chat_id, guid, style, identifier, first in chats:
         ref = ChatRef(
@@ -406,7 +456,7 @@ def _assemble(
             _str(guid),
             _int(style),
             _str(identifier),
-            tuple(participants.get(chat_id, ())),
+            participants.get(chat_id, ()),
             _int(first),
         )
         chats_of.setdefault(message_id, []).append(ref)

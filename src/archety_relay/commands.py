@@ -135,7 +135,7 @@ class SyncResponse:
 def parse_response(body: str) -> SyncResponse:
     try:
         data = json.loads(body) if body else {}
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # nested deeper than the parser's stack
         return SyncResponse()
     if not isinstance(data, dict):
         return SyncResponse()

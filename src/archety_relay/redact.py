@@ -66,11 +66,9 @@ def scrub_body(body: str, secrets: Iterable[str] = ()) -> str:
     Works on whole JSON, on JSON cut short (answers are stored as excerpts) and on plain text.
     """
     try:
-        parsed = json.loads(body)
-    except ValueError:
+        text = json.dumps(_drop_parsed(json.loads(body)), ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, cut short, or nested past the stack
         text = _drop_echoes(body)
-    else:
-        text = json.dumps(_drop_parsed(parsed), ensure_ascii=False)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[REDACTED]")

@@ -57,7 +57,7 @@ def _burst_delay(value: Any) -> float | None:
 def plan(body: str) -> ReplyPlan:
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than ~1000
+    except (ValueError, RecursionError):  # nested deeper than the parser's stack: not a reply
         return ReplyPlan((), "not_json")
     try:
         return _plan(data)

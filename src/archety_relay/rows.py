@@ -8,6 +8,7 @@ harmless default, and a row that cannot be forwarded is skipped with a reason, n
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ APPLE_EPOCH = 978_307_200
 # Above this, `message.date` is in nanoseconds (macOS 10.13 and later); below it, in seconds.
 _NANOSECOND_DATES = 10**14
 GROUP_CHAT_STYLE = 43
+DIRECT_CHAT_STYLE = 45
 # Messages.app's placeholder for where an attachment sits inside the text.
 ATTACHMENT_PLACEHOLDER = "\ufffc"
 
@@ -96,6 +98,36 @@ def message_text(row: RawMessage) -> str:
 
 def is_group(chat: ChatRef) -> bool:
     return chat.style == GROUP_CHAT_STYLE or (chat.guid is not None and ";+;" in chat.guid)
+
+
+def is_empty(row: RawMessage) -> bool:
+    """Nothing to forward yet: Messages may fill text or join attachments a moment later."""
+    return not message_text(row) and not row.attachments
+
+
+def chat_for_orphan(row: RawMessage, found: Sequence[ChatRef], any_form: bool) -> ChatRef | None:
+    """The chat of a row whose chat join never came, chosen among the chats its sender is in.
+
+    A chat is never invented where Messages has a real one: a direct chat with the sender is used
+    as Messages wrote it (on macOS 26 `any;-;<handle>`, where a made-up `RCS;-;<handle>` would
+    split the conversation). A sender known only from group chats gets None: the row cannot be
+    placed, and answering it in a direct chat would take a group's message private. A sender in
+    no chat at all gets the direct guid this database's Messages would write.
+    """
+    sender = row.sender or ""
+    direct = [
+        c
+        for c in found
+        if c.guid and not is_group(c) and (c.identifier == sender or c.participants == (sender,))
+    ]
+    if direct:
+        service = f"{row.service or 'iMessage'};"
+        return min(direct, key=lambda c: (not (c.guid or "").startswith(service), c.rowid))
+    if any(is_group(c) for c in found):
+        return None
+    prefix = "any" if any_form else (row.service or "iMessage")
+    # No chat to look back in (first_message_id 0): the message is not claimed to be the first.
+    return ChatRef(-1, f"{prefix};-;{sender}", DIRECT_CHAT_STYLE, sender, (sender,), 0)
 
 
 def skip_reason(row: RawMessage, now: float, max_age: float) -> str | None:

@@ -1,0 +1,94 @@
+"""Poison from outside, one value at a time: whatever a backend answers, the message it answers is
+recorded once (delivered or dead-lettered), the next one goes, and nothing raises out of a step.
+
+Found by attacking the merged main after the 2026-11-28 review (see the report on issue #9).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ALICE
+
+from archety_relay import config, logview
+from archety_relay.chatdb import ChatDb
+from archety_relay.demo.messages_writer import MessagesWriter
+from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.relay import Relay
+from archety_relay.store import open_store
+
+MSG = "/orchestrator/message"
+SYNC = "/edge/sync"
+# Deeper than Python's recursion limit, shorter than any size cap: json.loads raises
+# RecursionError, which is not a ValueError.
+DEEP = b"[" * 1900 + b"]" * 1900
+
+
+@pytest.fixture
+def relay(env: dict[str, str], tmp_path: Path) -> Iterator[Relay]:
+    settings = config.load(environ=env, cwd=tmp_path)
+    made = Relay(settings, ChatDb(settings.chat_db), open_store(settings.state_dir))
+    yield made
+    made.backend.close()
+    made.chatdb.close()
+    made.store.close()
+
+
+def queue(relay: Relay, writer: MessagesWriter, *texts: str) -> None:
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    for text in texts:
+        writer.message(text, sender=ALICE, chat=chat)
+    relay.capture_step(time.time())
+
+
+def drain(relay: Relay, steps: int = 6) -> list[str]:
+    """Deliver until idle with moments far enough apart that no backoff is waited for."""
+    kinds: list[str] = []
+    for i in range(steps):
+        kind = relay.deliver_step(time.monotonic() + 1000.0 * (i + 1)).kind
+        kinds.append(kind)
+        if kind == "idle":
+            break
+    return kinds
+
+
+@pytest.mark.parametrize(
+    ("status", "recorded"), [(200, "delivered"), (422, "dead_lettered")], ids=["2xx", "422"]
+)
+def test_an_answer_nested_too_deep_is_recorded_once(
+    relay: Relay,
+    writer: MessagesWriter,
+    backend: StubBackend,
+    status: int,
+    recorded: str,
+) -> None:
+    """A 2xx or 422 whose body is JSON nested 1,900 deep: the message is delivered (no reply) or
+    dead-lettered on the first try, never posted again, and the next message goes."""
+    queue(relay, writer, "one", "two")
+    backend.script(MSG, Behaviour(status, body=DEEP))
+    assert drain(relay) == [recorded, "delivered", "idle"]
+    guids = [r.headers["Idempotency-Key"] for r in backend.requests_to(MSG)]
+    assert len(guids) == len(set(guids)) == 2
+    assert relay.store.outgoing_counts() == {}
+
+
+def test_a_sync_answer_nested_too_deep_fails_only_that_sync(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """`/edge/sync` answering JSON nested 1,900 deep is a sync that carried nothing: the step
+    returns its outcome instead of raising, and the next sync works as usual."""
+    backend.script(SYNC, Behaviour(200, body=DEEP))
+    assert relay.sync_step(time.time()).status == 200
+    backend.script(SYNC, Behaviour(200, body={"config_updates": {"sync_interval": 120}}))
+    assert relay.sync_step(time.time()).status == 200
+    assert relay.intervals["sync_interval"] == 120
+
+
+def test_a_log_line_nested_too_deep_is_shown_as_a_foreign_line() -> None:
+    """`logs` reads a line of JSON nested 1,900 deep as a line that is not an event (printed
+    escaped) instead of crashing."""
+    assert logview.parse(DEEP.decode()) is None
