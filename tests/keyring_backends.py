@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import threading
 from pathlib import Path
 
 from keyring.backend import KeyringBackend
@@ -41,12 +41,23 @@ class HangingKeyring(KeyringBackend):
 
     priority = 1  # type: ignore[assignment]
 
+    released = threading.Event()  # in-process tests let go of it when done
+
     def get_password(self, service: str, username: str) -> str | None:
-        time.sleep(3600)
+        self.released.wait(3600)
         return None
 
     def set_password(self, service: str, username: str, password: str) -> None:
-        time.sleep(3600)
+        self.released.wait(3600)
 
     def delete_password(self, service: str, username: str) -> None:
         pass
+
+
+def unstick() -> None:
+    """Answer every HangingKeyring prompt in this process, so no lookup stays in flight."""
+    HangingKeyring.released.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("keychain-"):
+            thread.join(5)
+    HangingKeyring.released.clear()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import keyring
 import pytest
-from keyring_backends import FileKeyring, HangingKeyring
+from keyring_backends import FileKeyring, HangingKeyring, unstick
 
 from archety_relay import config, keychain
 from archety_relay.errors import ConfigError
@@ -141,6 +141,7 @@ def restore_keyring() -> object:
     previous = keyring.get_keyring()
     yield previous
     keyring.set_keyring(previous)
+    unstick()  # a HangingKeyring lookup would otherwise stay in flight for later tests
 
 
 def test_keychain_lookup_through_a_real_keyring_backend(

@@ -30,9 +30,9 @@ KEYCHAIN_PROBLEM = "Keychain lookup: "
 SECRET_HELP = f"""No webhook secret found. Set it one of three ways:
   1. In the Keychain (recommended on the Mac mini):
        archety-relay set-secret
-     or: security add-generic-password -a {keychain.KEYCHAIN_ACCOUNT} \
--s {keychain.KEYCHAIN_SERVICE} -T <this Python, realpath> -w
-     (without -T, macOS asks before Python may read it, and a headless Mac never answers)
+     or: security add-generic-password -U -a {keychain.KEYCHAIN_ACCOUNT} \
+-s {keychain.KEYCHAIN_SERVICE} -w
+     (the relay reads it with /usr/bin/security, the tool that created the item)
   2. In a .env file (mode 0600) in the working directory or the state directory:
        {SECRET_VARIABLE}=<secret>
   3. In the environment: export {SECRET_VARIABLE}=<secret>"""
@@ -123,6 +123,24 @@ def secret_problem(value: str) -> str | None:
                 "invisible character, usually from copy-paste); only printable ASCII is accepted"
             )
     return None
+
+
+def agent_environment(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
+    """What the LaunchAgent must carry to read the settings this shell reads: every ARCHETY_*
+    variable and EDGE_AGENT_ID set here, and the .env resolved here by its absolute path (the
+    agent runs in the state directory, where `./.env` is another file or none). Never the
+    secret: `launchctl print` shows a job's environment to anyone on the machine."""
+    carried = {
+        key: value
+        for key, value in environ.items()
+        if value
+        and (key.startswith("ARCHETY_") or key == "EDGE_AGENT_ID")
+        and "SECRET" not in key.upper()
+    }
+    carried.pop("ARCHETY_ENV_FILE", None)
+    if env_file is not None:
+        carried["ARCHETY_ENV_FILE"] = str(env_file.expanduser().absolute())
+    return carried
 
 
 def resolve_env_file(environ: Mapping[str, str], cwd: Path) -> Path | None:

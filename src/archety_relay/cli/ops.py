@@ -15,7 +15,7 @@ from .. import backfill, config, doctor, keychain
 from ..backend import Backend
 from ..chatdb import ChatDb
 from ..config import Secret, Settings
-from ..errors import EXIT_AUTH, EXIT_BACKEND, EXIT_OK, ConfigError
+from ..errors import EXIT_AUTH, EXIT_BACKEND, EXIT_CONFIG, EXIT_OK, ConfigError
 from ..pidlock import PidLock, running_pid
 from ..policy import HttpOutcome
 from ..relay import Relay
@@ -58,6 +58,14 @@ def _write_env_file(settings: Settings, value: str) -> str:
     return str(path)
 
 
+def _daemon_reads(agent: dict[str, str], settings: Settings) -> str | None:
+    """The secret `run` would load under launchd (its environment, its working directory)."""
+    try:
+        return config.load(agent, cwd=settings.state_dir).secret.reveal()
+    except ConfigError:
+        return None
+
+
 def _verify(settings: Settings, secret: Secret) -> HttpOutcome:
     backend = Backend.from_settings(settings, lambda: secret, read_timeout=15.0)
     try:
@@ -88,19 +96,27 @@ def cmd_set_secret(args: argparse.Namespace) -> int:
         if verified.status in (401, 403):
             print(f"❌ the backend rejected this secret (HTTP {verified.status}); nothing stored.")
             return EXIT_AUTH
+    # What the daemon will read: the agent's environment (never the secret), in the state dir.
+    agent = config.agent_environment(os.environ, settings.env_file)
     problem = keychain.set_secret(value)
-    if problem is None:
+    if problem is None and _daemon_reads(agent, settings) == value:
         print(
             f"✅ stored in the Keychain (service {keychain.KEYCHAIN_SERVICE}, "
             f"account {keychain.KEYCHAIN_ACCOUNT}), ends …{secret.last4() or '****'}"
         )
     else:
+        # A keyring can accept a value and keep nothing, and a .env is read before it.
+        why = problem or "the relay would not read it back from the Keychain"
         where = _write_env_file(settings, value)
-        print(f"Keychain unavailable: {problem}. Wrote {where} (mode 0600) instead.")
-    if settings.secret_source in ("environment", ".env") and problem is None:
+        if _daemon_reads(agent, settings) != value:
+            print(f"❌ {why}; wrote {where}, but the relay would still not read this secret.")
+            print(f"   Check ARCHETY_ENV_FILE and {settings.state_dir}/.env, then try again.")
+            return EXIT_CONFIG
+        print(f"Keychain unavailable: {why}. Wrote {where} (mode 0600) instead.")
+    if settings.secret_source == "environment":
         print(
-            f"⚠ RELAY_WEBHOOK_SECRET is also set in the {settings.secret_source}, which wins "
-            "over the Keychain: remove it there."
+            "⚠ RELAY_WEBHOOK_SECRET is also exported in this shell, which wins here (not for "
+            "the LaunchAgent): unset it."
         )
     if verified is None:
         print("not verified (--no-verify)")
