@@ -71,7 +71,7 @@ def test_missing_secret_shows_the_three_ways(tmp_path: Path) -> None:
         config.load({}, cwd=tmp_path, keychain_lookup=no_keychain)
     assert err.value.exit_code == 2
     text = str(err.value)
-    assert "security add-generic-password -a archety-relay -s relay-webhook-secret" in text
+    assert "security add-generic-password -U -a archety-relay" in text
     assert ".env" in text and "export RELAY_WEBHOOK_SECRET" in text
 
 
