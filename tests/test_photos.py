@@ -14,7 +14,9 @@ import pytest
 from conftest import ALICE, BOB
 from PIL import Image
 
+from archety_relay import executor
 from archety_relay import photo_rules as rules
+from archety_relay.commands import UploadRetry
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
@@ -306,16 +308,22 @@ def test_upload_retry_reads_the_file_again_and_reports(
     backend: StubBackend,
     tmp_path: Path,
 ) -> None:
-    """The backend's upload_retry uploads an already-settled picture again; outcome as an event."""
+    """upload_retry makes a settled picture pending again: the follow-up reads the file again,
+    uploads it and reports with the command's id; an attachment chat.db does not have is
+    reported unavailable. Nothing is uploaded inside the command's transaction."""
     write(writer, relay, "again", photo_spec(picture(tmp_path / "c.jpeg"), "AT-C"))
     item = queued(relay, store)
     photos.settle(item.message_guid, item.body, T0, T0)
-    assert photos.retry_upload("AT-C", T0 + 100, command_id="cmd-9") == "uploaded"
-    assert len(backend.uploads()) == 2
-    (event,) = store.pending_events()
-    assert event.event_type == "attachment_uploaded" and event.payload["command_id"] == "cmd-9"
-    assert photos.retry_upload("NO-SUCH", T0 + 101, command_id="cmd-10") == "skipped"
-    assert store.pending_events()[-1].payload["details"]["reason"] == "attachment_gone"
+    executor.execute(store, UploadRetry("cmd-9", "AT-C", None), T0 + 100)
+    executor.execute(store, UploadRetry("cmd-10", "NO-SUCH", f"iMessage;-;{ALICE}"), T0 + 100)
+    assert len(backend.uploads()) == 1  # queued, not yet done
+    assert photos.follow_up_step(T0 + 100) == (2, None)
+    assert [r.headers["Idempotency-Key"] for r in backend.uploads()] == ["AT-C", "AT-C"]
+    by_command = {e.payload["command_id"]: e for e in store.pending_events()}
+    assert by_command["cmd-9"].event_type == "attachment_uploaded"
+    assert by_command["cmd-9"].payload["details"]["photo_id"] == "photo-1"
+    assert by_command["cmd-10"].event_type == "attachment_unavailable"
+    assert by_command["cmd-10"].payload["details"]["reason"] == "attachment_gone"
 
 
 def test_text_only_message_is_untouched(

@@ -39,7 +39,7 @@ MAX_MESSAGE_ID = 2**63 - 1
 SEND_AT_RANGE = (0.0, 253_402_300_799.0)
 # The other dialect's names for the same command.
 ALIASES = {"send_message_now": "send_message", "cancel_scheduled": "cancel_message"}
-NOT_SUPPORTED_YET = {"upload_retry": "upload_retry is not supported yet by this relay"}
+NOT_SUPPORTED_YET: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,15 @@ class UpdatePlan:
 
 
 @dataclass(frozen=True)
+class UploadRetry:
+    """upload_retry: read an attachment's file again and upload it (see photos)."""
+
+    command_id: str
+    attachment_guid: str
+    chat_guid: str | None
+
+
+@dataclass(frozen=True)
 class EmitEvent:
     command_id: str
     event_type: str
@@ -121,6 +130,7 @@ Action = (
     | SetContext
     | UpdatePlan
     | EmitEvent
+    | UploadRetry
     | Invalid
 )
 
@@ -310,6 +320,11 @@ def _action(command_id: str, kind: str, command: dict[str, Any]) -> Action:
         return UpdatePlan(command_id, keys, _state(params["plan_data"]))
     if kind == "emit_event":
         return _emit(command_id, kind, params)
+    if kind == "upload_retry":
+        guid = params.get("attachment_guid")
+        if not isinstance(guid, str) or not guid.strip() or len(guid) > MAX_ID_CHARS:
+            return Invalid(command_id, kind, "missing or malformed attachment_guid")
+        return UploadRetry(command_id, clean_text(guid.strip()), _chat(params))
     if kind in NOT_SUPPORTED_YET:
         return Invalid(command_id, kind, NOT_SUPPORTED_YET[kind])
     return Invalid(command_id, kind, f"unknown command_type {kind!r}")

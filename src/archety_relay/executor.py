@@ -23,6 +23,7 @@ from .commands import (
     SetContext,
     SetRule,
     UpdatePlan,
+    UploadRetry,
 )
 from .errors import StateError
 from .model import utc_iso
@@ -45,6 +46,7 @@ def command_type(action: Action) -> str:
         SetRule: "set_rule",
         UpdatePlan: "update_plan",
         EmitEvent: "emit_event",
+        UploadRetry: "upload_retry",
     }[type(action)]
 
 
@@ -143,6 +145,12 @@ def _carry_out(tx: CommandTx, action: Action) -> bool:
             "command_completed",
             {**base, "thread_id": action.chat_keys[0], "details": {"command_type": kind}},
         )
+        return False
+    if isinstance(action, UploadRetry):
+        # Only queued here: the photos loop converts and uploads outside any transaction and
+        # reports attachment_uploaded / attachment_unavailable with this command's id.
+        tx.request_upload(action.attachment_guid, action.chat_guid, action.command_id)
+        log.info("command_upload_retry", command_id=action.command_id, guid=action.attachment_guid)
         return False
     assert isinstance(action, EmitEvent)
     tx.add_event(action.event_type, {**base, **action.payload})

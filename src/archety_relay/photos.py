@@ -6,7 +6,7 @@
     follow_up_step(now)                    pictures posted as `pending` (still in iCloud when
                                            their message went): upload when they land, for
                                            24 h, each outcome an event
-    retry_upload(guid, now, command_id)    the backend's `upload_retry`: read the file again
+                                           (and pictures an `upload_retry` made pending)
 
 Times are wall clock: a message's wait starts when it was captured (`enqueued_at`) and a pending
 picture's window is stored, so both survive restarts. The final body is frozen in the store the
@@ -160,8 +160,10 @@ class Photos:
                 reason=converted.reason,
             )
             return replace(record, status=SKIPPED, skip_reason=converted.reason), None
+        fields = {"attachment_guid": guid, "edge_agent_id": self.settings.agent_id}
+        fields.update(record.fields)
         outcome = self.backend.upload_photo(
-            record.fields, f"{guid}.{converted.extension}", converted.data, converted.mime, guid
+            fields, f"{guid}.{converted.extension}", converted.data, converted.mime, guid
         )
         result = rules.upload_result(outcome)
         attempts = record.attempts + 1
@@ -255,7 +257,7 @@ class Photos:
             return 0
         return self._report(done, now)
 
-    def _report(self, record: UploadRecord, now: float, command_id: str | None = None) -> int:
+    def _report(self, record: UploadRecord, now: float) -> int:
         """Store a picture's outcome with the sync event that tells the backend about it."""
         uploaded = record.status == UPLOADED
         details: dict[str, Any] = {
@@ -268,42 +270,12 @@ class Photos:
             details["reason"] = record.skip_reason
         chat_guid = record.fields.get("chat_guid")
         payload = {"chat_guid": chat_guid, "thread_id": chat_guid, **details, "details": details}
-        if command_id:
-            payload["command_id"] = command_id
+        if record.command_id:  # the answer to an upload_retry
+            payload["command_id"] = record.command_id
         event_type = "attachment_uploaded" if uploaded else "attachment_unavailable"
-        self.store.finish_upload(record, event_type, payload, now)
+        self.store.finish_upload(replace(record, command_id=None), event_type, payload, now)
         log.info(event_type, **details)
         return 1
-
-    # -- upload_retry ---------------------------------------------------------------------------
-    def retry_upload(
-        self, attachment_guid: str, now: float, command_id: str | None = None, chat_guid: str = ""
-    ) -> str:
-        """Read the original file again and upload it; the outcome is an event. A failure the
-        backend should retry (5xx, no answer) leaves the picture pending for the follow-up."""
-        record = self.store.upload_records([attachment_guid]).get(attachment_guid)
-        if record is None:
-            fields = {"attachment_guid": attachment_guid, "edge_agent_id": self.settings.agent_id}
-            if chat_guid:
-                fields["chat_guid"] = chat_guid
-            record = UploadRecord(attachment_guid, "", True, PENDING, None, None, None, fields)
-        state = self.chatdb.attachment_states([attachment_guid]).get(attachment_guid)
-        ready = rules.readiness(state, _file_size(state))
-        fresh = replace(record, status=PENDING, photo_id=None, skip_reason=None, attempts=0)
-        if ready != "ready" or state is None:
-            reason = rules.GONE if ready == "gone" else rules.NOT_DOWNLOADED
-            skipped = replace(fresh, status=SKIPPED, skip_reason=reason)
-            self._report(skipped, now, command_id)
-            return skipped.status
-        self._converted.pop(attachment_guid, None)
-        done, failed = self._upload(replace(fresh, path=state.path), now)
-        if failed is not None:
-            window = now + PENDING_WINDOW_SECONDS
-            later = replace(done, next_try_at=now + _interval(done), pending_until=window)
-            self.store.save_upload(later, now)
-            return PENDING
-        self._report(done, now, command_id)
-        return done.status
 
 
 def _is_open(record: UploadRecord | None) -> bool:

@@ -23,8 +23,8 @@ from .outbox import (
     QueueStats,
 )
 from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
-from .uploads import SCHEMA as UPLOADS_SCHEMA
 from .uploads import UploadQueries, UploadRecord
+from .uploads import migrate as uploads_migrate
 from .watch import WatchQueries
 
 
@@ -35,7 +35,7 @@ class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, Command
 def open_store(state_dir: Path, now: float | None = None) -> Store:
     """Open (or create) the outbox; a corrupt one is moved aside and a fresh one started."""
     conn, path = open_connection(state_dir, now)
-    conn.executescript(UPLOADS_SCHEMA)
+    uploads_migrate(conn)
     return Store(conn, path)
 
 

@@ -27,6 +27,7 @@ from .outgoing import (
     mark_seen,
     select_scheduled,
 )
+from .uploads import request_upload
 
 # What a rule did to a message is remembered as long as a delivered guid (an iCloud re-insert).
 RULE_HIT_MEMORY_SECONDS = 7 * 86400
@@ -64,6 +65,10 @@ class CommandTx:
 
     def add_event(self, event_type: str, payload: dict[str, Any]) -> str:
         return insert_event(self._db, event_type, payload, self.now)
+
+    def request_upload(self, attachment_guid: str, chat_guid: str | None, command_id: str) -> None:
+        """upload_retry: the picture becomes pending again, for the photos loop (uploads)."""
+        request_upload(self._db, attachment_guid, chat_guid, command_id, self.now)
 
     def put_rule(self, name: str, source: dict[str, Any]) -> None:
         """Upsert by name: a rule keeps its place (creation order) when it is changed."""

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS attachment_uploads (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try_at REAL NOT NULL DEFAULT 0,
     pending_until REAL,
+    command_id TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
@@ -46,10 +47,56 @@ CREATE TABLE IF NOT EXISTS settled_bodies (
 ) WITHOUT ROWID;
 """
 
+# A window after which a picture nobody could find is reported unavailable (upload_retry).
+REQUEST_WINDOW_SECONDS = 24 * 3600.0
+
 _COLUMNS = (
     "attachment_guid, message_guid, is_photo, status, photo_id, skip_reason, path, fields, "
-    "attempts, next_try_at, pending_until"
+    "attempts, next_try_at, pending_until, command_id"
 )
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Create the tables; add columns that state files made by earlier versions lack."""
+    db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(attachment_uploads)")}
+    if "command_id" not in columns:
+        db.execute("ALTER TABLE attachment_uploads ADD COLUMN command_id TEXT")
+
+
+def request_upload(
+    db: sqlite3.Connection,
+    attachment_guid: str,
+    chat_guid: str | None,
+    command_id: str,
+    now: float,
+) -> None:
+    """upload_retry: make the picture pending again, due now, answering to `command_id`.
+    A picture never seen before gets a record with what the command said about it."""
+    updated = db.execute(
+        "UPDATE attachment_uploads SET status = 'pending', photo_id = NULL, skip_reason = NULL, "
+        "attempts = 0, next_try_at = ?, pending_until = ?, command_id = ?, updated_at = ? "
+        "WHERE attachment_guid = ?",
+        (now, now + REQUEST_WINDOW_SECONDS, command_id, now, attachment_guid),
+    ).rowcount
+    if not updated:
+        fields = {"attachment_guid": attachment_guid}
+        if chat_guid:
+            fields["chat_guid"] = chat_guid
+        record = UploadRecord(
+            attachment_guid,
+            "",
+            True,
+            "pending",
+            None,
+            None,
+            None,
+            fields,
+            next_try_at=now,
+            pending_until=now + REQUEST_WINDOW_SECONDS,
+            command_id=command_id,
+        )
+        _upsert(db, record, now)
 
 
 @dataclass(frozen=True)
@@ -65,6 +112,7 @@ class UploadRecord:
     attempts: int = 0
     next_try_at: float = 0.0  # wall clock
     pending_until: float | None = None  # wall clock: a pending picture is given up after this
+    command_id: str | None = None  # the upload_retry this attempt answers, for its event
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,17 +136,19 @@ def _record(row: tuple[Any, ...]) -> UploadRecord:
         attempts=row[8],
         next_try_at=row[9],
         pending_until=row[10],
+        command_id=row[11],
     )
 
 
 def _upsert(db: sqlite3.Connection, record: UploadRecord, now: float) -> None:
     db.execute(
         f"INSERT INTO attachment_uploads ({_COLUMNS}, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (attachment_guid) DO UPDATE "
-        "SET status = excluded.status, photo_id = excluded.photo_id, "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (attachment_guid) DO "
+        "UPDATE SET status = excluded.status, photo_id = excluded.photo_id, "
         "skip_reason = excluded.skip_reason, path = excluded.path, fields = excluded.fields, "
         "attempts = excluded.attempts, next_try_at = excluded.next_try_at, "
-        "pending_until = excluded.pending_until, updated_at = excluded.updated_at",
+        "pending_until = excluded.pending_until, command_id = excluded.command_id, "
+        "updated_at = excluded.updated_at",
         (
             record.attachment_guid,
             record.message_guid,
@@ -111,6 +161,7 @@ def _upsert(db: sqlite3.Connection, record: UploadRecord, now: float) -> None:
             record.attempts,
             record.next_try_at,
             record.pending_until,
+            record.command_id,
             now,
             now,
         ),
