@@ -6,6 +6,8 @@
     timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL,
                      and within SYNC_DEBOUNCE_SECONDS of a new conversation event (`sync_soon`)
     dispatch thread  sends due replies and commanded messages through Messages.app
+    photos thread    uploads pictures that landed after their message went (`photos_step`);
+                     what it reports also asks for a prompt sync (`sync_soon`)
     watchdog         sets the capture thread's wake event (see watcher)
 
 No thread dies silently or holds up shutdown: each catches, logs (at most once a minute for a
@@ -115,6 +117,7 @@ class Daemon:
             ("sender", self._sender_loop),
             ("timer", self._timer_loop),
             ("dispatch", self._dispatch_loop),
+            ("photos", self._photos_loop),
         ):
             thread = threading.Thread(target=target, name=f"relay-{name}", daemon=True)
             thread.start()
@@ -261,3 +264,18 @@ class Daemon:
             if self.sync_soon.is_set():
                 self.sync_soon.clear()
                 next_sync = min(next_sync, time.monotonic() + SYNC_DEBOUNCE_SECONDS)
+
+    def _photos_loop(self) -> None:
+        errors = _ErrorLog("photos_failed")
+        while not self.stop.is_set():
+            wait: float | None
+            try:
+                events, wait = self.relay.photos_step(time.time())
+                if events:
+                    self.sync_soon.set()
+                errors.ok(time.monotonic())
+            except Exception as exc:
+                wait = errors.failed(exc, time.monotonic())
+            self.stop.wait(
+                IDLE_RECHECK_SECONDS if wait is None else min(wait, IDLE_RECHECK_SECONDS)
+            )

@@ -65,6 +65,7 @@ def run_once(relay: Relay) -> OnceReport:
             else:
                 report.failed = delivery.outcome
                 break
+        relay.photos_step(time.time())  # pictures that landed after their message went
         report.sync = relay.sync_step(time.time())
         # Replies and commanded sends that are due go out now; later bubbles wait for the daemon.
         relay.outbound.dispatch_step(time.time())

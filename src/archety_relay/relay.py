@@ -24,6 +24,7 @@ from .config import Secret, Settings
 from .errors import ChatDbUnavailable
 from .inbound import Inbound
 from .outbound import Outbound, Sender
+from .photos import Photos
 from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
 from .redact import scrub_body
 from .store import NewOutgoing, Store
@@ -60,6 +61,7 @@ class Relay:
         self.secret = settings.secret
         self.backend = backend or Backend.from_settings(settings, lambda: self.secret)
         self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
+        self.photos = Photos(settings, chatdb, store, self.backend)
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
         self.inbound = Inbound(settings, store)
@@ -223,6 +225,11 @@ class Relay:
 
     def status_payload(self, now: float) -> dict[str, Any]:
         return self.sync.status_payload(now)
+
+    def photos_step(self, now: float) -> tuple[int, float | None]:
+        """Pictures posted as pending: upload those that landed (wall-clock `now`). Returns
+        (events added, seconds until the next look or None)."""
+        return self.photos.follow_up_step(now)
 
     def sync_step(self, now: float) -> HttpOutcome:
         """Report status and events; carry out the commands and settings that come back."""
