@@ -383,3 +383,22 @@ def test_picture_settings_from_the_environment(env: dict[str, str], tmp_path: Pa
     for name, bad in (("ARCHETY_PHOTO_MAX_PX", "big"), ("ARCHETY_PHOTO_MAX_BYTES", "5")):
         with pytest.raises(ConfigError, match=name):
             config.load(environ={**env, name: bad}, cwd=tmp_path)
+
+
+def test_settled_body_dropped_once_its_message_left_the_outbox(
+    relay: Relay,
+    photos: Photos,
+    store: Store,
+    writer: MessagesWriter,
+    tmp_path: Path,
+) -> None:
+    """The frozen body is kept while its message is queued and dropped after delivery, so the
+    state file does not grow with every picture ever sent."""
+    write(writer, relay, "pic", photo_spec(picture(tmp_path / "d.jpeg"), "AT-D"))
+    item = queued(relay, store)
+    photos.settle(item.message_guid, item.body, T0, T0)
+    photos.follow_up_step(T0 + 1)
+    assert store.settled_body(item.message_guid) is not None  # still queued: kept
+    store.mark_delivered(item, T0 + 2)
+    photos.follow_up_step(T0 + 2 + 3600)
+    assert store.settled_body(item.message_guid) is None

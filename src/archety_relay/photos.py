@@ -17,6 +17,7 @@ the moment the backend gives it, so a kill -9 never uploads an accepted picture 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -44,6 +45,8 @@ PENDING_WINDOW_SECONDS = 24 * 3600.0
 PENDING_MAX_INTERVAL = 60.0
 # Converted pictures kept in memory so an upload retried after a 503 is not converted again.
 CONVERTED_CACHE = 4
+# Settled bodies of delivered messages and old upload records are dropped this often.
+PRUNE_INTERVAL_SECONDS = 3600.0
 _DEFAULT: Any = object()
 
 
@@ -71,7 +74,10 @@ class Photos:
         self.backend = backend
         self.limits = pictures.Limits(settings.photo_max_px, settings.photo_max_bytes)
         self.fallback = pictures.default_fallback() if fallback is _DEFAULT else fallback
+        # Settle (sender or lane threads), the follow-up and upload_retry share this cache.
         self._converted: OrderedDict[str, pictures.Converted] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._pruned_at: float | None = None
 
     # -- before the message -----------------------------------------------------------------
     def settle(self, message_guid: str, body: bytes, enqueued_at: float, now: float) -> Settle:
@@ -181,7 +187,7 @@ class Photos:
         )
         if result.status == "retry":
             return replace(record, attempts=attempts), outcome
-        self._converted.pop(guid, None)
+        self._forget(guid)
         if result.status == UPLOADED:
             # analysis / action / status in the answer are the backend's business; debug only.
             log.debug("photo_upload_answer", attachment_guid=guid, answer=outcome.body[:500])
@@ -202,7 +208,8 @@ class Photos:
         ), None
 
     def _convert(self, guid: str, path: Path) -> pictures.Converted:
-        cached = self._converted.get(guid)
+        with self._cache_lock:
+            cached = self._converted.get(guid)
         if cached is not None:
             return cached
         started = time.monotonic()
@@ -218,15 +225,23 @@ class Photos:
             reason=converted.reason,
         )
         if converted.data is not None:
-            self._converted[guid] = converted
-            while len(self._converted) > CONVERTED_CACHE:
-                self._converted.popitem(last=False)
+            with self._cache_lock:
+                self._converted[guid] = converted
+                while len(self._converted) > CONVERTED_CACHE:
+                    self._converted.popitem(last=False)
         return converted
+
+    def _forget(self, guid: str) -> None:
+        with self._cache_lock:
+            self._converted.pop(guid, None)
 
     # -- after the message: pending pictures --------------------------------------------------
     def follow_up_step(self, now: float) -> tuple[int, float | None]:
         """Look at the pending pictures that are due. Returns (events added, seconds until the
         next is due or None when none is pending)."""
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_INTERVAL_SECONDS:
+            self._pruned_at = now
+            self.store.prune_uploads(now)
         due = self.store.pending_uploads(now)
         events = 0
         if due:
