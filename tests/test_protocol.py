@@ -504,11 +504,12 @@ def test_context_and_plan_ride_on_the_chats_messages_until_reset(
     assert events["k-2"][0]["details"] == {"command_type": "context_reset", "reason": "done"}
 
 
-def test_emit_event_is_reported_and_upload_retry_is_refused_for_now(
+def test_emit_event_is_reported_and_upload_retry_answered(
     make: Callable[..., Relay], backend: StubBackend
 ) -> None:
     """emit_event comes back in the next sync as its own event_type with details = event_data;
-    upload_retry is command_failed "not supported yet"; anything else is command_failed."""
+    upload_retry of an attachment chat.db does not have is attachment_unavailable (see
+    test_photos); anything else is command_failed."""
     relay = make()
     answer(
         backend,
@@ -524,6 +525,7 @@ def test_emit_event_is_reported_and_upload_retry_is_refused_for_now(
         cmd("z-1", "self_destruct"),
     )
     relay.sync_step(time.time())
+    relay.photos_step(time.time())  # upload_retry is carried out by the photos loop
     events = events_of_next_sync(relay, backend)
     (emitted,) = events["e-1"]
     assert (emitted["event_type"], emitted["chat_guid"], emitted["details"]) == (
@@ -531,8 +533,8 @@ def test_emit_event_is_reported_and_upload_retry_is_refused_for_now(
         A_CHAT,
         {"room": "r1"},
     )
-    assert events["u-1"][0]["event_type"] == "command_failed"
-    assert "not supported yet" in events["u-1"][0]["details"]["reason"]
+    assert events["u-1"][0]["event_type"] == "attachment_unavailable"
+    assert events["u-1"][0]["details"]["reason"] == "attachment_gone"
     assert "unknown command_type" in events["z-1"][0]["details"]["reason"]
 
 
