@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS outgoing (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS outgoing_status_due ON outgoing (status, send_at, id);
+CREATE INDEX IF NOT EXISTS outgoing_unsent_by_chat ON outgoing (chat_guid, send_at, id)
+    WHERE status IN ('pending', 'sending');
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
