@@ -247,6 +247,21 @@ def test_backfill_replays_recent_history_once(
     assert len(backend.messages()) == 2
 
 
+def test_backfill_refuses_a_window_older_than_the_delivered_memory(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Review #25: delivered guids are remembered 7 days, so `--since 10d` could re-send a
+    message delivered ten days ago. It is refused with the limit named, and nothing is sent."""
+    chat = writer.direct_chat(ALICE)
+    ten_days = time.time() - 10 * 86400
+    writer.message("delivered ten days ago", sender=ALICE, chat=chat, sent_at=ten_days)
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    result = run_cli(["backfill", "--since", "10d", "--yes"], env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "7 days" in result.stderr and "--since 7d" in result.stderr
+    assert backend.messages() == []
+
+
 def test_status_shows_a_running_daemon(
     start_relay: object, env: dict[str, str], tmp_path: Path
 ) -> None:

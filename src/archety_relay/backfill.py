@@ -2,7 +2,8 @@
 
 Only rows at or behind the saved cursor are considered (rows after it are the normal path's),
 the forwarding rules apply with the backfill window as the age limit, and guids already queued,
-dead-lettered or recently delivered are left out, so a backfill never sends a message twice.
+dead-lettered or recently delivered are left out, so a backfill never sends a message twice;
+a window longer than that memory is refused.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass, field
 
 from .capture import READ_BATCH
 from .chatdb import ChatDb
+from .errors import ConfigError
 from .model import Message, Skipped
 from .rows import apple_date, to_message
-from .store import Store
+from .store import DELIVERED_MEMORY_SECONDS, Store
 
 
 @dataclass
@@ -24,7 +26,24 @@ class BackfillPlan:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
+def check_window(since_seconds: float) -> None:
+    """Refuse a window reaching past what the relay remembers delivering.
+
+    Delivered guids are kept DELIVERED_MEMORY_SECONDS; a message dated inside that window was
+    delivered inside it too, so the dedupe covers it. An older one may have been delivered and
+    forgotten: replaying it would send it twice, which backfill promises never to do.
+    """
+    if since_seconds > DELIVERED_MEMORY_SECONDS:
+        days = DELIVERED_MEMORY_SECONDS // 86400
+        raise ConfigError(
+            f"--since reaches further back than the {days} days of deliveries the relay "
+            "remembers; older messages may already have been sent",
+            hint=f"Use --since {days}d or less.",
+        )
+
+
 def plan(chatdb: ChatDb, store: Store, since_seconds: float, now: float) -> BackfillPlan:
+    check_window(since_seconds)
     result = BackfillPlan()
     start = chatdb.first_rowid_since(apple_date(now - since_seconds))
     cursor = store.cursor()
