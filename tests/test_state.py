@@ -7,8 +7,12 @@ and bench/): a plan that runs a subquery per row is quadratic whatever the machi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from conftest import RelayProcess, log_events, wait_until
+
+from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.store import NewOutgoing, Store, open_store
 
 
@@ -63,4 +67,31 @@ def test_heads_due_is_one_pass_not_a_subquery_per_pending_row(tmp_path: Path) ->
     plan = _plan_of(store, lambda: store.heads_due(now))
     assert plan, "heads_due ran no SELECT"
     assert not [step for step in plan if "CORRELATED" in step]
+    store.close()
+
+
+def test_old_state_is_pruned_while_every_sync_fails(
+    start_relay: Callable[..., RelayProcess],
+    env: dict[str, str],
+    backend: StubBackend,
+) -> None:
+    """Review #24: with /edge/sync answering 404 for good, 30-day-old delivered guids, finished
+    sends and unacknowledged events are still dropped: pruning has a timer of its own."""
+    month_ago = time.time() - 30 * 86400 - 60
+    store = open_store(Path(env["ARCHETY_STATE_DIR"]))
+    store.enqueue([("OLD-GUID", 1, b"{}")], None, month_ago)
+    store.mark_delivered(store.head(), month_ago)  # type: ignore[arg-type]
+    (sent,) = store.add_outgoing([NewOutgoing("iMessage;-;+15555550101", "x", 0, "reply")], 0)
+    store.finish(store.heads_due(month_ago)[0], "sent", month_ago, "message_sent", {"id": sent})
+    store.close()
+    backend.set_default("/edge/sync", Behaviour(404))
+    relay = start_relay()
+    assert wait_until(lambda: log_events(relay.log, "state_pruned"))
+    assert wait_until(lambda: log_events(relay.log, "sync_failed"))
+    relay.terminate()
+    (pruned,) = log_events(relay.log, "state_pruned")
+    assert pruned["delivered"] == 1 and pruned["history"] >= 2  # the send and its event
+    store = open_store(Path(env["ARCHETY_STATE_DIR"]))
+    assert store.known(["OLD-GUID"]) == set()
+    assert store.outgoing_counts() == {} and store.pending_events() == []
     store.close()

@@ -42,6 +42,7 @@ CHAT_JOIN_RECHECK_SECONDS = 0.1
 SETTLE_WINDOW_SECONDS = 0.25
 SETTLE_STEP_SECONDS = 0.002
 SHUTDOWN_GRACE_SECONDS = 3.0
+PRUNE_INTERVAL_SECONDS = 3600.0
 # A new conversation event starts a sync this soon; events within it share that sync.
 SYNC_DEBOUNCE_SECONDS = 1.0
 
@@ -246,10 +247,14 @@ class Daemon:
 
     def _timer_loop(self) -> None:
         errors = _ErrorLog("timer_failed")
-        next_heartbeat = next_sync = time.monotonic()
+        next_heartbeat = next_sync = next_prune = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
             try:
+                if now >= next_prune:  # on its own timer: pruning must not wait for a good sync
+                    next_prune = now + PRUNE_INTERVAL_SECONDS
+                    if any((pruned := self.relay.store.prune(time.time())).values()):
+                        log.info("state_pruned", **pruned)
                 intervals = self.relay.intervals
                 if now >= next_heartbeat:
                     next_heartbeat = now + intervals["heartbeat_interval"]

@@ -31,6 +31,19 @@ from .watch import WatchQueries
 class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, CommandQueries):
     """Every query on the state database, sharing one connection and one lock."""
 
+    def prune(self, now: float) -> dict[str, int]:
+        """Drop everything kept only for a while; how many rows of each kind went.
+
+        The daemon runs this on a timer of its own: a sync that keeps failing (a 404 during a
+        redeploy that lasts) must not let delivered guids, events and history grow unbounded.
+        """
+        return {
+            "delivered": self.prune_delivered(now),
+            "history": self.prune_history(now),
+            "rule_hits": self.prune_rule_hits(now),
+            "uploads": self.prune_uploads(now),
+        }
+
 
 def open_store(state_dir: Path, now: float | None = None) -> Store:
     """Open (or create) the outbox; a corrupt one is moved aside and a fresh one started."""
