@@ -224,6 +224,16 @@ def test_status_lists_queue_and_dead_letters_and_retry_dead_requeues(
     assert [r.body["text"] for r in backend.messages()] == ["poison"]
 
 
+def test_status_before_the_first_run_says_so_and_exits_0(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter
+) -> None:
+    """No state database yet (a fresh install): `status` reports an empty queue, no crash."""
+    result = run_cli(["status"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "queue         : 0 undelivered" in result.stdout
+    assert "rules         : none" in result.stdout
+
+
 def test_version_and_module_entry_point(env: dict[str, str], tmp_path: Path) -> None:
     """`python -m archety_relay --version` works without any configuration."""
     result = run_cli(["--version"], {}, cwd=tmp_path)

@@ -486,6 +486,9 @@ def test_context_and_plan_ride_on_the_chats_messages_until_reset(
     answer(
         backend,
         cmd("k-2", "context_reset", "payload", chat_guid=A_CHAT, thread_id=ALICE, reason="done"),
+        cmd(
+            "k-3", "context_update", "payload", thread_id="chat77", app_id="poll", notify_text="hi"
+        ),
     )
     relay.sync_step(time.time())
     writer.message("after reset", sender=ALICE, chat=alice)
@@ -502,6 +505,11 @@ def test_context_and_plan_ride_on_the_chats_messages_until_reset(
     assert "context" not in after and after["plan"] == {"steps": ["ask", "score"]}
     events = events_of_next_sync(relay, backend)
     assert events["k-2"][0]["details"] == {"command_type": "context_reset", "reason": "done"}
+    # a notice to a chat_identifier cannot be sent, but the context is kept and the event says so
+    assert events["k-3"][0]["event_type"] == "command_completed"
+    assert "not sent" in events["k-3"][0]["details"]["notify"]
+    relay.outbound.dispatch_step(time.time())
+    assert sent.calls == [(A_CHAT, "trivia started")]
 
 
 def test_emit_event_is_reported_and_upload_retry_answered(

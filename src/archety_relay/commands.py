@@ -89,6 +89,7 @@ class SetContext:
     notify_chat: str | None = None  # where notify_text goes (a real chat guid)
     notify_text: str | None = None
     reason: str | None = None
+    notify_problem: str | None = None  # why a notify_text that was asked for is not sent
 
 
 @dataclass(frozen=True)
@@ -334,10 +335,15 @@ def _context(command_id: str, kind: str, params: dict[str, Any]) -> Action:
     keys = _chat_keys(params)
     if not keys:
         return Invalid(command_id, kind, "missing chat_guid or thread_id")
+    # The context is kept even when the notice cannot go (the previous client's thread_id is a
+    # chat_identifier, not a guid); the event says why it was not sent.
     notify_text = _text(params, "notify_text")
     notify_chat = _chat(params)
-    if params.get("notify_text") is not None and (notify_text is None or notify_chat is None):
-        return Invalid(command_id, kind, "notify_text needs a text and a real chat guid")
+    problem = None
+    if notify_text is None or notify_chat is None:
+        if params.get("notify_text") is not None:
+            problem = "notify_text not sent: it needs a text and a real chat guid"
+        notify_text = notify_chat = None
     if kind == "context_reset":
         reason = params.get("reason")
         return SetContext(
@@ -348,6 +354,7 @@ def _context(command_id: str, kind: str, params: dict[str, Any]) -> Action:
             notify_chat,
             notify_text,
             clean_text(reason)[:MAX_ID_CHARS] if isinstance(reason, str) else None,
+            problem,
         )
     app_id = params.get("app_id")
     if not isinstance(app_id, str) or not app_id.strip():
@@ -359,7 +366,9 @@ def _context(command_id: str, kind: str, params: dict[str, Any]) -> Action:
         "state": clean_text(state) if isinstance(state, str) else "active",
         "metadata": _state(params.get("metadata") or {}),
     }
-    return SetContext(command_id, kind, keys, context, notify_chat, notify_text)
+    return SetContext(
+        command_id, kind, keys, context, notify_chat, notify_text, notify_problem=problem
+    )
 
 
 def _emit(command_id: str, kind: str, params: dict[str, Any]) -> Action:

@@ -207,6 +207,8 @@ def _context(tx: CommandTx, action: SetContext, base: dict[str, Any]) -> bool:
     details: dict[str, Any] = {"command_type": action.command_type}
     if action.reason:
         details["reason"] = action.reason
+    if action.notify_problem:
+        details["notify"] = action.notify_problem
     tx.add_event(
         "command_completed",
         {

@@ -72,6 +72,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
             last_delivery_at=None,
             last_error=None,
             auth_state=None,
+            outgoing={},
             rules=[],
         )
         return report
