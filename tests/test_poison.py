@@ -6,6 +6,7 @@ Found by attacking the merged main after the 2026-11-28 review (see the report o
 
 from __future__ import annotations
 
+import plistlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,37 @@ def test_a_log_line_nested_too_deep_is_shown_as_a_foreign_line() -> None:
     """`logs` reads a line of JSON nested 1,900 deep as a line that is not an event (printed
     escaped) instead of crashing."""
     assert logview.parse(DEEP.decode()) is None
+
+
+def test_a_damaged_row_in_the_recent_window_does_not_stop_edits_being_reported(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Recent rows damaged the way a foreign writer or a corrupt sync could leave them (unsent
+    parts "²" and 5,000 digits that str.isdigit accepts and int() refuses, a TEXT
+    `date_edited`, one in the year 33689, a TEXT `date_read` on the persona's message): the
+    changes step does not
+    raise, and the edit of another message is still reported."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    odd_part = writer.message("odd part", sender=ALICE, chat=chat)
+    odd_date = writer.message("odd date", sender=ALICE, chat=chat)
+    far = writer.message("far future", sender=ALICE, chat=chat)
+    own = writer.message("mine", sender=None, chat=chat, is_from_me=1)
+    fine = writer.message("see you at 7", sender=ALICE, chat=chat)
+    relay.capture_step(time.time())
+    relay.changes_step(time.time())
+    info = plistlib.dumps({"rp": ["²", "9" * 5000], "ep": [0]}, fmt=plistlib.FMT_BINARY)
+    writer.conn.execute(
+        "UPDATE message SET date_edited = 1, message_summary_info = ? WHERE ROWID = ?",
+        (info, odd_part),
+    )
+    writer.conn.execute("UPDATE message SET date_edited = 'soon' WHERE ROWID = ?", (odd_date,))
+    # Below 10**14 a date counts as seconds (old macOS): this one is in the year 33689.
+    writer.conn.execute("UPDATE message SET date_edited = ? WHERE ROWID = ?", (10**12, far))
+    writer.conn.execute("UPDATE message SET is_read = 1, date_read = 'x' WHERE ROWID = ?", (own,))
+    writer.edit(fine, "see you at 8")
+    relay.changes_step(time.time())
+    relay.sync_step(time.time())
+    sent = backend.requests_to(SYNC)[-1].body["events"]
+    edits = [e for e in sent if e["event_type"] == "message_edited"]
+    assert "see you at 8" in [e["details"]["text"] for e in edits]

@@ -49,6 +49,8 @@ class Changes:
         # The stored fingerprints, mirrored: an unchanged window costs no state-db query.
         self._known: dict[str, Fingerprint] = {}
         self._pruned_at = float("-inf")
+        # Rows that could not be fingerprinted, warned about once while they stay in the window.
+        self._unreadable: set[str] = set()
 
     def step(self, now: float) -> ChangesResult:
         """Look at the recent window once; store (and return the count of) what changed."""
@@ -56,7 +58,7 @@ class Changes:
         unread = self.store.unread_own(apple_date(now - UNREAD_WATCH_SECONDS))
         watched = self.chatdb.watch_window(apple_date(now - WINDOW_SECONDS), unread)
         result.watched = len(watched)
-        current = {w.guid: (w, events.fingerprint(w)) for w in watched}
+        current = self._fingerprints(watched)
         unknown = [g for g in current if g not in self._known]
         if unknown:
             self._known.update(self.store.watched(unknown))
@@ -70,7 +72,27 @@ class Changes:
                 apple_date(now - WINDOW_SECONDS), apple_date(now - UNREAD_WATCH_SECONDS)
             )
             self._known = {g: fp for g, fp in self._known.items() if g in current}
+            self._unreadable &= {w.guid for w in watched}
         return result
+
+    def _fingerprints(self, watched: list[WatchedRow]) -> dict[str, tuple[WatchedRow, Fingerprint]]:
+        """Each row's fingerprint; a row that trips an unforeseen case is left out (and warned
+        about once) instead of stopping every edit, unsend and read behind it."""
+        current: dict[str, tuple[WatchedRow, Fingerprint]] = {}
+        for row in watched:
+            try:
+                current[row.guid] = (row, events.fingerprint(row))
+            except Exception as exc:
+                if row.guid not in self._unreadable:
+                    self._unreadable.add(row.guid)
+                    log.warning(
+                        "row_unreadable",
+                        rowid=row.rowid,
+                        guid=row.guid,
+                        error_type=type(exc).__name__,  # its text could quote the row
+                        step="changes",
+                    )
+        return current
 
     def _record(
         self,
@@ -92,11 +114,21 @@ class Changes:
                 continue
             for kind in kinds[guid]:
                 assert row is not None
-                found.append(
-                    events.change_event(
-                        kind, self._known[guid], fp, row, watched.message_summary_info
+                try:
+                    found.append(
+                        events.change_event(
+                            kind, self._known[guid], fp, row, watched.message_summary_info
+                        )
                     )
-                )
+                except Exception as exc:  # one odd row must not stop the others' events
+                    log.warning(
+                        "row_unreadable",
+                        rowid=row.rowid,
+                        guid=guid,
+                        error_type=type(exc).__name__,
+                        step="changes",
+                        event_type=kind,
+                    )
         records = [current[g][1] for g in new] + [
             current[g][1] for g in moved if not kinds[g] or g in full
         ]

@@ -75,7 +75,10 @@ class ChatEvent:
 
 def _iso(apple_date: int) -> str | None:
     seconds = rows.unix_seconds(apple_date)
-    return utc_iso(seconds) if seconds is not None else None
+    try:
+        return utc_iso(seconds) if seconds is not None else None
+    except (ValueError, OverflowError, OSError):  # a date past year 9999 is no date
+        return None
 
 
 def chat_guid_of(row: RawMessage) -> str | None:
@@ -232,7 +235,8 @@ def unsent_parts(info: dict[str, Any]) -> tuple[int, ...]:
     parts = info.get("rp")
     if not isinstance(parts, list):
         return ()
-    return tuple(sorted({int(p) for p in parts if isinstance(p, int) or str(p).isdigit()}))
+    # isdecimal, not isdigit: "²" is a digit that int() refuses.
+    return tuple(sorted({int(p) for p in parts if isinstance(p, int) or str(p).isdecimal()}))
 
 
 def previous_text(info: dict[str, Any], part: int = 0) -> str | None:
@@ -252,18 +256,25 @@ def edited_part(info: dict[str, Any]) -> int:
     return 0
 
 
+def _int(value: object) -> int:
+    """A date column as an int: SQLite lets any column hold TEXT or REAL, and a fingerprint
+    compared with `>` must hold ints on both sides."""
+    return value if isinstance(value, int) else 0
+
+
 def fingerprint(row: WatchedRow) -> Fingerprint:
-    edited = row.date_edited or 0
+    edited = _int(row.date_edited)
     own = bool(row.is_from_me)
+    date_read = _int(row.date_read)
     return Fingerprint(
         guid=row.guid,
         rowid=row.rowid,
-        date=row.date or 0,
+        date=_int(row.date),
         from_me=own,
         date_edited=edited,
         unsent=unsent_parts(summary_info(row.message_summary_info)) if edited else (),
         is_empty=bool(row.is_empty),
-        read_at=(row.date_read or row.date or 1) if own and (row.is_read or row.date_read) else 0,
+        read_at=(date_read or _int(row.date) or 1) if own and (row.is_read or date_read) else 0,
     )
 
 
