@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+import urllib3
 from urllib3.filepost import encode_multipart_formdata
 
 from . import __version__
@@ -28,7 +29,17 @@ MESSAGE_PATH = "/orchestrator/message"
 HEARTBEAT_PATH = "/orchestrator/heartbeat"
 SYNC_PATH = "/edge/sync"
 PHOTO_UPLOAD_PATH = "/photo/upload"
-BODY_EXCERPT_CHARS = 2000
+# An answer larger than this is not read further: a reply or a sync answer is a few KB, and an
+# endless body must not exhaust memory. A 2xx stays a delivery; its body is cut here.
+MAX_BODY_BYTES = 1024 * 1024
+# Once the headers are in, the body must arrive within this long. The read timeout bounds each
+# wait for a packet, not the total, so a proxy that trickles a byte a second would otherwise
+# hold a lane (or the timer thread) forever.
+BODY_DEADLINE_SECONDS = 30.0
+# Heartbeat and sync are answered at once by the backend; only the orchestrator's message
+# endpoint waits for an LLM, so only it gets the long read timeout.
+CONTROL_READ_TIMEOUT_SECONDS = 15.0
+_READ_SIZE = 64 * 1024
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -53,14 +64,17 @@ class Backend:
         secret: Callable[[], Secret],
         *,
         connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        read_timeout: float = 90.0,
+        control_read_timeout: float = CONTROL_READ_TIMEOUT_SECONDS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.agent_id = agent_id
         self._secret = secret
         self._timeout = (connect_timeout, read_timeout)
-        # One keep-alive session per thread: requests.Session is not thread-safe, and the
-        # sender must never wait behind a slow heartbeat.
+        self._control_timeout = (connect_timeout, min(read_timeout, control_read_timeout))
+        # One keep-alive session per thread: requests.Session is not thread-safe, each
+        # delivery lane is a thread with its own connection, and no lane ever waits behind a
+        # slow heartbeat.
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
 
@@ -107,7 +121,14 @@ class Backend:
             headers.update(extra)
         return headers
 
-    def post(self, path: str, body: bytes, extra: dict[str, str] | None = None) -> HttpOutcome:
+    def post(
+        self,
+        path: str,
+        body: bytes,
+        extra: dict[str, str] | None = None,
+        *,
+        timeout: tuple[float, float] | None = None,
+    ) -> HttpOutcome:
         started = time.monotonic()
         try:
             # Prepared directly rather than through session.post: there are no cookies, auth
@@ -116,8 +137,17 @@ class Backend:
             prepared = requests.Request(
                 "POST", self.base_url + path, data=body, headers=self._headers(extra)
             ).prepare()
-            response = self._session.send(prepared, timeout=self._timeout, allow_redirects=False)
-            text = response.text[:BODY_EXCERPT_CHARS]
+            response = self._session.send(
+                prepared, timeout=timeout or self._timeout, allow_redirects=False, stream=True
+            )
+            try:
+                content, body_error = _read_bounded(response)
+            finally:
+                response.close()
+            if body_error == "reset":
+                # The answer broke off: its reply is lost. The same bytes and Idempotency-Key
+                # again let the backend answer the same way without acting twice.
+                return self._failed("reset", started)
         except requests.exceptions.ConnectTimeout:
             return self._failed("connect_timeout", started)
         except requests.exceptions.Timeout:
@@ -131,8 +161,11 @@ class Backend:
             return self._failed("other", started)
         return HttpOutcome(
             status=response.status_code,
+            error=body_error,
             retry_after=parse_retry_after(response.headers.get("Retry-After"), time.time()),
-            body=text,
+            # Always UTF-8 (JSON's encoding), whatever the Content-Type says: requests would
+            # decode a text/plain body without a charset as ISO-8859-1 and mangle emoji.
+            body=content.decode("utf-8", "replace"),
             elapsed_ms=(time.monotonic() - started) * 1000,
         )
 
@@ -159,10 +192,42 @@ class Backend:
         return self.post(PHOTO_UPLOAD_PATH, body, extra)
 
     def heartbeat(self) -> HttpOutcome:
-        return self.post(HEARTBEAT_PATH, _json({"edge_agent_id": self.agent_id}))
+        return self.post(
+            HEARTBEAT_PATH,
+            _json({"edge_agent_id": self.agent_id}),
+            timeout=self._control_timeout,
+        )
 
     def sync(self, payload: dict[str, Any]) -> HttpOutcome:
-        return self.post(SYNC_PATH, _json(payload))
+        return self.post(SYNC_PATH, _json(payload), timeout=self._control_timeout)
+
+
+def _read_bounded(response: requests.Response) -> tuple[bytes, str | None]:
+    """The body, at most MAX_BODY_BYTES and within BODY_DEADLINE_SECONDS: (bytes, error).
+
+    A body cut by a size or time bound keeps its status (a 2xx is a delivery: posting again
+    would only bring the same endless answer); a connection that breaks mid-body is "reset".
+    `read1` returns whatever one socket read brings, so the deadline is checked between
+    packets however slowly they trickle. Past either bound the connection is dropped (the
+    caller closes the response) and what arrived so far is kept.
+    """
+    deadline = time.monotonic() + BODY_DEADLINE_SECONDS
+    raw = response.raw
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = raw.read1(_READ_SIZE, decode_content=True)
+            if not chunk:
+                return b"".join(parts), None
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return b"".join(parts)[:MAX_BODY_BYTES], "too_large"
+            if time.monotonic() > deadline:
+                return b"".join(parts), "body_deadline"
+    except (urllib3.exceptions.HTTPError, OSError):
+        return b"".join(parts), "reset"
 
 
 def _json(value: Any) -> bytes:
