@@ -27,7 +27,9 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     assert s.state_dir == Path("~/Library/Application Support/archety-relay").expanduser()
     assert s.log_file == Path("~/Library/Logs/archety-relay/relay.log").expanduser()
     assert (s.heartbeat_interval, s.sync_interval, s.max_message_age) == (60, 300, 21600)
-    assert (s.connect_timeout, s.read_timeout, s.max_backoff) == (5, 30, 60)
+    # The orchestrator answers with an LLM's reply: a slow answer is not a failure.
+    assert (s.connect_timeout, s.read_timeout, s.max_backoff) == (5, 90, 60)
+    assert (s.max_in_flight, s.poison_attempts) == (16, 8)
 
 
 def test_environment_beats_env_file_beats_keychain(tmp_path: Path) -> None:

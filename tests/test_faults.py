@@ -306,7 +306,7 @@ def test_state_disk_full_holds_the_cursor_until_space_returns(
     mount.mkdir()
     if (
         subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
         ).returncode
         != 0
     ):

@@ -82,7 +82,7 @@ class Settings:
     max_message_age: float = 21600.0
     poll_interval: float = 1.0
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 90.0
     max_backoff: float = 60.0
     auth_probe_interval: float = 60.0
     chat_join_wait: float = 5.0
@@ -91,6 +91,9 @@ class Settings:
     photo_max_px: int = 1024  # long side of an uploaded picture
     photo_max_bytes: int = 5 * 1024 * 1024
     attachment_wait: float = 60.0  # a message waits this long for its pictures to download
+    max_in_flight: int = 16  # chats whose message is at the backend at the same time
+    poison_attempts: int = 8  # failures of one message, while others go through, before it
+    #                           is moved to the dead letters
     notes: tuple[str, ...] = field(default=())  # things worth a log line once logging is up
 
     def persona_fields(self) -> dict[str, str]:
@@ -226,7 +229,7 @@ def load(
         max_message_age=_seconds(get, "ARCHETY_MAX_MESSAGE_AGE", 21600.0, low=1.0),
         poll_interval=_seconds(get, "ARCHETY_POLL_INTERVAL", 1.0, low=0.05, high=60.0),
         connect_timeout=_seconds(get, "ARCHETY_CONNECT_TIMEOUT", 5.0, low=0.1, high=120.0),
-        read_timeout=_seconds(get, "ARCHETY_READ_TIMEOUT", 30.0, low=0.1, high=600.0),
+        read_timeout=_seconds(get, "ARCHETY_READ_TIMEOUT", 90.0, low=0.1, high=600.0),
         max_backoff=_seconds(get, "ARCHETY_MAX_BACKOFF", 60.0, low=0.1, high=3600.0),
         auth_probe_interval=_seconds(get, "ARCHETY_AUTH_PROBE_INTERVAL", 60.0, low=0.1),
         chat_join_wait=_seconds(get, "ARCHETY_CHAT_JOIN_WAIT", 5.0, low=0.0, high=300.0),
@@ -237,6 +240,8 @@ def load(
             get, "ARCHETY_PHOTO_MAX_BYTES", 5 * 1024 * 1024, low=10_000, high=50 * 1024 * 1024
         ),
         attachment_wait=_seconds(get, "ARCHETY_ATTACHMENT_WAIT", 60.0, low=0.0, high=3600.0),
+        max_in_flight=_integer(get, "ARCHETY_MAX_IN_FLIGHT", 16, low=1, high=64),
+        poison_attempts=_integer(get, "ARCHETY_POISON_ATTEMPTS", 8, low=1, high=1000),
         notes=tuple(notes),
     )
 

@@ -2,7 +2,10 @@
 
     capture thread   waits for a file event or the poll interval, then `capture_step`, and
                      `changes_step` (edits, unsends, reads) whenever chat.db changed
-    sender thread    `deliver_step` until idle, then waits for the capture thread or a deadline
+    sender thread    hands each chat's next message to a free lane (`next_deliveries`), then
+                     waits for the capture thread, a lane that finished, or a deadline
+    lane threads     ARCHETY_MAX_IN_FLIGHT of them; each makes one attempt at a time
+                     (`deliver_item`), so different chats wait on the backend side by side
     timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL,
                      and within SYNC_DEBOUNCE_SECONDS of a new conversation event (`sync_soon`)
     dispatch thread  sends due replies and commanded messages through Messages.app
@@ -16,6 +19,7 @@ repeating error, plus a "recovered" line), backs off, and waits with `stop.wait(
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +33,7 @@ from .config import Secret, Settings
 from .errors import ChatDbUnavailable, RelayError
 from .outbound import Sender
 from .relay import Relay
-from .store import Store
+from .store import QueuedItem, Store
 
 log = structlog.get_logger("archety_relay.daemon")
 
@@ -45,6 +49,9 @@ SHUTDOWN_GRACE_SECONDS = 3.0
 PRUNE_INTERVAL_SECONDS = 3600.0
 # A new conversation event starts a sync this soon; events within it share that sync.
 SYNC_DEBOUNCE_SECONDS = 1.0
+# `status` reads what is in flight from the state file, written at most once a second: look
+# again this soon when a change is still to be written.
+IN_FLIGHT_PUBLISH_SECONDS = 0.5
 
 
 class _ErrorLog:
@@ -219,19 +226,56 @@ class Daemon:
                 wait = errors.failed(exc, time.monotonic())
 
     def _sender_loop(self) -> None:
+        """Hand out work to the lanes. Lanes are plain daemon threads (not an executor's,
+        which the interpreter joins at exit): a lane stuck on a slow answer never holds up
+        shutdown, and its message simply stays queued for the next start."""
         errors = _ErrorLog("delivery_loop_failed")
-        while not self.stop.is_set():
+        lane_errors = _ErrorLog("delivery_lane_failed")  # one for all lanes: one line a minute
+        work: queue.SimpleQueue[QueuedItem | None] = queue.SimpleQueue()
+        lanes = [
+            threading.Thread(
+                target=self._lane, args=(work, lane_errors), name=f"relay-lane-{n}", daemon=True
+            )
+            for n in range(self.settings.max_in_flight)
+        ]
+        for lane in lanes:
+            lane.start()
+        try:
+            while not self.stop.is_set():
+                try:
+                    items, wait = self.relay.next_deliveries(time.monotonic())
+                    for item in items:
+                        work.put(item)
+                    pending = self.relay.publish_in_flight(time.time())
+                    errors.ok(time.monotonic())
+                except Exception as exc:
+                    self.stop.wait(errors.failed(exc, time.monotonic()))
+                    continue
+                timeout = wait if wait is not None else IDLE_RECHECK_SECONDS
+                if pending:
+                    timeout = min(timeout, IN_FLIGHT_PUBLISH_SECONDS)
+                self.outbox_ready.wait(timeout)
+                self.outbox_ready.clear()
+        finally:
+            for _ in lanes:
+                work.put(None)
+
+    def _lane(self, work: queue.SimpleQueue[QueuedItem | None], errors: _ErrorLog) -> None:
+        while True:
+            item = work.get()
+            if item is None or self.stop.is_set():
+                return
             try:
-                delivery = self.relay.deliver_step(time.monotonic())
+                self.relay.deliver_item(item, time.monotonic())
                 errors.ok(time.monotonic())
             except Exception as exc:
-                self.stop.wait(errors.failed(exc, time.monotonic()))
-                continue
-            if delivery.kind in ("delivered", "dead_lettered"):
-                continue
-            timeout = delivery.wait if delivery.wait is not None else IDLE_RECHECK_SECONDS
-            self.outbox_ready.wait(timeout)
-            self.outbox_ready.clear()
+                # The message stays queued; its chat waits a moment before the next try.
+                self.relay.lanes.hold_chat(
+                    item.chat_guid, time.monotonic(), errors.failed(exc, time.monotonic())
+                )
+            finally:
+                self.relay.lanes.finish(item.chat_guid)
+                self.outbox_ready.set()
 
     def _dispatch_loop(self) -> None:
         errors = _ErrorLog("dispatch_failed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import EXIT_AUTH, EXIT_BACKEND, EXIT_OK
@@ -39,6 +40,39 @@ class OnceReport:
         return EXIT_OK
 
 
+@dataclass
+class Drained:
+    delivered: int = 0
+    dead_lettered: int = 0
+    failed: HttpOutcome | None = None  # the last failure, if any message could not go
+    stopped_by: str = "idle"  # "idle" | "waiting" (what is left must wait) | "auth_paused"
+
+
+def drain(relay: Relay, progress: Callable[[int], None] | None = None) -> Drained:
+    """Deliver what can go now, one message at a time, in a foreground command.
+
+    A chat whose message fails waits out its backoff while the other chats go on; the run
+    ends when nothing is queued, when everything left must wait, or on a rejected secret.
+    """
+    drained = Drained()
+    for _ in range(MAX_DELIVERIES):
+        delivery = relay.deliver_step(time.monotonic())
+        if delivery.kind in ("delivered", "dead_lettered"):
+            if delivery.kind == "delivered":
+                drained.delivered += 1
+            else:
+                drained.dead_lettered += 1
+            if progress:
+                progress(drained.delivered + drained.dead_lettered)
+            continue
+        if delivery.outcome is not None:
+            drained.failed = delivery.outcome
+        if delivery.kind in ("idle", "waiting", "auth_paused"):
+            drained.stopped_by = delivery.kind
+            break
+    return drained
+
+
 def run_once(relay: Relay) -> OnceReport:
     """Health check, capture, deliver everything queued, one sync, send what is due.
 
@@ -54,17 +88,9 @@ def run_once(relay: Relay) -> OnceReport:
         captured.skipped,
     )
     if report.health.ok:
-        for _ in range(MAX_DELIVERIES):
-            delivery = relay.deliver_step(time.monotonic())
-            if delivery.kind == "delivered":
-                report.delivered += 1
-            elif delivery.kind == "dead_lettered":
-                report.dead_lettered += 1
-            elif delivery.kind == "idle":
-                break
-            else:
-                report.failed = delivery.outcome
-                break
+        drained = drain(relay)
+        report.delivered, report.dead_lettered = drained.delivered, drained.dead_lettered
+        report.failed = drained.failed
         relay.photos_step(time.time())  # pictures that landed after their message went
         report.sync = relay.sync_step(time.time())
         # Replies and commanded sends that are due go out now; later bubbles wait for the daemon.

@@ -8,6 +8,7 @@ argument instead of reading the clock, so a test can put any moment in:
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -23,17 +24,19 @@ from .chatdb import ChatDb
 from .config import Secret, Settings
 from .errors import ChatDbUnavailable
 from .inbound import Inbound
+from .lanes import Decision, Lanes
 from .outbound import Outbound, Sender
 from .photos import Photos
-from .policy import HttpOutcome, Verdict, backoff_seconds, verdict
+from .policy import HttpOutcome, Verdict, verdict
 from .redact import scrub_body
-from .store import NewOutgoing, Store
+from .store import NewOutgoing, QueuedItem, Store
 from .sync import Sync
 
 log = structlog.get_logger("archety_relay.relay")
 
 # An outage's warning is repeated at most this often; each attempt still logs at info.
 OUTAGE_LOG_INTERVAL = 60.0
+IN_FLIGHT_PUBLISH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,19 @@ class Relay:
         self.capture = Capture(settings, chatdb, store, self.inbound.admit)
         self.chatdb_ok = True
         self.changes = Changes(chatdb, store)
-        self.failures = 0
-        self.retry_at = 0.0
-        self.auth_paused_until: float | None = None
+        self.lanes = Lanes(
+            max_in_flight=settings.max_in_flight,
+            max_backoff=settings.max_backoff,
+            probe_interval=settings.auth_probe_interval,
+            poison_attempts=settings.poison_attempts,
+            rng=self._rng,
+        )
+        # Messages the backend accepted whose delivery could not be written down yet (a full
+        # disk, a locked file): by outbox id, with what is to be stored.
+        self._unrecorded: dict[int, tuple[float, list[NewOutgoing]]] = {}
         self._outage_logged_at: float | None = None
+        self._published: list[dict[str, Any]] = []
+        self._published_at = 0.0
         self.sync = Sync(
             settings,
             store,
@@ -98,7 +110,7 @@ class Relay:
     def _state(self) -> str:
         """What the sync reports: paused while the secret is rejected, degraded while chat.db
         cannot be read, else active."""
-        if self.auth_paused_until is not None:
+        if self.lanes.pause_reason is not None:
             return "paused"
         return "active" if self.chatdb_ok else "degraded"
 
@@ -107,97 +119,194 @@ class Relay:
         return self.changes.step(now)
 
     # -- delivery: outbox -> backend --------------------------------------------------------
+    def next_deliveries(self, now: float) -> tuple[list[QueuedItem], float | None]:
+        """The messages to start now, each marked in flight in its lane, and how long until
+        it is worth asking again (None: until something changes)."""
+        gate = self.lanes.gate(now)
+        if gate is not None:
+            return [], gate
+        slots = self.lanes.free_slots(now)
+        if slots <= 0:
+            return [], None
+        heads = self.store.heads(slots, self.lanes.blocked_chats(now))
+        chosen = self.lanes.choose(heads, slots)
+        wall = time.time()
+        for item in chosen:
+            self.lanes.start(item.chat_guid, item.message_guid, wall)
+        return chosen, (None if chosen else self.lanes.next_wake(now))
+
     def deliver_step(self, now: float) -> Delivery:
-        """Try to deliver the oldest queued message once."""
-        if self.auth_paused_until is not None and now < self.auth_paused_until:
-            return Delivery("waiting", self.auth_paused_until - now)
-        if now < self.retry_at:
-            return Delivery("waiting", self.retry_at - now)
-        item = self.store.head()
-        if item is None:
+        """Deliver one message: the oldest chat's head that may go now (one lane at a time;
+        `daemon` runs several lanes side by side through `next_deliveries`)."""
+        gate = self.lanes.gate(now)
+        if gate is not None:
+            return Delivery("waiting", gate)
+        chosen, wait = self.next_deliveries(now)
+        if not chosen:
+            if self.store.stats().depth:
+                return Delivery("waiting", wait)
             return Delivery("idle")
-        if self.auth_paused_until is not None:
+        item = chosen[0]
+        try:
+            return self.deliver_item(item, now)
+        finally:
+            self.lanes.finish(item.chat_guid)
+
+    def deliver_item(self, item: QueuedItem, now: float) -> Delivery:
+        """One attempt for one queued message, and everything its answer decides."""
+        if self.lanes.pause_reason is not None:
             self._refresh_secret()
+        unrecorded = self._unrecorded.get(item.id)
+        if unrecorded is not None:
+            # Delivered already; only our bookkeeping failed. Posting again would make the
+            # persona answer twice, so retry just the write.
+            self._record_delivery(item, *unrecorded)
+            return Delivery("delivered", 0.0)
         outcome = self.backend.post_message(item.body, item.message_guid)
         decided = verdict(outcome)
         replies: list[NewOutgoing] = []
         reply = None
+        wall = time.time()
         if decided is Verdict.DELIVERED:
-            wall = time.time()
-            replies, reply = self.outbound.replies_for(item, outcome.body, wall)
+            replies, reply = self._replies(item, outcome, wall)
+        paused_for = self.lanes.pause_reason
+        decision = self.lanes.decide(
+            item.chat_guid, item.message_guid, item.attempts + 1, outcome, decided, now
+        )
         log.info(
             "message_delivery_attempt",
             message_guid=item.message_guid,
+            chat_guid=item.chat_guid,
             status=outcome.status,
             error=outcome.error,
             attempt=item.attempts + 1,
             ms=round(outcome.elapsed_ms, 1),
-            verdict=decided.value,
+            verdict=decision.action,
             reply=reply,  # the reply shape read, or why nothing is sent back
         )
-        if decided is Verdict.DELIVERED:
-            self.store.mark_delivered(item, wall, replies)
-            if replies:
-                self.outbound.notify()
-            self._recovered(item.message_guid, now)
+        if decision.action == "delivered":
+            self._unrecorded[item.id] = (wall, replies)
+            self._record_delivery(item, wall, replies)
+            self._recovered(item.message_guid, paused_for)
             return Delivery("delivered", 0.0, outcome)
-        if decided is Verdict.DEAD_LETTER:
-            # Error bodies echo what we sent (a 422's `input`): keep and log only the scrubbed.
-            response = scrub_body(outcome.body, (self.secret.reveal(),))
-            self.store.dead_letter(item, outcome.status, response, time.time())
-            log.error(
-                "message_dead_lettered",
-                message_guid=item.message_guid,
-                status=outcome.status,
-                response=response[:300],
-                hint="the backend refused this message; `archety-relay status` lists it and "
-                "`archety-relay retry-dead` queues it again",
-            )
-            return Delivery("dead_lettered", 0.0, outcome)
+        if decision.action == "dead_letter":
+            return self._dead_letter(item, outcome, decision.reason)
         self.store.record_attempt(item.id, outcome.status, outcome.error)
         self.store.set_meta("last_error", outcome.summary())
-        if decided is Verdict.AUTH_PAUSED:
-            interval = self.settings.auth_probe_interval
-            self.auth_paused_until = now + interval
+        if decision.action in ("auth_paused", "paused"):
+            return self._paused(item, outcome, decision)
+        self._log_outage(outcome, now, decision.wait)
+        return Delivery("retry", decision.wait, outcome)
+
+    def publish_in_flight(self, wall: float) -> bool:
+        """Write what is at the backend now into the state file for `status` (another
+        process), at most once a second. True while a change is still to be written."""
+        current = [
+            {"chat_guid": f.chat_guid, "message_guid": f.message_guid, "since": f.started_wall}
+            for f in self.lanes.in_flight()
+        ]
+        if current == self._published:
+            return False
+        if wall - self._published_at < IN_FLIGHT_PUBLISH_INTERVAL:
+            return True
+        self.store.set_meta("in_flight", json.dumps(current) if current else None)
+        self._published, self._published_at = current, wall
+        return False
+
+    def _replies(
+        self, item: QueuedItem, outcome: HttpOutcome, wall: float
+    ) -> tuple[list[NewOutgoing], str | None]:
+        """The replies a 2xx carried. Whatever the body holds, the delivery stands: an answer
+        we cannot read is logged and sends nothing, it never makes us post the message again."""
+        try:
+            return self.outbound.replies_for(item, outcome.body, wall)
+        except Exception as exc:
+            log.warning(
+                "reply_unreadable",
+                message_guid=item.message_guid,
+                error=type(exc).__name__,
+                hint="the backend's answer could not be read as a reply; nothing is sent back",
+            )
+            return [], "unreadable"
+
+    def _record_delivery(self, item: QueuedItem, wall: float, replies: list[NewOutgoing]) -> None:
+        self.store.mark_delivered(item, wall, replies)
+        self._unrecorded.pop(item.id, None)
+        if replies:
+            self.outbound.notify()
+
+    def _dead_letter(self, item: QueuedItem, outcome: HttpOutcome, reason: str | None) -> Delivery:
+        # Error bodies echo what we sent (a 422's `input`): keep and log only the scrubbed.
+        response = scrub_body(outcome.excerpt, (self.secret.reveal(),))
+        if reason:
+            response = f"{reason}; last answer: {outcome.summary()} {response}".strip()
+        self.store.dead_letter(item, outcome.status, response, time.time())
+        self.lanes.forget_chat(item.chat_guid)
+        log.error(
+            "message_dead_lettered",
+            message_guid=item.message_guid,
+            status=outcome.status,
+            reason=reason,
+            response=response[:300],
+            hint="the backend refused this message; `archety-relay status` lists it and "
+            "`archety-relay retry-dead` queues it again",
+        )
+        return Delivery("dead_lettered", 0.0, outcome)
+
+    def _paused(self, item: QueuedItem, outcome: HttpOutcome, decision: Decision) -> Delivery:
+        if decision.restore:
+            restored = self.store.retry_dead(time.time(), decision.restore)
+            log.info("dead_letters_restored", count=restored, reason=decision.reason)
+        queued = self.store.stats().depth
+        if decision.action == "auth_paused":
             self.store.set_meta("auth_state", f"rejected_{outcome.status}")
             log.error(
                 "auth_rejected",
                 status=outcome.status,
-                queued=self.store.stats().depth,
-                next_probe_s=interval,
+                queued=queued,
+                next_probe_s=decision.wait,
                 hint=f"the backend rejected RELAY_WEBHOOK_SECRET ({outcome.status}). Sending is "
                 "paused and nothing is dropped. Fix the secret in the Keychain "
                 "(`archety-relay set-secret`) or .env; the relay re-reads it before each probe.",
             )
-            return Delivery("auth_paused", interval, outcome)
-        self.failures += 1
-        delay = backoff_seconds(
-            self.failures, outcome.retry_after, self.settings.max_backoff, self._rng
+            return Delivery("auth_paused", decision.wait, outcome)
+        self.store.set_meta("auth_state", None)
+        log.error(
+            "backend_rejecting_everything",
+            status=outcome.status,
+            queued=queued,
+            next_probe_s=decision.wait,
+            response=scrub_body(outcome.excerpt, (self.secret.reveal(),))[:300],
+            hint=f"different messages were refused alike (HTTP {outcome.status}): the backend "
+            "or its URL is wrong, not the messages. Sending is paused and nothing is dropped; "
+            "one message is tried again each probe interval.",
         )
-        self.retry_at = now + delay
-        if self._outage_logged_at is None or now - self._outage_logged_at >= OUTAGE_LOG_INTERVAL:
-            self._outage_logged_at = now
-            log.warning(
-                "backend_unavailable",
-                status=outcome.status,
-                error=outcome.error,
-                failures=self.failures,
-                retry_in_s=round(delay, 2),
-                queued=self.store.stats().depth,
-            )
-        return Delivery("retry", delay, outcome)
+        return Delivery("auth_paused", decision.wait, outcome)
 
-    def _recovered(self, message_guid: str, now: float) -> None:
-        if self.auth_paused_until is not None:
+    def _log_outage(self, outcome: HttpOutcome, now: float, wait: float | None) -> None:
+        if (
+            self._outage_logged_at is not None
+            and now - self._outage_logged_at < OUTAGE_LOG_INTERVAL
+        ):
+            return
+        self._outage_logged_at = now
+        log.warning(
+            "backend_unavailable",
+            status=outcome.status,
+            error=outcome.error,
+            failures=self.lanes.failures,
+            retry_in_s=round(wait or 0.0, 2),
+            queued=self.store.stats().depth,
+        )
+
+    def _recovered(self, message_guid: str, paused_for: str | None) -> None:
+        if paused_for is not None and paused_for.startswith("auth"):
             log.info("auth_recovered", message_guid=message_guid)
             self.store.set_meta("auth_state", "ok")
-        if self.failures:
-            log.info("backend_recovered", after_failures=self.failures)
-        if self.auth_paused_until is not None or self.failures:
+        elif paused_for is not None or self._outage_logged_at is not None:
+            log.info("backend_recovered", message_guid=message_guid)
+        if paused_for is not None or self._outage_logged_at is not None:
             self.store.set_meta("last_error", None)
-        self.auth_paused_until = None
-        self.failures = 0
-        self.retry_at = 0.0
         self._outage_logged_at = None
 
     def _refresh_secret(self) -> None:
@@ -216,8 +325,7 @@ class Relay:
     def reload_secret_now(self) -> None:
         """SIGHUP: re-read the secret and probe at once if sending was paused."""
         self._refresh_secret()
-        if self.auth_paused_until is not None:
-            self.auth_paused_until = 0.0
+        self.lanes.probe_now()
 
     # -- heartbeat and sync (sync.py) ------------------------------------------------------
     def heartbeat_step(self) -> HttpOutcome:

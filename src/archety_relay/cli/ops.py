@@ -16,6 +16,7 @@ from ..backend import Backend
 from ..chatdb import ChatDb
 from ..config import Secret, Settings
 from ..errors import EXIT_AUTH, EXIT_BACKEND, EXIT_CONFIG, EXIT_OK, ConfigError
+from ..once import drain
 from ..pidlock import PidLock, running_pid
 from ..policy import HttpOutcome
 from ..relay import Relay
@@ -233,24 +234,15 @@ def _deliver_backfill(settings: Settings, store: Store, guids: list[str]) -> int
     try:
         with ChatDb(settings.chat_db) as chatdb:
             relay = Relay(settings, chatdb, store)
-            sent = 0
             _progress(0, total)
-            while True:
-                delivery = relay.deliver_step(time.monotonic())
-                if delivery.kind in ("delivered", "dead_lettered"):
-                    sent += 1
-                    _progress(min(sent, total), total)
-                    continue
-                break
+            drained = drain(relay, lambda sent: _progress(min(sent, total), total))
             relay.backend.close()
         print(file=sys.stderr)
-        if delivery.kind != "idle":
-            print(
-                f"stopped: {delivery.outcome.summary() if delivery.outcome else delivery.kind}"
-                "; the rest stays queued for the daemon"
-            )
-            return EXIT_AUTH if delivery.kind == "auth_paused" else EXIT_BACKEND
-        print(f"✅ {sent} message(s) delivered")
+        if drained.stopped_by != "idle" or drained.failed is not None:
+            why = drained.failed.summary() if drained.failed else drained.stopped_by
+            print(f"stopped: {why}; the rest stays queued for the daemon")
+            return EXIT_AUTH if drained.stopped_by == "auth_paused" else EXIT_BACKEND
+        print(f"✅ {drained.delivered + drained.dead_lettered} message(s) delivered")
         return EXIT_OK
     finally:
         lock.release()

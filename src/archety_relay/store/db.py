@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     enqueued_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_status INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    chat_guid TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,7 +50,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     attempts INTEGER NOT NULL,
     status INTEGER,
     response TEXT,
-    dead_at REAL NOT NULL
+    dead_at REAL NOT NULL,
+    outbox_id INTEGER,
+    chat_guid TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS delivered (
     message_guid TEXT PRIMARY KEY,
@@ -119,6 +122,29 @@ CREATE TABLE IF NOT EXISTS rule_hits (
 """
 
 
+# Columns added after the first release: (table, column, declaration). A state file written by
+# an older version gains them on open; the CREATE TABLEs above already have them.
+_ADDED_COLUMNS = (
+    ("outbox", "chat_guid", "TEXT NOT NULL DEFAULT ''"),
+    ("dead_letter", "outbox_id", "INTEGER"),
+    ("dead_letter", "chat_guid", "TEXT NOT NULL DEFAULT ''"),
+)
+_AFTER_MIGRATION = """
+UPDATE outbox SET chat_guid = COALESCE(json_extract(CAST(body AS TEXT), '$.chat_guid'), '')
+    WHERE chat_guid = '' AND json_valid(CAST(body AS TEXT));
+CREATE INDEX IF NOT EXISTS outbox_chat ON outbox (chat_guid, id);
+"""
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a state file from an older version up to this schema; idempotent."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    conn.executescript(_AFTER_MIGRATION)
+
+
 class Transactional:
     """Owns the connection; every query of every mixin runs inside `_tx()`."""
 
@@ -162,6 +188,7 @@ def connect(path: Path) -> sqlite3.Connection:
         # FULL: a delivered-or-queued decision must survive a power cut, not just a crash.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
+        _migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         if isinstance(exc, sqlite3.OperationalError) and "corrupt" not in str(exc).lower():

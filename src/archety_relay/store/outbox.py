@@ -6,8 +6,9 @@ leaves either both or neither.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..events import ChatEvent
@@ -33,6 +34,10 @@ class QueuedItem:
     body: bytes
     enqueued_at: float
     attempts: int
+    chat_guid: str = ""
+
+
+_ITEM_COLUMNS = "id, message_guid, source_rowid, body, enqueued_at, attempts, chat_guid"
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,11 @@ class OutboxQueries(Transactional):
         with self._tx() as db:
             for guid, rowid, body in items:
                 added += db.execute(
-                    "INSERT OR IGNORE INTO outbox (message_guid, source_rowid, body, enqueued_at) "
-                    "SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                    "INSERT OR IGNORE INTO outbox (message_guid, source_rowid, body, enqueued_at,"
+                    " chat_guid) SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS "
                     "(SELECT 1 FROM delivered WHERE message_guid = ?) AND NOT EXISTS "
                     "(SELECT 1 FROM dead_letter WHERE message_guid = ?)",
-                    (guid, rowid, body, now, guid, guid),
+                    (guid, rowid, body, now, _chat_of(body), guid, guid),
                 ).rowcount
             for event in events:
                 insert_chat_event(db, event, now)
@@ -95,12 +100,31 @@ class OutboxQueries(Transactional):
 
     # -- outbox -----------------------------------------------------------------------------
     def head(self) -> QueuedItem | None:
+        """The oldest queued message of all chats."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT id, message_guid, source_rowid, body, enqueued_at, attempts "
-                "FROM outbox ORDER BY id LIMIT 1"
-            ).fetchone()
+            row = db.execute(f"SELECT {_ITEM_COLUMNS} FROM outbox ORDER BY id LIMIT 1").fetchone()
         return QueuedItem(*row) if row else None
+
+    def heads(self, limit: int, skip_chats: Collection[str] = ()) -> list[QueuedItem]:
+        """Each chat's oldest queued message, oldest first, leaving out `skip_chats` (chats
+        with a message in flight or waiting out a backoff). A chat's later messages are never
+        returned while an earlier one is queued: that is what keeps each chat in order.
+
+        Chats are visited one by one through the (chat_guid, id) index, so the cost grows with
+        the number of chats, not with a backlog of thousands in one busy chat."""
+        with self._tx() as db:
+            rows = db.execute(
+                "WITH RECURSIVE chats(g) AS ("
+                " SELECT MIN(chat_guid) FROM outbox"
+                " UNION ALL SELECT (SELECT MIN(chat_guid) FROM outbox WHERE chat_guid > g)"
+                " FROM chats WHERE g IS NOT NULL)"
+                f" SELECT {_ITEM_COLUMNS} FROM outbox WHERE id IN ("
+                "  SELECT (SELECT MIN(id) FROM outbox WHERE chat_guid = g) FROM chats"
+                "  WHERE g IS NOT NULL AND g NOT IN (SELECT value FROM json_each(?)))"
+                " ORDER BY id LIMIT ?",
+                (json.dumps(sorted(skip_chats)), limit),
+            ).fetchall()
+        return [QueuedItem(*r) for r in rows]
 
     def record_attempt(self, item_id: int, status: int | None, error: str | None) -> None:
         with self._tx() as db:
@@ -126,22 +150,37 @@ class OutboxQueries(Transactional):
                 insert_outgoing(db, reply, now)
 
     def dead_letter(self, item: QueuedItem, status: int | None, response: str, now: float) -> None:
+        """Move a message aside. It keeps its outbox id, so `retry_dead` can put it back in
+        the same place in its chat's order."""
         with self._tx() as db:
-            db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
-            db.execute(
-                "INSERT OR REPLACE INTO dead_letter (message_guid, source_rowid, body, enqueued_at,"
-                " attempts, status, response, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    item.message_guid,
-                    item.source_rowid,
-                    item.body,
-                    item.enqueued_at,
-                    item.attempts + 1,
-                    status,
-                    response,
-                    now,
-                ),
-            )
+            _move_to_dead(db, item.id, item.attempts + 1, status, response, now)
+
+    def skip(
+        self, now: float, *, message_guid: str | None = None, chat_guid: str | None = None
+    ) -> str | None:
+        """Move one queued message to the dead letters by hand (`skip-head`): the one named,
+        else the head of the chat named, else the oldest head that has already failed.
+        Returns its guid, or None when nothing matched."""
+        with self._tx() as db:
+            if message_guid is not None:
+                row = db.execute(
+                    "SELECT id FROM outbox WHERE message_guid = ?", (message_guid,)
+                ).fetchone()
+            elif chat_guid is not None:
+                row = db.execute(
+                    "SELECT id FROM outbox WHERE chat_guid = ? ORDER BY id LIMIT 1", (chat_guid,)
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT id FROM outbox o WHERE attempts > 0 AND id = "
+                    "(SELECT MIN(id) FROM outbox WHERE chat_guid = o.chat_guid) "
+                    "ORDER BY id LIMIT 1"
+                ).fetchone()
+            if row is None:
+                return None
+            guid = db.execute("SELECT message_guid FROM outbox WHERE id = ?", row).fetchone()[0]
+            _move_to_dead(db, row[0], None, None, "skipped by the operator (skip-head)", now)
+        return str(guid)
 
     def dead_letters(self) -> list[DeadLetter]:
         with self._tx() as db:
@@ -151,15 +190,19 @@ class OutboxQueries(Transactional):
             ).fetchall()
         return [DeadLetter(*r) for r in rows]
 
-    def retry_dead(self, now: float) -> int:
-        """Move every dead letter back to the end of the outbox."""
+    def retry_dead(self, now: float, guids: Collection[str] | None = None) -> int:
+        """Move dead letters (all, or those named) back into the outbox, each at its old place:
+        ahead of the newer messages of its chat, so the chat's order is what it was."""
+        chosen = "1" if guids is None else "message_guid IN (SELECT value FROM json_each(?))"
+        args: tuple[object, ...] = () if guids is None else (json.dumps(sorted(guids)),)
         with self._tx() as db:
             moved = db.execute(
-                "INSERT OR IGNORE INTO outbox (message_guid, source_rowid, body, enqueued_at) "
-                "SELECT message_guid, source_rowid, body, ? FROM dead_letter ORDER BY id",
-                (now,),
+                "INSERT OR IGNORE INTO outbox (id, message_guid, source_rowid, body, enqueued_at,"
+                " chat_guid) SELECT outbox_id, message_guid, source_rowid, body, ?, chat_guid"
+                f" FROM dead_letter WHERE {chosen} ORDER BY id",
+                (now, *args),
             ).rowcount
-            db.execute("DELETE FROM dead_letter")
+            db.execute(f"DELETE FROM dead_letter WHERE {chosen}", args)
         return moved
 
     def purge_dead(self, older_than: float) -> int:
@@ -209,6 +252,34 @@ class OutboxQueries(Transactional):
     def set_meta(self, key: str, value: str | None) -> None:
         with self._tx() as db:
             _write_meta(db, key, value)
+
+
+def _chat_of(body: bytes) -> str:
+    """The chat a queued body belongs to: the lane it waits in."""
+    try:
+        chat = json.loads(body).get("chat_guid")
+    except (ValueError, AttributeError):
+        return ""
+    return chat if isinstance(chat, str) else ""
+
+
+def _move_to_dead(
+    db: sqlite3.Connection,
+    item_id: int,
+    attempts: int | None,
+    status: int | None,
+    response: str,
+    now: float,
+) -> None:
+    """One outbox row to the dead letters, keeping its id; `attempts` None keeps the count."""
+    db.execute(
+        "INSERT OR REPLACE INTO dead_letter (message_guid, source_rowid, body, enqueued_at,"
+        " attempts, status, response, dead_at, outbox_id, chat_guid)"
+        " SELECT message_guid, source_rowid, body, enqueued_at, COALESCE(?, attempts), ?, ?, ?,"
+        " id, chat_guid FROM outbox WHERE id = ?",
+        (attempts, status, response, now, item_id),
+    )
+    db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
 
 
 def _write_cursor(db: sqlite3.Connection, cursor: Cursor, now: float) -> None:
