@@ -84,6 +84,7 @@ class Lanes:
         self.busy: dict[str, InFlight] = {}
         self.chat_retry_at: dict[str, float] = {}
         self.failures = 0  # consecutive, across lanes, with no success between
+        self.down = False  # the backend is out: one probe at a time, everyone backs off
         self.retry_at = 0.0  # shared backoff while the backend is down
         self.paused_until: float | None = None
         self.pause_reason: str | None = None  # "auth_401" | "rejected_404" ...
@@ -112,21 +113,18 @@ class Lanes:
         if self.gate(now) is not None:
             return 0
         with self._lock:
-            if self.paused_until is not None or self.failures >= DOWN_AFTER_FAILURES:
+            if self.paused_until is not None or self.down:
                 return 0 if self.busy else 1
             return max(0, self.max_in_flight - len(self.busy))
 
     def choose(self, heads: Sequence[Q], slots: int) -> list[Q]:
-        """The heads to start, oldest chat first. While probing a sick backend, the probe is a
-        message that has not failed before, so one poisoned message cannot pass for an
-        outage and hold every chat behind it."""
+        """The heads to start: messages that have not failed before first, then by age (the
+        chat whose oldest message is oldest). So when slots are few — one probe while the
+        backend looks sick, or a foreground run — a message that keeps failing cannot pass
+        for an outage and hold every chat behind it."""
         if slots <= 0:
             return []
-        with self._lock:
-            probing = self.paused_until is not None or self.failures >= DOWN_AFTER_FAILURES
-        if probing:
-            return sorted(heads, key=lambda h: (h.attempts, h.id))[:1]
-        return list(heads[:slots])
+        return sorted(heads, key=lambda h: (h.attempts > 0, h.id))[:slots]
 
     def next_wake(self, now: float) -> float | None:
         """Seconds until a waiting chat may go again (None: nothing is waiting)."""
@@ -169,6 +167,7 @@ class Lanes:
     def _delivered_now(self, chat_guid: str, message_guid: str) -> Decision:
         self._delivered += 1
         self.failures = 0
+        self.down = False
         self.retry_at = 0.0
         self.paused_until = self.pause_reason = None
         self._storm.clear()
@@ -207,6 +206,7 @@ class Lanes:
         self.failures += 1
         if is_backend_down(outcome):
             # Nobody answered: the message is not the problem; every lane waits the same.
+            self.down = True
             wait = backoff_seconds(self.failures, None, self.max_backoff, self.rng)
             self.retry_at = max(self.retry_at, now + wait)
             return Decision("retry", wait)
@@ -220,6 +220,7 @@ class Lanes:
         wait = backoff_seconds(attempts, outcome.retry_after, self.max_backoff, self.rng)
         self.chat_retry_at[chat_guid] = now + wait
         if self.failures >= DOWN_AFTER_FAILURES:
+            self.down = True
             shared = backoff_seconds(
                 self.failures - DOWN_AFTER_FAILURES + 1, None, self.max_backoff, self.rng
             )

@@ -119,16 +119,24 @@ class Relay:
         return self.changes.step(now)
 
     # -- delivery: outbox -> backend --------------------------------------------------------
-    def next_deliveries(self, now: float) -> tuple[list[QueuedItem], float | None]:
-        """The messages to start now, each marked in flight in its lane, and how long until
-        it is worth asking again (None: until something changes)."""
+    def next_deliveries(
+        self, now: float, limit: int | None = None
+    ) -> tuple[list[QueuedItem], float | None]:
+        """The messages to start now (at most `limit`), each marked in flight in its lane,
+        and how long until it is worth asking again (None: until something changes). Every
+        message returned must be handed to `deliver_item` and then to `lanes.finish`."""
         gate = self.lanes.gate(now)
         if gate is not None:
             return [], gate
         slots = self.lanes.free_slots(now)
+        if limit is not None:
+            slots = min(slots, limit)
         if slots <= 0:
             return [], None
-        heads = self.store.heads(slots, self.lanes.blocked_chats(now))
+        # More heads than slots, so a message that keeps failing can be passed over.
+        heads = self.store.heads(
+            max(slots, self.settings.max_in_flight), self.lanes.blocked_chats(now)
+        )
         chosen = self.lanes.choose(heads, slots)
         wall = time.time()
         for item in chosen:
@@ -141,7 +149,7 @@ class Relay:
         gate = self.lanes.gate(now)
         if gate is not None:
             return Delivery("waiting", gate)
-        chosen, wait = self.next_deliveries(now)
+        chosen, wait = self.next_deliveries(now, limit=1)
         if not chosen:
             if self.store.stats().depth:
                 return Delivery("waiting", wait)

@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry-dead", parents=[common], help="queue every dead letter again")
     p.set_defaults(handler="state:cmd_retry_dead")
 
+    p = sub.add_parser(
+        "skip-head",
+        parents=[common],
+        help="move a queued message that keeps failing to the dead letters (retry-dead undoes)",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--message", metavar="GUID", help="this message")
+    which.add_argument("--chat", metavar="CHAT_GUID", help="the oldest queued message of a chat")
+    p.set_defaults(handler="state:cmd_skip_head")
+
     p = sub.add_parser("purge-dead", parents=[common], help="delete old dead letters")
     p.add_argument(
         "--older-than",

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..errors import RelayError
 from ..model import utc_iso
 from ..pidlock import running_pid
-from ..redact import scrub_body
+from ..redact import mask_identifiers, scrub_body
 from ..store import OUTBOX_FILE, Store, open_store
 from ..terminal import escape_controls
 from .common import settings_and_logs
@@ -65,6 +65,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
     store = _open_existing(settings)
     if store is None:
         report.update(
+            in_flight=[],
             cursor_rowid=None,
             queue_depth=0,
             oldest_undelivered_age_s=None,
@@ -86,7 +87,9 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
     finally:
         store.close()
     last_delivery = meta.get("last_delivery_at")
+    in_flight = _in_flight(meta.get("in_flight"), now) if report["daemon_running"] else []
     report.update(
+        in_flight=in_flight,
         cursor_rowid=cursor.rowid if cursor else None,
         queue_depth=stats.depth,
         oldest_undelivered_age_s=(
@@ -123,6 +126,23 @@ def _rule_summary(source: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _in_flight(published: str | None, now: float) -> list[dict[str, Any]]:
+    """What the daemon has at the backend (written at most a second ago), longest first."""
+    try:
+        entries = json.loads(published) if published else []
+    except ValueError:
+        return []
+    return [
+        {
+            "chat_guid": mask_identifiers(str(e.get("chat_guid", ""))),
+            "message_guid": str(e.get("message_guid", "")),
+            "for_s": round(max(0.0, now - float(e.get("since", now))), 1),
+        }
+        for e in entries
+        if isinstance(e, dict)
+    ]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_and_logs(args, require_secret=False)
     report = collect_status(settings, time.time())
@@ -143,8 +163,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines += [
         f"queue         : {report['queue_depth']} undelivered"
         + (f", oldest {age:.0f}s old" if age is not None else ""),
-        f"dead letters  : {len(report['dead_letters'])}",
+        f"in flight     : {len(report['in_flight'])}",
     ]
+    for flying in report["in_flight"]:
+        lines.append(
+            f"  - {flying['chat_guid']} {flying['message_guid']} for {flying['for_s']:.0f}s"
+        )
+    lines += [f"dead letters  : {len(report['dead_letters'])}"]
     for dead in report["dead_letters"]:
         lines.append(
             f"  - {dead['message_guid']} HTTP {dead['status']} at {dead['dead_at']}: "
@@ -176,6 +201,28 @@ def cmd_retry_dead(args: argparse.Namespace) -> int:
         f"re-queued {moved} dead letter(s)"
         + ("; the running daemon sends them within a minute" if moved else ""),
         file=sys.stdout,
+    )
+    return 0
+
+
+def cmd_skip_head(args: argparse.Namespace) -> int:
+    """Without arguments: the oldest chat head that has already failed (what blocks a chat)."""
+    settings = settings_and_logs(args, require_secret=False)
+    store = _open_existing(settings)
+    skipped = (
+        store.skip(time.time(), message_guid=args.message, chat_guid=args.chat) if store else None
+    )
+    if store:
+        store.close()
+    if skipped is None:
+        print(
+            "nothing to skip: no queued message matches"
+            + ("" if args.message or args.chat else " (none has failed yet)")
+        )
+        return 1
+    print(
+        f"moved {skipped} to the dead letters; its chat goes on with the next message "
+        "(`archety-relay retry-dead` puts it back in its place)"
     )
     return 0
 

@@ -6,6 +6,11 @@ a hang (accept, never answer), or a reset mid-response; unscripted requests get 
 `POST /photo/upload` is parsed as the multipart form it is (text fields and the file part) and
 answered like the real endpoint: `photo_id` and `photo_url`, the same id again for an
 Idempotency-Key it has already accepted.
+
+Like the real orchestrator where it matters: `answer_delay` makes every message answer take
+that long (an LLM writes the reply), `sender_limit=(n, seconds)` answers 429 with Retry-After
+to a sender past n messages in the window (the backend limits per phone), and `respond_with`
+picks a behaviour from the request body (this chat hangs, that text fails).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Received:
     at: float  # time.time() when the request was read
     status: int  # what we answered (0: no answer)
     files: dict[str, FilePart] = field(default_factory=dict)
+    answered_at: float = 0.0  # time.time() when the answer was sent (0: none)
 
 
 PHOTO_UPLOAD = "/photo/upload"
@@ -91,8 +97,14 @@ class StubBackend:
         on_message: Callable[[Received], None] | None = None,
         port: int = 0,
         tls: ssl.SSLContext | None = None,
+        answer_delay: float = 0.0,
+        sender_limit: tuple[int, float] | None = None,
     ) -> None:
         self.secret = secret
+        self.answer_delay = answer_delay
+        self._sender_limit = sender_limit
+        self._sender_hits: dict[str, deque[float]] = {}
+        self._responders: dict[str, Callable[[Any], Behaviour | None]] = {}
         self.received: list[Received] = []
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._default: dict[str, Behaviour] = {}
@@ -148,12 +160,47 @@ class StubBackend:
             else:
                 self._default[path] = behaviour
 
-    def _next(self, path: str) -> Behaviour:
+    def respond_with(self, path: str, responder: Callable[[Any], Behaviour | None]) -> None:
+        """Choose the behaviour for each unscripted request to `path` from its JSON body
+        (None from the responder: the default)."""
+        with self._lock:
+            self._responders[path] = responder
+
+    def _next(self, path: str, body: Any) -> Behaviour:
         with self._lock:
             queue = self._scripts.get(path)
             if queue:
                 return queue.popleft()
-            return self._default.get(path, Behaviour())
+            responder = self._responders.get(path)
+        chosen = responder(body) if responder else None
+        if chosen is not None:
+            return chosen
+        limited = self._rate_limited(path, body)
+        if limited is not None:
+            return limited
+        with self._lock:
+            default = self._default.get(path)
+        if default is not None:
+            return default
+        if path == "/orchestrator/message" and self.answer_delay:
+            return Behaviour(delay=self.answer_delay)
+        return Behaviour()
+
+    def _rate_limited(self, path: str, body: Any) -> Behaviour | None:
+        if self._sender_limit is None or path != "/orchestrator/message":
+            return None
+        sender = body.get("sender") if isinstance(body, dict) else None
+        count, window = self._sender_limit
+        now = time.monotonic()
+        with self._lock:
+            hits = self._sender_hits.setdefault(str(sender), deque())
+            while hits and hits[0] <= now - window:
+                hits.popleft()
+            if len(hits) >= count:
+                wait = max(1, int(hits[0] + window - now + 0.999))
+                return Behaviour(429, {"detail": "rate limited"}, {"Retry-After": str(wait)})
+            hits.append(now)
+        return None
 
     # -- what arrived -----------------------------------------------------------------------
     def sync_events(self) -> list[dict[str, Any]]:
@@ -246,7 +293,7 @@ class StubBackend:
                     except ValueError:
                         body = None
                 headers = {k: v for k, v in self.headers.items()}
-                behaviour = stub._next(self.path)
+                behaviour = stub._next(self.path, body)
                 if behaviour.delay:
                     stub._stopping.wait(behaviour.delay)
                 if behaviour.hang:
@@ -266,7 +313,9 @@ class StubBackend:
                 status = behaviour.status
                 if self.headers.get("Authorization") != f"Bearer {stub.secret}":
                     status = 401
-                received = Received(self.path, headers, body, raw, arrived, status, files)
+                received = Received(
+                    self.path, headers, body, raw, arrived, status, files, time.time()
+                )
                 stub._record(received)
                 reply = behaviour.body
                 if reply is None and self.path == PHOTO_UPLOAD and status < 300:

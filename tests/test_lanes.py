@@ -1,0 +1,420 @@
+"""Chats side by side: different chats are at the backend at the same time, each chat in order.
+
+The stand-in backend takes its time like the real orchestrator (an LLM writes the reply) and
+misbehaves per chat on cue. Step-level tests drive `Relay` with chosen monotonic times; the
+daemon tests run the real CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ALICE, BOB, RelayProcess, log_events, run_cli, wait_until
+
+from archety_relay import config
+from archety_relay.chatdb import ChatDb
+from archety_relay.demo.messages_writer import MessagesWriter
+from archety_relay.demo.stub_backend import Behaviour, Received, StubBackend
+from archety_relay.relay import Relay
+from archety_relay.store import open_store
+
+MSG = "/orchestrator/message"
+PEOPLE = [f"+1555555{n:04d}" for n in range(200, 216)]
+
+
+@pytest.fixture
+def make_relay(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Relay]]:
+    made: list[Relay] = []
+
+    def make(**overrides: str) -> Relay:
+        settings = config.load(environ={**env, **overrides}, cwd=tmp_path)
+        relay = Relay(settings, ChatDb(settings.chat_db), open_store(settings.state_dir))
+        made.append(relay)
+        return relay
+
+    yield make
+    for relay in made:
+        relay.backend.close()
+        relay.chatdb.close()
+        relay.store.close()
+
+
+def write(writer: MessagesWriter, sender: str, *texts: str) -> None:
+    chat = writer.direct_chat(sender)
+    for text in texts:
+        writer.message(text, sender=sender, chat=chat)
+
+
+def by_chat(received: list[Received]) -> dict[str, list[Received]]:
+    chats: dict[str, list[Received]] = defaultdict(list)
+    for r in received:
+        chats[r.body["chat_guid"]].append(r)
+    return chats
+
+
+def texts(received: list[Received]) -> list[str]:
+    return [r.body["text"] for r in received]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+def test_chats_are_served_side_by_side_and_each_chat_stays_in_order(
+    start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Six chats write three messages each while every answer takes 0.4 s: requests of
+    different chats overlap, and within a chat each request starts only after the answer to
+    the one before it arrived."""
+    backend.answer_delay = 0.4
+    for person in PEOPLE[:6]:
+        writer.direct_chat(person)
+    start_relay()
+    for person in PEOPLE[:6]:
+        write(writer, person, *(f"{person[-4:]} #{i}" for i in range(3)))
+    received = backend.wait_for_messages(18, timeout=60)
+    assert len(received) == 18
+    for chat, requests in by_chat(received).items():
+        person = chat.rsplit(";", 1)[1]
+        assert texts(requests) == [f"{person[-4:]} #{i}" for i in range(3)]
+        for before, after in itertools.pairwise(requests):
+            assert after.at >= before.answered_at, f"{chat}: a request overtook an answer"
+    # Side by side: some request started while another chat's was still being answered.
+    overlapping = [
+        (a, b)
+        for a in received
+        for b in received
+        if a.body["chat_guid"] != b.body["chat_guid"] and a.at < b.at < a.answered_at
+    ]
+    assert overlapping
+
+
+def test_a_hung_request_holds_only_its_own_chat(
+    start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Alice's request never gets an answer; Bob's three messages go through meanwhile, and
+    Alice's second message waits behind her first instead of overtaking it."""
+    writer.direct_chat(ALICE)
+    writer.direct_chat(BOB)
+    backend.respond_with(
+        MSG, lambda body: Behaviour(hang=True) if body["text"] == "alice 1" else None
+    )
+    start_relay({"ARCHETY_READ_TIMEOUT": "60"})
+    write(writer, ALICE, "alice 1", "alice 2")
+    write(writer, BOB, "bob 1", "bob 2", "bob 3")
+    assert wait_until(lambda: texts(backend.messages()) == ["bob 1", "bob 2", "bob 3"], 20)
+    time.sleep(0.5)
+    assert "alice 2" not in texts(backend.messages(accepted_only=False))
+    hung = backend.messages(accepted_only=False)
+    assert [r.body["text"] for r in hung if r.status == 0] == ["alice 1"]
+
+
+def test_kill_9_with_lanes_busy_resends_each_with_its_original_key(
+    start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Four chats are waiting on answers when the relay is killed: after a restart every one
+    of them is delivered, each with the Idempotency-Key of its first attempt, and the number
+    of duplicates is at most the number that were in flight."""
+    people = PEOPLE[:4]
+    for person in people:
+        writer.direct_chat(person)
+    backend.respond_with(MSG, lambda body: Behaviour(hang=True))
+    relay = start_relay({"ARCHETY_READ_TIMEOUT": "60"})
+    for person in people:
+        write(writer, person, f"from {person[-4:]}")
+    assert wait_until(lambda: len(backend.messages(accepted_only=False)) == 4, 20)
+    first_keys = {
+        r.body["message_guid"]: r.headers["Idempotency-Key"]
+        for r in backend.messages(accepted_only=False)
+    }
+    relay.kill9()
+    backend.respond_with(MSG, lambda body: None)
+    start_relay()
+    delivered = backend.wait_for_messages(4, timeout=20)
+    assert sorted(texts(delivered)) == sorted(f"from {p[-4:]}" for p in people)
+    for r in delivered:
+        assert r.headers["Idempotency-Key"] == first_keys[r.body["message_guid"]]
+    attempts = len(backend.messages(accepted_only=False))
+    assert attempts - 4 <= 4  # duplicates: at most one per message that was in flight
+
+
+def test_shutdown_is_prompt_while_every_lane_waits_on_an_answer(
+    start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """SIGTERM while eight lanes wait on answers that never come: the relay exits 0 within
+    the 5 s launchd allows, and the messages stay queued for the next start."""
+    people = PEOPLE[:8]
+    for person in people:
+        writer.direct_chat(person)
+    backend.respond_with(MSG, lambda body: Behaviour(hang=True))
+    relay = start_relay({"ARCHETY_READ_TIMEOUT": "120"})
+    for person in people:
+        write(writer, person, "waiting")
+    assert wait_until(lambda: len(backend.messages(accepted_only=False)) == 8, 20)
+    rc, _took = relay.terminate(timeout=5)
+    assert rc == 0
+    store = open_store(Path(relay.env["ARCHETY_STATE_DIR"]))
+    try:
+        assert store.stats().depth == 8
+    finally:
+        store.close()
+
+
+def test_status_shows_what_is_in_flight(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """`status` lists the chat waiting on the backend and for how long, phone masked."""
+    writer.direct_chat(ALICE)
+    backend.respond_with(MSG, lambda body: Behaviour(hang=True))
+    start_relay({"ARCHETY_READ_TIMEOUT": "60"})
+    write(writer, ALICE, "thinking…")
+    assert wait_until(lambda: backend.messages(accepted_only=False), 20)
+
+    def in_flight() -> list[dict[str, Any]]:
+        done = run_cli(["status", "--json"], env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout)["in_flight"])
+
+    assert wait_until(lambda: bool(in_flight()), 10)
+    (flying,) = in_flight()
+    assert flying["chat_guid"] == "iMessage;-;+1555***0101"
+    assert flying["for_s"] >= 0
+    human = run_cli(["status"], env, cwd=tmp_path).stdout
+    assert "in flight     : 1" in human and "+1555***0101" in human and ALICE not in human
+
+
+# -- step by step ----------------------------------------------------------------------------
+
+
+def test_429_pauses_only_the_chat_it_came_for(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """The backend limits per sender: Alice's 429 with Retry-After 30 keeps Alice waiting
+    exactly that long, while Bob's messages go at once."""
+    relay = make_relay()
+    relay.capture_step(time.time())
+    write(writer, ALICE, "alice 1")
+    write(writer, BOB, "bob 1", "bob 2")
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(429, headers={"Retry-After": "30"}))
+    first = relay.deliver_step(100.0)
+    assert first.kind == "retry" and first.wait == pytest.approx(30.0)
+    assert relay.deliver_step(100.0).kind == "delivered"
+    assert relay.deliver_step(100.0).kind == "delivered"
+    assert relay.deliver_step(129.9).kind == "waiting"
+    assert relay.deliver_step(130.0).kind == "delivered"
+    assert texts(backend.messages()) == ["bob 1", "bob 2", "alice 1"]
+
+
+def test_a_message_the_backend_keeps_failing_becomes_a_dead_letter_while_others_go(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A body that makes the backend answer 500 every time holds only its own chat; after
+    ARCHETY_POISON_ATTEMPTS failures while other messages were delivered it is moved to the
+    dead letters, and the chat goes on with its next message."""
+    relay = make_relay(ARCHETY_POISON_ATTEMPTS="3", ARCHETY_MAX_BACKOFF="1")
+    relay.capture_step(time.time())
+    write(writer, ALICE, "poison 🧪", "alice after")
+    write(writer, BOB, "bob 1", "bob 2", "bob 3")
+    relay.capture_step(time.time())
+    backend.respond_with(
+        MSG, lambda body: Behaviour(500) if body["text"].startswith("poison") else None
+    )
+    now = 0.0
+    kinds = []
+    for _ in range(20):
+        now += 2.0
+        delivery = relay.deliver_step(now)
+        kinds.append(delivery.kind)
+        if delivery.kind == "idle":
+            break
+    assert texts(backend.messages()) == ["bob 1", "bob 2", "bob 3", "alice after"]
+    assert [r.status for r in backend.messages(accepted_only=False) if r.status == 500] == [500] * 3
+    (dead,) = relay.store.dead_letters()
+    assert dead.status == 500 and "failed 3 times" in (dead.response or "")
+
+
+def test_the_backend_down_makes_every_lane_wait_and_probe_one_at_a_time(
+    make_relay: Callable[..., Relay], writer: MessagesWriter
+) -> None:
+    """Connection refused for one chat's message is an outage for all: no other chat tries
+    until the shared backoff has passed, and then only one probe goes."""
+    relay = make_relay(ARCHETY_BACKEND_URL=f"http://127.0.0.1:{_closed_port()}")
+    relay.capture_step(time.time())
+    for person in PEOPLE[:5]:
+        write(writer, person, "hello")
+    relay.capture_step(time.time())
+    first = relay.deliver_step(10.0)
+    assert first.kind == "retry" and first.wait is not None
+    chosen, wait = relay.next_deliveries(10.0)
+    assert chosen == [] and wait == pytest.approx(first.wait)
+    probes, _ = relay.next_deliveries(10.0 + first.wait)
+    assert len(probes) == 1
+
+
+def test_401_pauses_every_chat(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A rejected secret stops all lanes, not just the chat whose message saw it."""
+    relay = make_relay(ARCHETY_AUTH_PROBE_INTERVAL="60")
+    relay.capture_step(time.time())
+    for person in PEOPLE[:4]:
+        write(writer, person, "hello")
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(401))
+    assert relay.deliver_step(5.0).kind == "auth_paused"
+    assert relay.next_deliveries(5.0) == ([], pytest.approx(60.0))
+    assert relay.next_deliveries(64.9)[0] == []
+    probe, _ = relay.next_deliveries(65.0)
+    assert len(probe) == 1
+
+
+def test_a_404_storm_pauses_instead_of_dead_lettering_the_queue(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Different messages refused alike (what a platform edge says while the backend
+    redeploys) are the backend's problem: sending pauses, the message already moved aside is
+    put back, and once the backend answers again everything is delivered in order."""
+    relay = make_relay(ARCHETY_AUTH_PROBE_INTERVAL="10")
+    relay.capture_step(time.time())
+    write(writer, ALICE, "alice 1", "alice 2")
+    write(writer, BOB, "bob 1")
+    relay.capture_step(time.time())
+    backend.set_default(MSG, Behaviour(404, body={"message": "Application not found"}))
+    assert relay.deliver_step(1.0).kind == "dead_lettered"
+    assert relay.deliver_step(1.0).kind == "auth_paused"
+    assert relay.store.dead_letters() == []
+    assert relay.store.stats().depth == 3
+    assert relay.deliver_step(11.0).kind == "auth_paused"  # the probe: still redeploying
+    assert relay.store.dead_letters() == []
+    backend.set_default(MSG, None)
+    while relay.deliver_step(30.0).kind == "delivered":
+        pass
+    delivered = texts(backend.messages())
+    assert sorted(delivered) == ["alice 1", "alice 2", "bob 1"]
+    assert delivered.index("alice 1") < delivered.index("alice 2")
+
+
+def test_retry_dead_puts_a_message_back_ahead_of_its_chats_newer_messages(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A dead letter re-queued by the operator goes before the messages its chat sent after it."""
+    relay = make_relay()
+    relay.capture_step(time.time())
+    write(writer, ALICE, "first", "second", "third")
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(422, body={"detail": "nope"}))
+    assert relay.deliver_step(1.0).kind == "dead_lettered"
+    assert relay.store.retry_dead(time.time()) == 1
+    while relay.deliver_step(2.0).kind == "delivered":
+        pass
+    assert texts(backend.messages()) == ["first", "second", "third"]
+
+
+def test_skip_head_moves_a_failing_message_aside_and_retry_dead_restores_it(
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+    tmp_path: Path,
+    make_relay: Callable[..., Relay],
+) -> None:
+    """`skip-head` picks the oldest chat head that has failed, moves it to the dead letters
+    (exit 0), and says so; with nothing failing it exits 1."""
+    relay = make_relay()
+    relay.capture_step(time.time())
+    write(writer, ALICE, "stuck", "next")
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(503))
+    assert relay.deliver_step(1.0).kind == "retry"
+    stuck_guid = relay.store.heads(1)[0].message_guid
+    relay.store.close()
+    done = run_cli(["skip-head"], env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert stuck_guid in done.stdout
+    again = run_cli(["skip-head"], env, cwd=tmp_path)
+    assert again.returncode == 1 and "nothing to skip" in again.stdout
+    store = open_store(Path(env["ARCHETY_STATE_DIR"]))
+    try:
+        assert [d.message_guid for d in store.dead_letters()] == [stuck_guid]
+        assert [h.message_guid for h in store.heads(5)] != [stuck_guid]
+    finally:
+        store.close()
+
+
+def test_a_delivery_that_cannot_be_recorded_is_not_posted_again(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """The backend accepted the message but the state file could not be written (another
+    process held its lock): the next step retries only the write; the backend sees the
+    message once."""
+    import sqlite3
+
+    from archety_relay.errors import StateError
+
+    relay = make_relay()
+    relay.capture_step(time.time())
+    write(writer, ALICE, "once only")
+    relay.capture_step(time.time())
+    relay.store._conn.execute("PRAGMA busy_timeout = 100")
+    intruder = sqlite3.connect(relay.store.path, isolation_level=None, check_same_thread=False)
+
+    def lock_then_accept(body: Any) -> None:
+        intruder.execute("BEGIN IMMEDIATE")  # taken while the backend is answering
+        return None
+
+    backend.respond_with(MSG, lock_then_accept)
+    with pytest.raises(StateError):
+        relay.deliver_step(1.0)
+    intruder.execute("ROLLBACK")
+    intruder.close()
+    backend.respond_with(MSG, lambda body: None)
+    assert relay.deliver_step(2.0).kind == "delivered"
+    assert relay.store.stats().depth == 0
+    assert len(backend.messages()) == 1
+
+
+def test_a_long_reply_is_read_whole(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """An answer of several KB (three long bubbles) is parsed whole, not cut at 2,000
+    characters: every bubble is stored for sending."""
+    relay = make_relay(ARCHETY_SEND_ENABLED="0")
+    relay.capture_step(time.time())
+    write(writer, ALICE, "tell me a story")
+    relay.capture_step(time.time())
+    bubbles = [f"part {i} " + "🙂" * 600 for i in range(3)]
+    backend.script(
+        MSG, Behaviour(body={"should_respond": True, "reply_bubbles": bubbles, "debug": "x" * 900})
+    )
+    assert relay.deliver_step(1.0).kind == "delivered"
+    assert relay.store.outgoing_counts() == {"pending": 3}
+
+
+def test_lanes_logs_name_the_chat_masked(
+    start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Each delivery attempt's log line names its chat, with the phone number masked."""
+    writer.direct_chat(ALICE)
+    relay = start_relay()
+    write(writer, ALICE, "hi")
+    backend.wait_for_messages(1)
+    assert wait_until(lambda: log_events(relay.log, "message_delivery_attempt"), 10)
+    (line,) = log_events(relay.log, "message_delivery_attempt")
+    assert line["chat_guid"] == "iMessage;-;+1555***0101"
