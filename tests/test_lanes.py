@@ -219,7 +219,7 @@ def test_429_pauses_only_the_chat_it_came_for(
     assert relay.deliver_step(100.0).kind == "delivered"
     assert relay.deliver_step(100.0).kind == "delivered"
     assert relay.deliver_step(129.9).kind == "waiting"
-    assert relay.deliver_step(130.0).kind == "delivered"
+    assert relay.deliver_step(130.1).kind == "delivered"
     assert texts(backend.messages()) == ["bob 1", "bob 2", "alice 1"]
 
 
@@ -264,8 +264,8 @@ def test_the_backend_down_makes_every_lane_wait_and_probe_one_at_a_time(
     first = relay.deliver_step(10.0)
     assert first.kind == "retry" and first.wait is not None
     chosen, wait = relay.next_deliveries(10.0)
-    assert chosen == [] and wait == pytest.approx(first.wait)
-    probes, _ = relay.next_deliveries(10.0 + first.wait)
+    assert chosen == [] and wait is not None and wait >= first.wait
+    probes, _ = relay.next_deliveries(10.0 + wait)
     assert len(probes) == 1
 
 
@@ -280,9 +280,10 @@ def test_401_pauses_every_chat(
     relay.capture_step(time.time())
     backend.script(MSG, Behaviour(401))
     assert relay.deliver_step(5.0).kind == "auth_paused"
-    assert relay.next_deliveries(5.0) == ([], pytest.approx(60.0))
+    chosen, wait = relay.next_deliveries(5.0)
+    assert chosen == [] and wait is not None and wait >= 60.0
     assert relay.next_deliveries(64.9)[0] == []
-    probe, _ = relay.next_deliveries(65.0)
+    probe, _ = relay.next_deliveries(5.0 + wait)
     assert len(probe) == 1
 
 
@@ -302,7 +303,7 @@ def test_a_404_storm_pauses_instead_of_dead_lettering_the_queue(
     assert relay.deliver_step(1.0).kind == "auth_paused"
     assert relay.store.dead_letters() == []
     assert relay.store.stats().depth == 3
-    assert relay.deliver_step(11.0).kind == "auth_paused"  # the probe: still redeploying
+    assert relay.deliver_step(11.5).kind == "auth_paused"  # the probe: still redeploying
     assert relay.store.dead_letters() == []
     backend.set_default(MSG, None)
     while relay.deliver_step(30.0).kind == "delivered":

@@ -178,8 +178,11 @@ class Relay:
         if decided is Verdict.DELIVERED:
             replies, reply = self._replies(item, outcome, wall)
         paused_for = self.lanes.pause_reason
+        # Waits count from the answer, not from the request: a Retry-After of 2 s after a
+        # reply that took 1 s means 3 s after sending.
+        answered = now + outcome.elapsed_ms / 1000
         decision = self.lanes.decide(
-            item.chat_guid, item.message_guid, item.attempts + 1, outcome, decided, now
+            item.chat_guid, item.message_guid, item.attempts + 1, outcome, decided, answered
         )
         log.info(
             "message_delivery_attempt",
@@ -203,7 +206,7 @@ class Relay:
         self.store.set_meta("last_error", outcome.summary())
         if decision.action in ("auth_paused", "paused"):
             return self._paused(item, outcome, decision)
-        self._log_outage(outcome, now, decision.wait)
+        self._log_outage(outcome, answered, decision.wait)
         return Delivery("retry", decision.wait, outcome)
 
     def publish_in_flight(self, wall: float) -> bool:
