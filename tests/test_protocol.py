@@ -154,7 +154,7 @@ def test_sync_status_is_paused_while_the_secret_is_rejected_and_degraded_without
     backend.script(MSG, Behaviour(401))
     assert relay.deliver_step(time.monotonic()).kind == "auth_paused"
     relay.sync_step(time.time())
-    relay.auth_paused_until = 0.0  # the probe is due now
+    relay.lanes.probe_now()  # the probe is due now (what SIGHUP does)
     assert relay.deliver_step(time.monotonic()).kind == "delivered"
     relay.sync_step(time.time())
     moved = writer.path.with_name("moved.db")
