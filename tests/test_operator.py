@@ -138,7 +138,8 @@ def test_install_service_dry_run_renders_this_installation(
     assert re.search(
         rf"\$ launchctl bootstrap gui/{uid} /\S+com\.archety\.relay\.plist", result.stdout
     )
-    assert f"$ launchctl kickstart -k gui/{uid}/com.archety.relay" in result.stdout
+    assert f"$ launchctl enable gui/{uid}/com.archety.relay" in result.stdout
+    assert "kickstart" not in result.stdout  # it would kill the instance bootstrap started
 
 
 def test_service_commands_refuse_off_macos(env: dict[str, str], tmp_path: Path) -> None:

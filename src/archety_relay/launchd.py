@@ -1,7 +1,8 @@
 """The LaunchAgent: its plist and the launchctl command lines, built as values, never run here.
 
 A *user* LaunchAgent, not a system daemon: chat.db and the login Keychain belong to the logged-in
-user, and recent macOS keeps system daemons away from both. KeepAlive restarts the relay only when
+user, and recent macOS keeps system daemons away from both. It exists only in a GUI (Aqua)
+session, so an unattended Mac needs auto-login. KeepAlive restarts the relay only when
 it fails (a clean `launchctl bootout` stays stopped). The plist carries no secret: `launchctl print`
 shows every job's environment to anyone on the machine.
 """
@@ -13,14 +14,26 @@ from pathlib import Path
 from typing import Any
 
 LABEL = "com.archety.relay"
-THROTTLE_SECONDS = 30
+# Only after a crash loop; a clean restart is immediate.
+THROTTLE_SECONDS = 10
+# launchctl's exit codes that mean something to an operator.
+EXIT_IO_ERROR = 5  # bootstrap right after bootout: the old job is still being torn down
+EXIT_IN_PROGRESS = 37  # "Operation already in progress": the same, seen on some releases
+EXIT_NO_GUI_SESSION = 125  # no Aqua login for this user (SSH only, before auto-login)
+NO_GUI_SESSION_HINT = (
+    "launchctl exit 125: there is no graphical login for this user, and a LaunchAgent in "
+    "gui/<uid> needs one (Messages, Automation and the login keychain live there too). Log in "
+    "on the Mac's screen (or Screen Sharing) first, and for unattended restarts turn on "
+    "auto-login (FileVault off, or `sudo fdesetup authrestart` for a planned restart), then "
+    "run install-service again from that session or over SSH while it is logged in."
+)
 
 
 def agent_plist(
     python: str, state_dir: Path, log_dir: Path, environment: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """The agent for this installation. `python` is the venv's interpreter (it finds our package);
-    Full Disk Access is granted to the real binary behind it, which macOS checks."""
+    Full Disk Access is granted to the image behind it, which macOS checks (see doctor)."""
     env = {"PYTHONUNBUFFERED": "1", **(environment or {})}
     if any("SECRET" in key.upper() for key in env):
         raise ValueError("the LaunchAgent plist must never carry the secret")
@@ -31,8 +44,11 @@ def agent_plist(
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": THROTTLE_SECONDS,
-        # Not "Background": that class is throttled for CPU and I/O, and latency is the product.
-        "ProcessType": "Standard",
+        # Only Interactive is unthrottled: Standard (= none set) gets "light resource limits",
+        # throttled CPU and I/O, and latency is the product.
+        "ProcessType": "Interactive",
+        # Messages, Automation and the login keychain exist only in the user's GUI session.
+        "LimitLoadToSessionType": "Aqua",
         "StandardOutPath": str(log_dir / "launchd.out.log"),
         "StandardErrorPath": str(log_dir / "launchd.err.log"),
         "EnvironmentVariables": env,
@@ -47,15 +63,58 @@ def agent_path(home: Path) -> Path:
     return home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
 
 
+def service_target(uid: int) -> str:
+    return f"gui/{uid}/{LABEL}"
+
+
+def enable_argv(uid: int) -> list[str]:
+    """A label disabled earlier (Login Items switch, `launchctl disable`) refuses to bootstrap."""
+    return ["launchctl", "enable", service_target(uid)]
+
+
+def bootout_argv(uid: int) -> list[str]:
+    return ["launchctl", "bootout", service_target(uid)]
+
+
+def print_argv(uid: int) -> list[str]:
+    return ["launchctl", "print", service_target(uid)]
+
+
+def bootstrap_argv(uid: int, plist_path: Path) -> list[str]:
+    return ["launchctl", "bootstrap", f"gui/{uid}", str(plist_path)]
+
+
 def install_commands(uid: int, plist_path: Path) -> list[list[str]]:
-    """Re-install: bootout (may fail if not loaded), bootstrap, then kickstart to (re)start."""
-    domain = f"gui/{uid}"
+    """What install-service runs, in order (shown by --dry-run). Between bootout and bootstrap
+    it waits until `print` fails (bootout returns before teardown ends); bootstrap is retried
+    on exit 5/37; `print` then confirms a pid. RunAtLoad starts the job: no `kickstart -k`,
+    which would kill the instance bootstrap just started."""
     return [
-        ["launchctl", "bootout", f"{domain}/{LABEL}"],
-        ["launchctl", "bootstrap", domain, str(plist_path)],
-        ["launchctl", "kickstart", "-k", f"{domain}/{LABEL}"],
+        enable_argv(uid),
+        bootout_argv(uid),
+        print_argv(uid),
+        bootstrap_argv(uid, plist_path),
+        print_argv(uid),
     ]
 
 
 def uninstall_commands(uid: int) -> list[list[str]]:
-    return [["launchctl", "bootout", f"gui/{uid}/{LABEL}"]]
+    return [bootout_argv(uid)]
+
+
+def pid_of(print_output: str) -> int | None:
+    """The running pid in `launchctl print` output, or None."""
+    for line in print_output.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key.strip() == "pid" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def field_of(print_output: str, name: str) -> str | None:
+    """A top-level `name = value` field of `launchctl print` output (state, last exit code)."""
+    for line in print_output.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key.strip() == name and value:
+            return value.strip()
+    return None

@@ -10,19 +10,8 @@ from pathlib import Path
 from .. import config, launchd, macos
 from ..doctor import real_interpreter
 from ..errors import EXIT_CONFIG, RelayError
+from ..macos import launchagent
 
-# Variables worth carrying into the agent's environment when set here (never the secret).
-_CARRIED = (
-    "ARCHETY_BACKEND_URL",
-    "EDGE_AGENT_ID",
-    "ARCHETY_CHAT_DB",
-    "ARCHETY_STATE_DIR",
-    "ARCHETY_LOG_FILE",
-    "ARCHETY_HEARTBEAT_INTERVAL",
-    "ARCHETY_SYNC_INTERVAL",
-    "ARCHETY_MAX_MESSAGE_AGE",
-    "ARCHETY_ENV_FILE",
-)
 AGENT_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 
 
@@ -45,33 +34,26 @@ def _show_commands(commands: list[list[str]]) -> None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     settings = config.load(require_secret=False)
-    environment = {"PATH": AGENT_PATH}
-    environment.update({k: os.environ[k] for k in _CARRIED if os.environ.get(k)})
+    # Everything this shell configured, and the .env it reads by absolute path: the agent runs
+    # in the state directory, where `./.env` is another file (review #13). Never the secret.
+    environment = {"PATH": AGENT_PATH, **config.agent_environment(os.environ, settings.env_file)}
     python = str(Path(sys.executable).absolute())
     plist = launchd.agent_plist(python, settings.state_dir, settings.log_file.parent, environment)
     home = Path.home()
     target = launchd.agent_path(home)
-    commands = launchd.install_commands(os.getuid(), target)
+    uid = os.getuid()
     if args.dry_run:
         print(f"# would write {target}:")
         sys.stdout.write(launchd.render(plist).decode())
-        print("# then run:")
-        _show_commands(commands)
+        print("# then run (waiting for the bootout to finish, retrying bootstrap on exit 5):")
+        _show_commands(launchd.install_commands(uid, target))
         print(f"# Full Disk Access is needed for: {real_interpreter()}")
         return 0
     _refuse_off_macos("install-service")
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.log_file.parent.mkdir(parents=True, exist_ok=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(launchd.render(plist))
-    for argv in commands:
-        ran = macos.run(argv)
-        if ran.returncode != 0 and argv[1] != "bootout":  # bootout fails when not yet loaded
-            raise RelayError(
-                f"{' '.join(argv)} failed: {ran.output}",
-                hint="check `launchctl print gui/$(id -u)/com.archety.relay`",
-            )
-    print(f"✅ installed and started {launchd.LABEL} ({target})")
+    installed = launchagent.install(uid, target, launchd.render(plist))
+    print(f"✅ installed and started {launchd.LABEL} ({target}), pid {installed.pid}")
     print(
         f"   Full Disk Access must be granted to {real_interpreter()}; "
         "check with `archety-relay doctor`."
@@ -87,8 +69,6 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         print(f"$ rm {target}")
         return 0
     _refuse_off_macos("uninstall-service")
-    for argv in commands:
-        macos.run(argv)
-    target.unlink(missing_ok=True)
+    launchagent.uninstall(os.getuid(), target)
     print(f"✅ stopped and removed {launchd.LABEL}; the outbox and logs are kept")
     return 0
