@@ -105,11 +105,14 @@ def test_plist_refuses_a_secret_in_its_environment() -> None:
 
 
 def test_launchctl_command_lines() -> None:
-    """Re-install is bootout, bootstrap into the user's GUI domain, kickstart -k."""
+    """Re-install is enable, bootout, print (wait until gone), bootstrap into the user's GUI
+    domain, print (confirm a pid); never kickstart -k, which would kill the new instance."""
     assert launchd.install_commands(501, Path("/Users/a/Library/LaunchAgents/x.plist")) == [
+        ["launchctl", "enable", "gui/501/com.archety.relay"],
         ["launchctl", "bootout", "gui/501/com.archety.relay"],
+        ["launchctl", "print", "gui/501/com.archety.relay"],
         ["launchctl", "bootstrap", "gui/501", "/Users/a/Library/LaunchAgents/x.plist"],
-        ["launchctl", "kickstart", "-k", "gui/501/com.archety.relay"],
+        ["launchctl", "print", "gui/501/com.archety.relay"],
     ]
 
 
