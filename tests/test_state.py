@@ -13,7 +13,10 @@ from pathlib import Path
 from conftest import RelayProcess, log_events, wait_until
 
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.relay import Relay
 from archety_relay.store import NewOutgoing, Store, open_store
+
+SYNC = "/edge/sync"
 
 
 def _plan_of(store: Store, call: object) -> list[str]:
@@ -95,3 +98,20 @@ def test_old_state_is_pruned_while_every_sync_fails(
     assert store.known(["OLD-GUID"]) == set()
     assert store.outgoing_counts() == {} and store.pending_events() == []
     store.close()
+
+
+def test_unacknowledged_events_cannot_starve_newer_ones(relay: Relay, backend: StubBackend) -> None:
+    """Review #23: 100 `message_sent` events the backend never acknowledges, then one
+    `command_completed`: the newer event still reaches the backend with the next sync, and
+    every event is offered again later (nothing dropped for being unacknowledged)."""
+    now = time.time()
+    for i in range(100):
+        relay.store.add_event("message_sent", {"message_id": i}, now)
+    relay.store.add_event("command_completed", {"command_id": "c-1"}, now)
+    relay.sync_step(now)
+    relay.sync_step(now + 1)
+    bodies = [r.body["events"] for r in backend.requests_to(SYNC)]
+    assert [len(events) for events in bodies] == [100, 100]
+    assert "command_completed" in [e["event_type"] for e in bodies[1]]
+    offered = {e.get("message_id") for events in bodies for e in events}
+    assert set(range(100)) <= offered  # the unacknowledged ones keep being offered too

@@ -113,7 +113,7 @@ class Sync:
     def sync_step(self, now: float) -> HttpOutcome:
         """Report status and events; carry out the commands and settings that come back."""
         status = self.status_payload(now)
-        events = self.store.pending_events()
+        events = self.store.next_event_page()
         # Never synced: the time the relay started (a backend model may require a time here).
         last_sync = self.last_sync_at or self.started_at
         payload = {

@@ -22,6 +22,8 @@ HISTORY_SECONDS = 30 * 86400
 # backend that ignores ack_events cannot grow the file without bound.
 EVENT_MAX_AGE_SECONDS = 7 * 86400
 EVENT_MAX_COUNT = 5000
+# Events sent with one sync.
+EVENT_PAGE_SIZE = 100
 
 PENDING, SENDING, SENT, FAILED, CANCELLED, MISSED = (
     "pending",
@@ -251,6 +253,36 @@ class OutgoingQueries(Transactional):
                 (limit,),
             ).fetchall()
         return [Event(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def next_event_page(self, limit: int = EVENT_PAGE_SIZE) -> list[Event]:
+        """The events to send with the next sync: up to `limit`, continuing after the last page
+        handed out and wrapping around to the oldest.
+
+        Always taking the oldest `limit` let unacknowledged events starve every newer one (100
+        `message_sent` the backend never acks, and a `command_completed` behind them never went
+        out). With paging every pending event is offered within a few syncs, oldest first when
+        they all fit.
+        """
+        columns = "seq, event_id, event_type, payload, created_at"
+        with self._tx() as db:
+            mark = db.execute(
+                "SELECT value FROM meta WHERE key = 'events_paged_through'"
+            ).fetchone()
+            after = int(mark[0]) if mark and str(mark[0]).isdigit() else 0
+            rows = db.execute(
+                f"SELECT {columns} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+            if len(rows) < limit:
+                rows += db.execute(
+                    f"SELECT {columns} FROM events WHERE seq <= ? ORDER BY seq LIMIT ?",
+                    (after, limit - len(rows)),
+                ).fetchall()
+            if rows:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('events_paged_through', ?)",
+                    (str(rows[-1][0]),),
+                )
+        return [Event(r[1], r[2], json.loads(r[3]), r[4]) for r in sorted(rows)]
 
     def ack_events(self, event_ids: Sequence[str]) -> int:
         with self._tx() as db:
