@@ -169,7 +169,7 @@ def test_skipped_rows_advance_the_cursor_and_never_reach_the_backend(
     result = relay.capture_step(t0 + relay.settings.chat_join_wait + 0.1)
     assert dict(first.skipped + result.skipped) == {
         "from_me": 1,
-        "associated_message": 1,
+        "reaction": 1,
         "not_ordinary_item": 1,
         "empty": 1,
         "too_old": 1,

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from . import rows
+from . import events, rows
+from .arrivals import Arrivals
 from .chatdb import ChatDb
 from .config import Settings
 from .model import Message, Skipped
@@ -35,6 +36,7 @@ class CaptureResult:
     enqueued: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     holding: bool = False  # a row is waiting for its chat join: capture again soon
+    events: int = 0  # conversation events stored (reactions, group changes, sent elsewhere)
     rebased: bool = False
 
 
@@ -52,6 +54,7 @@ class Capture:
         # The message path's one hook (inbound.admit): rules, persona and the chat's context.
         self.admit = admit
         self._held_since: dict[int, float] = {}
+        self.arrivals = Arrivals(chatdb, store, settings.max_message_age)
         self._fingerprint_generation = -1
         self._fingerprint = ""
 
@@ -98,7 +101,10 @@ class Capture:
                     self._rebase(cursor, now, result, "chatdb_max_rowid_below_cursor")
                 break
             result.read += len(batch)
+            self.arrivals.note_batch(batch, now)
             items: list[tuple[str, int, bytes]] = []
+            found: list[events.ChatEvent] = []
+            skipped = result.skipped.copy()
             last = cursor.rowid
             for raw in batch:
                 settled = self._settle(raw, now)
@@ -108,6 +114,8 @@ class Capture:
                 outcome = settled if isinstance(settled, Skipped) else self._convert(settled, now)
                 if isinstance(outcome, Skipped):
                     result.skipped[outcome.reason] += 1
+                    if (event := self._event(raw, now)) is not None:
+                        found.append(event)
                     log.debug(
                         "row_skipped", rowid=outcome.rowid, guid=outcome.guid, reason=outcome.reason
                     )
@@ -117,7 +125,11 @@ class Capture:
                 last = raw.rowid
             if last > cursor.rowid:
                 cursor = Cursor(last, cursor.fingerprint)
-                result.enqueued += self.store.enqueue(items, cursor, time.time())
+                backfilled = result.skipped["backfill"] - skipped["backfill"]
+                result.enqueued += self.store.enqueue(
+                    items, cursor, time.time(), found, {"backfill": backfilled}
+                )
+                result.events += len(found)
                 for rowid in [r for r in self._held_since if r <= last]:
                     del self._held_since[rowid]
             if result.holding or len(batch) < READ_BATCH:
@@ -134,6 +146,10 @@ class Capture:
             outcome = rows.to_message(raw, now, self.settings.max_message_age)
             if isinstance(outcome, Skipped):
                 return outcome
+            extra = self.arrivals.judge(raw, outcome, now)
+            if isinstance(extra, Skipped):
+                return extra
+            outcome = replace(outcome, **extra)
             if self.admit is None:
                 return outcome, outcome.frozen_body(self.settings.persona_fields())
         except Exception as exc:
@@ -146,6 +162,28 @@ class Capture:
         admitted = self.admit(outcome, now)
         return admitted if isinstance(admitted, Skipped) else (outcome, admitted)
 
+    def _event(self, raw: rows.RawMessage, now: float) -> events.ChatEvent | None:
+        """The conversation event a passed row stands for; an unforeseen case costs the event,
+        never the rows behind it."""
+        try:
+            event = self.arrivals.event_for(raw, now)
+        except Exception as exc:
+            log.warning(
+                "row_event_unreadable",
+                rowid=raw.rowid,
+                guid=raw.guid,
+                error_type=type(exc).__name__,
+            )
+            return None
+        if event is not None:
+            log.info(
+                "conversation_event",
+                event_type=event.event_type,
+                chat_guid=event.chat_guid,
+                message_guid=event.message_guid,
+            )
+        return event
+
     def _settle(self, raw: rows.RawMessage, now: float) -> rows.RawMessage | Skipped | None:
         """The row as it can be forwarded, a reason to pass it, or None: hold it (and every row
         behind it, to keep their order) a little longer.
@@ -154,7 +192,10 @@ class Capture:
         rows may get their join late or never): a row with no chat, or with nothing in it yet,
         waits ARCHETY_CHAT_JOIN_WAIT before it is judged as it stands.
         """
-        if rows.skip_reason(raw, now, self.settings.max_message_age) is not None:
+        reason = rows.skip_reason(raw, now, self.settings.max_message_age)
+        # Reactions, group changes and the persona's own rows become events about a chat:
+        # they wait for their chat join like a message, but no text is expected of them.
+        if reason is not None and (raw.chats or not events.wants_chat(raw)):
             return raw
         if raw.chats and not rows.is_empty(raw):
             return raw

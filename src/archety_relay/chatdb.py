@@ -109,6 +109,7 @@ class SentRow:
 
     rowid: int
     error: int
+    guid: str | None = None  # Apple's message guid: what reactions and replies will name
 
 
 # The chats a handle is in, for a row whose chat join never came: by chat_identifier (a direct
@@ -296,7 +297,7 @@ class ChatDb:
         guids = list(chat_guids)
         with self._snapshot() as conn:
             rows = conn.execute(
-                "SELECT m.ROWID, m.error, m.text, m.attributedBody FROM chat AS c "
+                "SELECT m.ROWID, m.error, m.text, m.attributedBody, m.guid FROM chat AS c "
                 "JOIN chat_message_join AS j ON j.chat_id = c.ROWID "
                 "JOIN message AS m ON m.ROWID = j.message_id "
                 f"WHERE (c.guid IN ({_placeholders(guids)}) "
@@ -305,9 +306,9 @@ class ChatDb:
                 (*guids, handle, handle, apple_date(since_unix)),
             ).fetchall()
         wanted = text.strip()
-        for rowid, error, t, b in rows:
+        for rowid, error, t, b, guid in rows:
             if _row_text(t, b) == wanted:
-                return SentRow(int(rowid), _int(error) or 0)
+                return SentRow(int(rowid), _int(error) or 0, _str(guid))
         return None
 
     def chats_of_handle(self, handle: str) -> tuple[list[ChatRef], bool]:
@@ -351,6 +352,35 @@ class ChatDb:
             sql = self._messages_sql(_BY_ROWID.format(ids=_placeholders(rowids)))
             rows = conn.execute(sql + " ORDER BY m.ROWID", list(rowids)).fetchall()
             return self._with_joins(conn, rows)
+
+    def read_guid(self, guid: str) -> RawMessage | None:
+        """One message by its guid (the unique index), with its joins: a reply's original."""
+        with self._snapshot() as conn:
+            rows = conn.execute(self._messages_sql("m.guid = ?"), (guid,)).fetchall()
+            found = self._with_joins(conn, rows)
+        return found[0] if found else None
+
+    def chat_has_newer(self, chat_rowid: int, apple_date: int, rowid: int) -> bool:
+        """Whether this chat already held a message dated at or after `apple_date` before row
+        `rowid` arrived (the (chat_id, message_date) index: only newer rows are read)."""
+        with self._snapshot() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM chat_message_join WHERE chat_id = ? AND message_date >= ? "
+                "AND message_id < ? LIMIT 1",
+                (chat_rowid, apple_date, rowid),
+            ).fetchone()
+        return found is not None
+
+    def texts_before(self, chat_rowid: int, since_apple_date: int, rowid: int) -> list[str]:
+        """Texts of this chat's rows dated since `since_apple_date` that came before `rowid`."""
+        with self._snapshot() as conn:
+            found = conn.execute(
+                "SELECT m.text, m.attributedBody FROM chat_message_join AS j "
+                "JOIN message AS m ON m.ROWID = j.message_id WHERE j.chat_id = ? "
+                "AND j.message_date >= ? AND j.message_id < ? ORDER BY j.message_id DESC LIMIT 20",
+                (chat_rowid, since_apple_date, rowid),
+            ).fetchall()
+        return [_row_text(t, b) for t, b in found]
 
     def watch_window(self, since_apple_date: int, rowids: Sequence[int]) -> list[WatchedRow]:
         """Ordinary messages dated at or after `since_apple_date` (message_idx_date), plus these

@@ -190,6 +190,8 @@ class Daemon:
                     holding, read = result.holding, result.read
                     if result.enqueued:
                         self.outbox_ready.set()
+                    if result.events:
+                        self.sync_soon.set()
                     if read:
                         log.debug(
                             "captured",

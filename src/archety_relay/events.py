@@ -35,10 +35,7 @@ REACTION_KINDS = {
     6: "emoji",
     7: "sticker",
 }
-# associated_message_type values that are ordinary messages (2, 3: app and payload messages).
-ORDINARY_ASSOCIATED_TYPES = frozenset({0, 2, 3})
 LEGACY_STICKER = 1000
-POLL_VOTE = 4000
 # (item_type, group_action_type) → event type; item_type 2 is a rename whatever the action.
 _GROUP_ACTIONS = {
     (1, 0): "participant_added",
@@ -92,21 +89,20 @@ def chat_guid_of(row: RawMessage) -> str | None:
 
 
 def message_kind(row: RawMessage) -> str:
-    """What a new row is: `message`, `reaction`, `group_event`, or a reason it is neither.
-
-    Every `associated_message_type` is classified explicitly (a strict `= 0` test would drop
-    types 2 and 3, a `2000–3006` range would leak 2007, 3007, 1000 and 4000 as messages).
-    """
-    assoc = row.associated_message_type or 0
-    if assoc in ORDINARY_ASSOCIATED_TYPES:
+    """What a new row is: `message`, `reaction`, `group_event`, or a reason it is neither."""
+    associated = rows.associated_kind(row.associated_message_type)
+    if associated is None:
         if row.item_type in (1, 2, 3):
             return "group_event"
         return "not_ordinary_item" if row.item_type else "message"
-    if 2000 <= assoc <= 2007 or 3000 <= assoc <= 3007 or assoc == LEGACY_STICKER:
-        return "reaction"
-    if assoc == POLL_VOTE:
-        return "poll_vote"
-    return "associated_message"
+    return "reaction" if associated in ("reaction", "sticker_placed") else associated
+
+
+def wants_chat(row: RawMessage) -> bool:
+    """Whether this row's meaning depends on its chat join (worth waiting for, like a message's):
+    reactions, group changes and the persona's own messages become events about a chat."""
+    kind = message_kind(row)
+    return kind in ("reaction", "group_event") or (kind == "message" and bool(row.is_from_me))
 
 
 def target_of(associated_guid: str | None) -> tuple[str | None, int | None]:

@@ -81,6 +81,7 @@ class SendResult:
     error: str | None = None
     retryable: bool = True
     via: str | None = None  # which form reached the chat: chat_id | alt_chat_id | participant
+    message_guid: str | None = None  # the row Messages wrote for it, once confirmed
 
 
 def automation_allowed(timeout: float = PROBE_TIMEOUT_SECONDS) -> SendResult:

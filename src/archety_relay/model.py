@@ -81,6 +81,9 @@ class Message:
     chat_identifier: str | None = None
     service: str = "iMessage"  # message.service: iMessage, SMS, RCS
     is_first_message: bool = False  # no earlier message of this chat in chat.db
+    # An inline reply's original {message_guid, part, text, sender} (see events.reply_to).
+    reply_to: Mapping[str, Any] | None = None
+    delayed_s: int | None = None  # arrived this late (see lateness): the backend may not answer
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -100,6 +103,10 @@ class Message:
         }
         if self.attachments:
             body["attachments"] = [a.to_json() for a in self.attachments]
+        if self.reply_to is not None:
+            body["reply_to"] = dict(self.reply_to)
+        if self.delayed_s is not None:
+            body["delayed_s"] = self.delayed_s
         return body
 
     def frozen_body(self, extra: Mapping[str, Any] | None = None) -> bytes:

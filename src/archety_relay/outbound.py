@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -143,7 +144,7 @@ class Outbound:
             error=result.error,
         )
         if result.ok:
-            self._finish(item, SENT, now, "message_sent", None)
+            self._finish(item, SENT, now, "message_sent", None, result.message_guid)
         elif result.retryable and attempt < MAX_SEND_ATTEMPTS:
             delay = SEND_RETRY_SECONDS[min(attempt, len(SEND_RETRY_SECONDS)) - 1]
             self.store.retry_later(item, now + delay, result.error or "", now)
@@ -170,7 +171,7 @@ class Outbound:
         found = self.chatdb.find_sent(target.chat_guids, target.handle, item.text, since)
         if found is not None and found.error == 0:
             log.info("send_recovered_as_sent", outgoing_id=item.id, attempts=item.attempts)
-            self._finish(item, SENT, now, "message_sent", None)
+            self._finish(item, SENT, now, "message_sent", None, found.guid)
             return True
         log.info("send_recovered_for_retry", outgoing_id=item.id, attempts=item.attempts)
         return False
@@ -184,7 +185,7 @@ class Outbound:
         while True:
             found = self.chatdb.find_sent(target.chat_guids, target.handle, text, since)
             if found is not None and found.error == 0:
-                return sent
+                return replace(sent, message_guid=found.guid)
             if found is not None:
                 return SendResult(
                     False,
@@ -203,8 +204,16 @@ class Outbound:
             time.sleep(CONFIRM_POLL_SECONDS)
 
     def _finish(
-        self, item: Outgoing, status: str, now: float, event_type: str, error: str | None
+        self,
+        item: Outgoing,
+        status: str,
+        now: float,
+        event_type: str,
+        error: str | None,
+        message_guid: str | None = None,
     ) -> None:
+        """Record the final state with its event; a sent message's event names the Apple guid
+        of the row Messages wrote, so reactions and replies to it can be matched."""
         details: dict[str, Any] = {
             "message_id": item.id,
             "origin": item.origin,
@@ -224,6 +233,7 @@ class Outbound:
                 "command_id": item.command_id,
                 "chat_guid": item.chat_guid,
                 "thread_id": item.chat_guid,
+                **({"message_guid": message_guid} if message_guid else {}),
                 "details": details,
             },
             error,

@@ -130,6 +130,29 @@ def chat_for_orphan(row: RawMessage, found: Sequence[ChatRef], any_form: bool) -
     return ChatRef(-1, f"{prefix};-;{sender}", DIRECT_CHAT_STYLE, sender, (sender,), 0)
 
 
+# associated_message_type values of ordinary messages: 2 and 3 carry app payloads, not reactions.
+ORDINARY_ASSOCIATED_TYPES = frozenset({0, 2, 3})
+
+
+def associated_kind(associated_type: int | None) -> str | None:
+    """None for an ordinary message; else what the row is about another message.
+
+    Every value is classified on purpose: a strict `= 0` test drops types 2 and 3, and a
+    2000–3006 range leaks 2007 (sticker tapback), 3007, 1000 (a sticker placed on a message)
+    and 4000 (a poll vote) as messages.
+    """
+    value = associated_type or 0
+    if value in ORDINARY_ASSOCIATED_TYPES:
+        return None
+    if 2000 <= value <= 2007 or 3000 <= value <= 3007:
+        return "reaction"
+    if value == 1000:
+        return "sticker_placed"
+    if value == 4000:
+        return "poll_vote"
+    return "associated_message"
+
+
 def skip_reason(row: RawMessage, now: float, max_age: float) -> str | None:
     """Why this row is not a new incoming message for the persona, or None when it is."""
     if row.guid is None:
@@ -138,8 +161,9 @@ def skip_reason(row: RawMessage, now: float, max_age: float) -> str | None:
         return "from_me"
     if row.item_type:
         return "not_ordinary_item"
-    if row.associated_message_type:
-        return "associated_message"
+    associated = associated_kind(row.associated_message_type)
+    if associated is not None:
+        return associated
     sent_at = unix_seconds(row.date)
     if sent_at is not None and now - sent_at > max_age:
         return "too_old"

@@ -75,6 +75,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
             auth_state=None,
             outgoing={},
             rules=[],
+            skipped_backfill=0,
         )
         return report
     try:
@@ -111,6 +112,8 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         auth_state=meta.get("auth_state", "ok"),
         outgoing=outgoing,
         rules=rules,
+        # iCloud history not posted (see lateness): a jump here is a restore, not a fault.
+        skipped_backfill=int(meta.get("count_backfill") or 0),
     )
     return report
 
@@ -179,6 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"last delivery : {report['last_delivery_at'] or 'never'}",
         f"last error    : {report['last_error'] or 'none'}",
         f"auth          : {report['auth_state'] or 'unknown'}",
+        f"backfill      : {report['skipped_backfill']} old rows skipped (iCloud history)",
         "outgoing      : "
         + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
         f"rules         : {len(report['rules']) or 'none'}",

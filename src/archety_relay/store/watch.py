@@ -114,6 +114,19 @@ class WatchQueries(Transactional):
             added = sum(insert_chat_event(db, e, now) for e in events)
         return added
 
+    def is_own_send(self, chat_guid: str | None, text: str, since: float) -> bool:
+        """Whether the relay itself sent (or is sending) this text to this chat lately: the echo
+        of its own send, not the persona's account used on another device. Chats are compared
+        by their last guid field (macOS 26 writes `any;-;+1555…` for `iMessage;-;+1555…`)."""
+        wanted = _chat_key(chat_guid)
+        with self._tx() as db:
+            found = db.execute(
+                "SELECT chat_guid FROM outgoing WHERE status IN ('sending', 'sent') "
+                "AND updated_at >= ? AND trim(text) = ?",
+                (since, text.strip()),
+            ).fetchall()
+        return any(_chat_key(r[0]) == wanted for r in found)
+
     def prune_watched(self, before_date: int, own_unread_before: int) -> int:
         """Forget rows older than the window, except the persona's unread ones (kept until
         `own_unread_before`, waiting for a read receipt)."""
@@ -123,3 +136,7 @@ class WatchQueries(Transactional):
                 "AND date >= ?)",
                 (before_date, own_unread_before),
             ).rowcount
+
+
+def _chat_key(chat_guid: str | None) -> str:
+    return (chat_guid or "").rsplit(";", 1)[-1]
