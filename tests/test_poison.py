@@ -18,6 +18,7 @@ from archety_relay import config, logview
 from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.errors import ConfigError
 from archety_relay.relay import Relay
 from archety_relay.store import open_store
 
@@ -127,3 +128,42 @@ def test_a_damaged_row_in_the_recent_window_does_not_stop_edits_being_reported(
     sent = backend.requests_to(SYNC)[-1].body["events"]
     edits = [e for e in sent if e["event_type"] == "message_edited"]
     assert "see you at 8" in [e["details"]["text"] for e in edits]
+
+
+@pytest.mark.parametrize(
+    "guid_sql",
+    [
+        "CAST(X'FFFE' AS TEXT)",
+        "'caf' || char(233) || '-' || char(8364)",
+        "'g' || char(13, 10) || 'X-Injected: 1'",
+    ],
+    ids=["not_utf8", "not_latin1", "crlf"],
+)
+def test_a_message_guid_no_header_can_carry_is_delivered_and_the_queue_goes_on(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, guid_sql: str
+) -> None:
+    """A guid with bytes that are not UTF-8, characters outside latin-1, or CR LF: the message
+    goes with an Idempotency-Key of printable ASCII (the same on a retry, no header injected)
+    and its guid in the body, and the message behind it goes too."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    odd = writer.message("odd guid", sender=ALICE, chat=chat)
+    writer.conn.execute(f"UPDATE message SET guid = {guid_sql} WHERE ROWID = ?", (odd,))
+    writer.message("next", sender=ALICE, chat=chat)
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(503))
+    assert drain(relay) == ["retry", "delivered", "delivered", "idle"]
+    first, again, after = backend.requests_to(MSG)
+    key = first.headers["Idempotency-Key"]
+    assert key == again.headers["Idempotency-Key"] and key.isascii() and key.isprintable()
+    assert "X-Injected" not in first.headers and " " not in key
+    assert [r.body["text"] for r in (again, after)] == ["odd guid", "next"]
+    assert again.body["message_guid"] != key
+
+
+def test_an_agent_id_no_header_can_carry_is_refused_by_name(tmp_path: Path) -> None:
+    """EDGE_AGENT_ID goes into every request's headers: one with a character outside printable
+    ASCII is a ConfigError naming the variable, not a crash on every request."""
+    with pytest.raises(ConfigError) as refused:
+        config.load({"RELAY_WEBHOOK_SECRET": "s" * 20, "EDGE_AGENT_ID": "mini-™"}, tmp_path)
+    assert "EDGE_AGENT_ID" in refused.value.message

@@ -14,6 +14,7 @@ import email.utils
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -174,7 +175,7 @@ class Backend:
         return HttpOutcome(status=None, error=kind, elapsed_ms=(time.monotonic() - started) * 1000)
 
     def post_message(self, body: bytes, message_guid: str) -> HttpOutcome:
-        return self.post(MESSAGE_PATH, body, {"Idempotency-Key": message_guid})
+        return self.post(MESSAGE_PATH, body, {"Idempotency-Key": header_value(message_guid)})
 
     def upload_photo(
         self, fields: dict[str, str], filename: str, data: bytes, mime: str, attachment_guid: str
@@ -188,7 +189,7 @@ class Backend:
         parts: list[Any] = list(fields.items())
         parts.append(("file", (filename, data, mime)))
         body, content_type = encode_multipart_formdata(parts)
-        extra = {"Content-Type": content_type, "Idempotency-Key": attachment_guid}
+        extra = {"Content-Type": content_type, "Idempotency-Key": header_value(attachment_guid)}
         return self.post(PHOTO_UPLOAD_PATH, body, extra)
 
     def heartbeat(self) -> HttpOutcome:
@@ -228,6 +229,13 @@ def _read_bounded(response: requests.Response) -> tuple[bytes, str | None]:
                 return b"".join(parts), "body_deadline"
     except (urllib3.exceptions.HTTPError, OSError):
         return b"".join(parts), "reset"
+
+
+def header_value(text: str) -> str:
+    """A value from chat.db fit for a header: printable ASCII kept as it is (every real guid),
+    anything else percent-encoded. HTTP sends headers as latin-1 and refuses CR/LF, so a guid
+    with other characters failed every attempt and held the queue; this keeps the key stable."""
+    return urllib.parse.quote(text, safe="".join(chr(c) for c in range(0x21, 0x7F) if c != 0x25))
 
 
 def _json(value: Any) -> bytes:

@@ -267,8 +267,12 @@ def _backend_url(raw: str, get: Callable[[str], str | None]) -> str:
 
 def _agent_id(raw: str) -> str:
     value = raw.strip()
-    if not value or any(ch.isspace() or ord(ch) < 0x20 for ch in value) or len(value) > 128:
-        raise ConfigError(f"EDGE_AGENT_ID must be a short name without spaces, got {raw!r}")
+    # It travels in headers (User-Agent, X-Edge-Agent-Id): printable ASCII only, or every
+    # request would fail inside the HTTP client.
+    if not value or not all("!" <= ch <= "~" for ch in value) or len(value) > 128:
+        raise ConfigError(
+            f"EDGE_AGENT_ID must be a short name of printable ASCII without spaces, got {raw!r}"
+        )
     return value
 
 
