@@ -203,6 +203,26 @@ def test_send_in_either_dialect_reaches_messages_and_is_reported(
     assert {e["event_type"] for e in events} == {"command_completed", "message_sent"}
 
 
+def test_a_chat_named_by_its_chat_identifier_is_found_in_chatdb(
+    make: Callable[..., Relay], backend: StubBackend, sent: Sent, writer: MessagesWriter
+) -> None:
+    """The previous client's thread_id is chat.chat_identifier (`+1555…`, `chat6553…`): the
+    send goes to that chat's guid; an identifier no chat has is command_failed."""
+    writer.group_chat("chat6553", [ALICE, BOB])
+    relay = make()
+    answer(
+        backend,
+        cmd("i-1", "send_message_now", "payload", thread_id=ALICE, text="to alice"),
+        cmd("i-2", "send_message_now", "payload", thread_id="chat6553", text="to the group"),
+        cmd("i-3", "send_message_now", "payload", thread_id="+15550000000", text="to nobody"),
+    )
+    relay.sync_step(time.time())
+    relay.outbound.dispatch_step(time.time())
+    assert sent.calls == [(A_CHAT, "to alice"), ("iMessage;+;chat6553", "to the group")]
+    (failed,) = events_of_next_sync(relay, backend)["i-3"]
+    assert failed["details"]["reason"] == "no chat in chat.db has that thread_id"
+
+
 def test_schedule_ids_cancel_in_either_dialect_and_immediate_runs_at_once(
     make: Callable[..., Relay], backend: StubBackend, sent: Sent
 ) -> None:

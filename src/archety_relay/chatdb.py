@@ -281,6 +281,19 @@ class ChatDb:
         wanted = text.strip()
         return any(_row_text(t, b) == wanted for t, b in rows)
 
+    def chat_guid_for(self, identifier: str) -> str | None:
+        """The guid of the chat the previous edge client called `identifier`
+        (chat.chat_identifier, by its index); of several (one person on iMessage and on SMS),
+        the one with the latest message."""
+        with self._snapshot() as conn:
+            row = conn.execute(
+                "SELECT c.guid FROM chat AS c WHERE c.chat_identifier = ? ORDER BY "
+                "(SELECT MAX(j.message_id) FROM chat_message_join AS j WHERE j.chat_id = c.ROWID) "
+                "DESC, c.ROWID DESC LIMIT 1",
+                (identifier,),
+            ).fetchone()
+        return _str(row[0]) if row else None
+
     def chat_service_name(self, chat_guid: str) -> str | None:
         """`chat.service_name` (iMessage, SMS, RCS) of a chat: macOS 26 guids say only `any`."""
         with self._snapshot() as conn:

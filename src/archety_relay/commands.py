@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -45,9 +46,10 @@ NOT_SUPPORTED_YET: dict[str, str] = {}
 @dataclass(frozen=True)
 class SendNow:
     command_id: str
-    chat_guid: str
+    chat_guid: str  # "" until `with_chat` has looked chat_identifier up
     text: str
     reflex: bool = False  # bubble_type reflex: goes without the pacing gap
+    chat_identifier: str | None = None  # the previous client's key, when no guid was given
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Schedule:
     text: str
     send_at: float  # Unix time
     immediate: bool = False  # priority immediate: runs now, whatever send_at says
+    chat_identifier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class SetContext:
     notify_text: str | None = None
     reason: str | None = None
     notify_problem: str | None = None  # why a notify_text that was asked for is not sent
+    notify_identifier: str | None = None  # the chat_identifier to look notify_chat up by
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,44 @@ def _chat(params: dict[str, Any]) -> str | None:
     return value
 
 
+def _identifier(params: dict[str, Any]) -> str | None:
+    """The previous client's chat key (chat.chat_identifier: `+15551234567`, `chat6553…`) where
+    a command named its chat that way; looked up in chat.db (`with_chat`) before any send."""
+    for name in ("chat_guid", "thread_id"):
+        value = params.get(name)
+        if (
+            isinstance(value, str)
+            and 0 < len(value) <= MAX_ID_CHARS
+            and value.isprintable()
+            and not value.startswith("-")
+            and clean_text(value) == value
+        ):
+            return value
+    return None
+
+
+def with_chat(action: Action, lookup: Callable[[str], str | None]) -> Action:
+    """An action that named its chat by chat_identifier, with that chat's guid from `lookup`
+    (chat.db); a send to no known chat becomes Invalid, a notice that cannot go is noted."""
+    if isinstance(action, (SendNow, Schedule)) and not action.chat_guid and action.chat_identifier:
+        guid = lookup(action.chat_identifier)
+        if guid is None or not is_chat_guid(guid):
+            kind = "send_message" if isinstance(action, SendNow) else "schedule_message"
+            return Invalid(action.command_id, kind, "no chat in chat.db has that thread_id")
+        return replace(action, chat_guid=guid)
+    if isinstance(action, SetContext) and action.notify_identifier:
+        guid = lookup(action.notify_identifier)
+        if guid is None or not is_chat_guid(guid):
+            return replace(
+                action,
+                notify_text=None,
+                notify_identifier=None,
+                notify_problem="notify_text not sent: no chat in chat.db has that thread_id",
+            )
+        return replace(action, notify_chat=guid, notify_identifier=None)
+    return action
+
+
 def _chat_keys(params: dict[str, Any]) -> tuple[str, ...]:
     """Every key a chat was named by (its guid, or the previous client's chat_identifier)."""
     keys = []
@@ -278,12 +320,14 @@ def _action(command_id: str, kind: str, command: dict[str, Any]) -> Action:
     canonical = ALIASES.get(kind, kind)
     if canonical in ("send_message", "schedule_message"):
         chat, text = _chat(params), _text(params, "text", "message_text")
-        if chat is None:
+        ident = None if chat else _identifier(params)
+        if chat is None and ident is None:
             return Invalid(command_id, kind, "missing or malformed chat_guid or thread_id")
         if text is None:
             return Invalid(command_id, kind, "missing, empty or too long text")
         if canonical == "send_message":
-            return SendNow(command_id, chat, text, reflex=params.get("bubble_type") == "reflex")
+            reflex = params.get("bubble_type") == "reflex"
+            return SendNow(command_id, chat or "", text, reflex, ident)
         immediate = "immediate" in (command.get("priority"), params.get("priority"))
         send_at = parse_time(params.get("send_at"))
         if send_at is None and not immediate:
@@ -292,7 +336,7 @@ def _action(command_id: str, kind: str, command: dict[str, Any]) -> Action:
                 kind,
                 "send_at must be ISO 8601 with a time zone, between 1970 and 9999",
             )
-        return Schedule(command_id, chat, text, send_at or 0.0, immediate=immediate)
+        return Schedule(command_id, chat or "", text, send_at or 0.0, immediate, ident)
     if canonical == "cancel_message":
         key = "schedule_id" if kind == "cancel_scheduled" else "message_id"
         raw = params.get(key, params.get("message_id", params.get("schedule_id")))
@@ -339,11 +383,12 @@ def _context(command_id: str, kind: str, params: dict[str, Any]) -> Action:
     # chat_identifier, not a guid); the event says why it was not sent.
     notify_text = _text(params, "notify_text")
     notify_chat = _chat(params)
+    notify_identifier = None if notify_chat else _identifier(params)
     problem = None
-    if notify_text is None or notify_chat is None:
+    if notify_text is None or (notify_chat is None and notify_identifier is None):
         if params.get("notify_text") is not None:
-            problem = "notify_text not sent: it needs a text and a real chat guid"
-        notify_text = notify_chat = None
+            problem = "notify_text not sent: it needs a text and a chat"
+        notify_text = notify_chat = notify_identifier = None
     if kind == "context_reset":
         reason = params.get("reason")
         return SetContext(
@@ -355,6 +400,7 @@ def _context(command_id: str, kind: str, params: dict[str, Any]) -> Action:
             notify_text,
             clean_text(reason)[:MAX_ID_CHARS] if isinstance(reason, str) else None,
             problem,
+            notify_identifier,
         )
     app_id = params.get("app_id")
     if not isinstance(app_id, str) or not app_id.strip():
@@ -367,7 +413,14 @@ def _context(command_id: str, kind: str, params: dict[str, Any]) -> Action:
         "metadata": _state(params.get("metadata") or {}),
     }
     return SetContext(
-        command_id, kind, keys, context, notify_chat, notify_text, notify_problem=problem
+        command_id,
+        kind,
+        keys,
+        context,
+        notify_chat,
+        notify_text,
+        notify_problem=problem,
+        notify_identifier=notify_identifier,
     )
 
 

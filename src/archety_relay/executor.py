@@ -158,6 +158,8 @@ def _carry_out(tx: CommandTx, action: Action) -> bool:
 
 
 def _send(tx: CommandTx, action: SendNow | Schedule, base: dict[str, Any]) -> bool:
+    if not action.chat_guid:  # named by chat_identifier and never looked up (commands.with_chat)
+        raise ValueError("no chat guid")
     scheduled = isinstance(action, Schedule)
     send_at = action.send_at if isinstance(action, Schedule) and not action.immediate else tx.now
     kind = "schedule_message" if scheduled else "send_message"

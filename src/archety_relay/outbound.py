@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from . import executor, messages_app, replies
+from . import commands, executor, messages_app, replies
 from .chat_guid import Target, is_chat_guid, send_target, service_of
 from .chatdb import ChatDb
 from .commands import Action
@@ -82,6 +82,8 @@ class Outbound:
     # -- commands ---------------------------------------------------------------------------
     def execute(self, action: Action, now: float) -> None:
         """Carry out one sync command (see executor); wake the dispatcher if it stored a send."""
+        # A chat named by the previous client's chat_identifier is looked up in chat.db first.
+        action = commands.with_chat(action, self.chatdb.chat_guid_for)
         if executor.execute(self.store, action, now):
             self.notify()
 
