@@ -6,6 +6,7 @@ the loopback backend received.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
@@ -19,6 +20,7 @@ from archety_relay import config
 from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
+from archety_relay.photos import Photos
 from archety_relay.relay import Relay
 from archety_relay.rows import APPLE_EPOCH
 from archety_relay.store import open_store
@@ -187,8 +189,11 @@ def test_skipped_rows_advance_the_cursor_and_never_reach_the_backend(
 def test_attachment_placeholder_removed_and_attachment_listed(
     relay: Relay, writer: MessagesWriter, backend: StubBackend
 ) -> None:
-    """U+FFFC leaves the text; the attachment's fields go out with ~ expanded."""
+    """U+FFFC leaves the text; the attachment's fields go out with ~ expanded. (The files are
+    not on disk and the relay is told not to wait for them: they go as pending.)"""
     chat = writer.direct_chat(ALICE)
+    no_wait = dataclasses.replace(relay.settings, attachment_wait=0.0)
+    relay.photos = Photos(no_wait, relay.chatdb, relay.store, relay.backend)
     start(relay)
     writer.message(
         "\ufffclook at this",
@@ -222,7 +227,7 @@ def test_attachment_placeholder_removed_and_attachment_listed(
         2048,
         "public.heic",
     )
-    assert att["guid"]
+    assert att["guid"] and att["status"] == "pending" and att["is_photo"] is True
     assert second["text"] == "" and len(second["attachments"]) == 1
 
 

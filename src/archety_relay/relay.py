@@ -37,6 +37,8 @@ log = structlog.get_logger("archety_relay.relay")
 # An outage's warning is repeated at most this often; each attempt still logs at info.
 OUTAGE_LOG_INTERVAL = 60.0
 IN_FLIGHT_PUBLISH_INTERVAL = 1.0
+# A chat whose pictures are still downloading looks again this soon if photos named no time.
+WAIT_FALLBACK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,17 @@ class Relay:
             # persona answer twice, so retry just the write.
             self._record_delivery(item, *unrecorded)
             return Delivery("delivered", 0.0)
-        outcome = self.backend.post_message(item.body, item.message_guid)
+        # Pictures first: the message goes once they are uploaded or given up on (photos).
+        settled = self.photos.settle(item.message_guid, item.body, item.enqueued_at, time.time())
+        if settled.kind == "waiting":
+            # Still downloading from iCloud: only this chat waits, the other lanes go on.
+            wait = settled.wait or WAIT_FALLBACK_SECONDS
+            self.lanes.hold_chat(item.chat_guid, now, wait)
+            return Delivery("waiting", wait)
+        if settled.outcome is not None:  # an upload failed the way a message can: wait it out
+            outcome = settled.outcome
+        else:
+            outcome = self.backend.post_message(settled.body or item.body, item.message_guid)
         decided = verdict(outcome)
         replies: list[NewOutgoing] = []
         reply = None

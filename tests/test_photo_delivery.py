@@ -1,0 +1,177 @@
+"""Pictures in delivery: uploaded before their message, by the real relay (in process and as the
+daemon in a subprocess, killed with -9 at the worst moments), against the loopback backend."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import ALICE, RelayProcess, wait_until
+from PIL import Image
+
+from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
+from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.relay import Relay
+
+
+def picture(path: Path) -> AttachmentSpec:
+    out = io.BytesIO()
+    Image.new("RGB", (800, 600), (30, 160, 90)).save(out, "JPEG")
+    path.write_bytes(out.getvalue())
+    return AttachmentSpec(str(path), "image/jpeg", path.name, len(out.getvalue()), "public.jpeg")
+
+
+def deliver_all(relay: Relay) -> None:
+    relay.capture_step(time.time())
+    for _ in range(20):
+        if relay.deliver_step(time.monotonic()).kind != "delivered":
+            break
+
+
+def attachment_of(body: dict[str, Any]) -> dict[str, Any]:
+    (entry,) = body["attachments"]
+    return entry
+
+
+def test_picture_uploaded_before_its_message(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+) -> None:
+    """The upload reaches the backend first; the message then names the photo_id it got."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    writer.message(
+        "\ufffcsunset", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "s.jpeg")]
+    )
+    deliver_all(relay)
+    (upload,) = backend.uploads()
+    (message,) = backend.messages()
+    assert [r.path for r in backend.received if r.path != "/orchestrator/heartbeat"] == [
+        "/photo/upload",
+        "/orchestrator/message",
+    ]
+    entry = attachment_of(message.body)
+    assert entry["guid"] == upload.body["attachment_guid"] == upload.headers["Idempotency-Key"]
+    assert entry["status"] == "uploaded" and entry["uploaded_photo_id"] == "photo-1"
+    assert message.body["text"] == "sunset" and message.body["metadata"]["has_attachment"] is True
+
+
+def test_upload_401_pauses_like_a_message(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+) -> None:
+    """A rejected secret on the upload pauses delivery and keeps the message; nothing is posted."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "p.jpeg")])
+    backend.script("/photo/upload", Behaviour(401))
+    relay.capture_step(time.time())
+    assert relay.deliver_step(time.monotonic()).kind == "auth_paused"
+    assert backend.messages(accepted_only=False) == [] and relay.store.stats().depth == 1
+
+
+def test_kill9_between_upload_and_message_does_not_upload_again(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    tmp_path: Path,
+) -> None:
+    """The daemon is killed while the message (after its accepted upload) is at the backend:
+    after a restart the message is delivered with the same photo_id and the picture is not
+    uploaded a second time."""
+    chat = writer.direct_chat(ALICE)
+    backend.script("/orchestrator/message", Behaviour(hang=True))
+    first = start_relay()
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "k.jpeg")])
+    assert backend.wait_for(lambda b: len(b.messages(accepted_only=False)) == 1, 20)
+    first.kill9()
+    start_relay()
+    assert backend.wait_for(lambda b: len(b.messages()) == 1, 20)
+    assert len(backend.requests_to("/photo/upload")) == 1
+    assert attachment_of(backend.messages()[0].body)["uploaded_photo_id"] == "photo-1"
+
+
+def test_kill9_mid_upload_uploads_again_with_the_same_key(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    tmp_path: Path,
+) -> None:
+    """Killed while the upload is unanswered: after a restart the picture is uploaded again under
+    the same Idempotency-Key and the message goes once, naming it."""
+    chat = writer.direct_chat(ALICE)
+    backend.script("/photo/upload", Behaviour(hang=True))
+    first = start_relay()
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "m.jpeg")])
+    assert backend.wait_for(lambda b: len(b.requests_to("/photo/upload")) == 1, 20)
+    first.kill9()
+    start_relay()
+    assert backend.wait_for(lambda b: len(b.messages()) == 1, 20)
+    keys = {r.headers["Idempotency-Key"] for r in backend.requests_to("/photo/upload")}
+    assert len(keys) == 1 and len(backend.uploads()) == 1
+    entry = attachment_of(backend.messages()[0].body)
+    assert entry["status"] == "uploaded" and entry["guid"] in keys
+
+
+def test_daemon_posts_pending_then_reports_the_upload_promptly(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    tmp_path: Path,
+) -> None:
+    """A picture still in iCloud: after ARCHETY_ATTACHMENT_WAIT the message goes as pending;
+    when Messages finishes the download the daemon uploads it and an attachment_uploaded event
+    reaches /edge/sync at once (the sync interval is an hour)."""
+    chat = writer.direct_chat(ALICE)
+    start_relay({"ARCHETY_ATTACHMENT_WAIT": "0.5", "ARCHETY_SYNC_INTERVAL": "3600"})
+    path = tmp_path / "IMG_9.jpeg"
+    spec = AttachmentSpec(str(path), "image/jpeg", path.name, 0, "public.jpeg", 0, 1, "AT-9")
+    writer.message("from iCloud", sender=ALICE, chat=chat, attachments=[spec])
+    assert backend.wait_for(lambda b: len(b.messages()) == 1, 20)
+    assert attachment_of(backend.messages()[0].body)["status"] == "pending"
+    picture(path)
+    writer.finish_download("AT-9")
+
+    def reported(b: StubBackend) -> list[dict[str, Any]]:
+        return [
+            e
+            for r in b.requests_to("/edge/sync")
+            for e in (r.body or {}).get("events", [])
+            if e.get("event_type") == "attachment_uploaded"
+        ]
+
+    assert backend.wait_for(lambda b: bool(reported(b)), 30)
+    (event,) = reported(backend)[:1]
+    assert event["details"] == {
+        "message_guid": backend.messages()[0].body["message_guid"],
+        "attachment_guid": "AT-9",
+        "photo_id": "photo-1",
+    }
+    assert wait_until(lambda: len(backend.uploads()) == 1)
+
+
+def test_upload_retry_command_uploads_again_and_reports(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+) -> None:
+    """`upload_retry` from /edge/sync reads the original file again and uploads it; the next
+    sync carries attachment_uploaded with the command id. A malformed one fails as a command."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "r.jpeg")])
+    deliver_all(relay)
+    guid = attachment_of(backend.messages()[0].body)["guid"]
+    commands = [
+        {"command_id": "c1", "command_type": "upload_retry", "params": {"attachment_guid": guid}},
+        {"command_id": "c2", "command_type": "upload_retry", "params": {}},
+    ]
+    backend.script("/edge/sync", Behaviour(200, body={"commands": commands}))
+    relay.sync_step(time.time())
+    assert relay.photos_step(time.time()) == (1, None)  # the daemon's photos loop does this
+    assert [r.headers["Idempotency-Key"] for r in backend.uploads()] == [guid, guid]
+    relay.sync_step(time.time())
+    events = backend.requests_to("/edge/sync")[-1].body["events"]
+    by_type = {e["event_type"]: e for e in events}
+    assert by_type["attachment_uploaded"]["command_id"] == "c1"
+    assert by_type["attachment_uploaded"]["details"]["attachment_guid"] == guid
+    assert by_type["command_failed"]["details"]["reason"] == "missing or malformed attachment_guid"
