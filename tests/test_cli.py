@@ -246,6 +246,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "✅ 6 of 6 messages relayed" in result.stdout
     assert "3 reply bubbles handed to Messages.app" in result.stdout
+    assert "1 photo uploaded before its message" in result.stdout
+    assert "image/jpeg 1024x768 JPEG, no EXIF/GPS/XMP" in result.stdout
 
 
 def test_file_events_wake_the_reader_without_waiting_for_the_poll(

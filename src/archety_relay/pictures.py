@@ -229,3 +229,18 @@ def _encode(img: Any, mime: str, icc: bytes | None, quality: int | None) -> byte
     else:
         img.save(out, "PNG", optimize=True, **options)
     return out.getvalue()
+
+
+def describe(data: bytes) -> str:
+    """For people: "1024x768 JPEG, no EXIF/GPS/XMP" (or what metadata it does carry)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            found = [k for k in ("exif", "xmp", "comment") if img.info.get(k)]
+            if img.getexif().get_ifd(0x8825):
+                found.append("GPS")
+            carried = f"carries {'/'.join(found)}" if found else "no EXIF/GPS/XMP"
+            return f"{img.width}x{img.height} {img.format}, {carried}"
+    except Exception as exc:  # a description, never a failure
+        return f"unreadable ({type(exc).__name__})"

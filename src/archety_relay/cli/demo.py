@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import config, logs
 from ..chat_guid import Target
 from ..daemon import Daemon
+from ..demo.camera import iphone_photo
 from ..demo.messages_writer import AttachmentSpec, MessagesWriter
 from ..demo.stub_backend import Behaviour, Received, StubBackend
 from ..messages_app import SendResult
@@ -35,7 +36,25 @@ def _show(received: Received) -> None:
     print(
         f"  backend ← {body.get('mode', '?'):6} {body.get('chat_guid')}  "
         f"from {body.get('sender')}: {json.dumps(body.get('text'), ensure_ascii=False)}"
-        + (f"  +{len(body['attachments'])} attachment(s)" if body.get("attachments") else "")
+    )
+    for entry in body.get("attachments") or []:
+        print(
+            f"            attachment {entry.get('transfer_name')}: {entry.get('status')}"
+            + (f" as {entry['uploaded_photo_id']}" if entry.get("uploaded_photo_id") else "")
+            + (f" ({entry['skip_reason']})" if entry.get("skip_reason") else "")
+        )
+
+
+def _show_upload(received: Received) -> None:
+    """What reached /photo/upload: the converted picture, and proof it carries no metadata."""
+    part = received.files.get("file")
+    if part is None:
+        return
+    from ..pictures import describe
+
+    print(
+        f"  backend ← /photo/upload {part.filename} {part.content_type} {describe(part.data)}, "
+        f"{len(part.data) // 1024} KB (Idempotency-Key {received.headers.get('Idempotency-Key')})"
     )
 
 
@@ -45,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"archety-relay demo — working in {workdir}")
     (workdir / "Messages").mkdir()
     writer = MessagesWriter(workdir / "Messages" / "chat.db")
-    backend = StubBackend(secret, on_message=_show).start()
+    backend = StubBackend(secret, on_message=_show, on_upload=_show_upload).start()
     print(f"  stand-in backend on {backend.url} (checks the Bearer secret)")
     settings = config.load(
         environ={
@@ -101,7 +120,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + 10
         while len(replies) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        ok = len(received) == expected and len(replies) == 3
+        uploads = backend.uploads()
+        ok = len(received) == expected and len(replies) == 3 and len(uploads) == 1
         latencies = sorted(r.at - t for r, t in zip(received, committed, strict=False))
         print()
         if ok:
@@ -110,7 +130,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"✅ {len(received)} of {expected} messages relayed "
                 f"(2 rows skipped on purpose: one sent by us, one tapback); "
                 f"median commit → backend {median_ms:.0f} ms; "
-                f"{len(replies)} reply bubbles handed to Messages.app"
+                f"{len(replies)} reply bubbles handed to Messages.app; "
+                f"{len(uploads)} photo uploaded before its message"
             )
         else:
             print(
@@ -150,11 +171,18 @@ def _write_sample(writer: MessagesWriter) -> list[float]:
     )
     send("hello 👋 from Bob, whose handle is an e-mail address", sender=BOB, chat=bob)
     send("dinner at 8? — asked in the group", sender=CAROL, chat=group)
+    # An iPhone photo: HEIC, held sideways, GPS in its EXIF. It is uploaded first, as an
+    # upright JPEG with no metadata, and the message then names the photo_id it got.
+    photo = iphone_photo(writer.path.parent / "Attachments" / "ab" / "IMG_0001.heic")
     send(
         "a photo \ufffc",
         sender=ALICE,
         chat=alice,
-        attachments=[AttachmentSpec("~/Library/Messages/Attachments/ab/IMG_0001.jpeg")],
+        attachments=[
+            AttachmentSpec(
+                str(photo), "image/heic", photo.name, photo.stat().st_size, "public.heic"
+            )
+        ],
     )
     # Rows the relay must skip: our own reply, and a tapback on Alice's message.
     writer.message("sure!", sender=ALICE, chat=alice, is_from_me=1)

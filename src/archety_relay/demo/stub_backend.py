@@ -95,6 +95,7 @@ class StubBackend:
         secret: str,
         *,
         on_message: Callable[[Received], None] | None = None,
+        on_upload: Callable[[Received], None] | None = None,
         port: int = 0,
         tls: ssl.SSLContext | None = None,
         answer_delay: float = 0.0,
@@ -112,6 +113,7 @@ class StubBackend:
         self._arrived = threading.Condition()
         self._stopping = threading.Event()
         self._on_message = on_message
+        self._on_upload = on_upload
         self._photo_ids: dict[str, str] = {}  # Idempotency-Key -> photo_id already given
         # Acknowledge every event a sync carries, as the real backend does once it stored them.
         self.ack_events = False
@@ -262,6 +264,8 @@ class StubBackend:
             self._arrived.notify_all()
         if self._on_message and received.path == "/orchestrator/message" and received.status == 200:
             self._on_message(received)
+        if self._on_upload and received.path == PHOTO_UPLOAD and received.status == 200:
+            self._on_upload(received)
 
     # -- the handler ------------------------------------------------------------------------
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
