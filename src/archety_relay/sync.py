@@ -56,6 +56,8 @@ CAPABILITIES = (
     "context_reset",
     "update_plan",
     "emit_event",
+    "photo_upload",
+    "upload_retry",
 )
 
 
