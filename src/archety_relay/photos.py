@@ -164,6 +164,9 @@ class Photos:
                 attachment_guid=guid,
                 message_guid=record.message_guid,
                 reason=converted.reason,
+                hint="the picture could not be converted (unreadable: damaged or an unknown "
+                "format; too_large: past Pillow's pixel limit or ARCHETY_PHOTO_MAX_BYTES); its "
+                "message went on, listing it as skipped",
             )
             return replace(record, status=SKIPPED, skip_reason=converted.reason), None
         fields = {"attachment_guid": guid, "edge_agent_id": self.settings.agent_id}
@@ -201,7 +204,11 @@ class Photos:
             "photo_upload_rejected",
             attachment_guid=guid,
             status=outcome.status,
-            response=outcome.body[:300],
+            # Not the answer itself: error bodies echo what was sent, and the caption is
+            # message text, which never goes to the log at warning level.
+            response_chars=len(outcome.body),
+            hint="the backend refused this picture; its message went on, listing it as "
+            "skipped (upload_rejected_<status>); the backend can ask again with upload_retry",
         )
         return replace(
             record, status=SKIPPED, skip_reason=result.skip_reason, attempts=attempts
