@@ -174,7 +174,8 @@ def section(r: dict[str, Any]) -> str:
             "on its own (`Image.open(...).load()` alone peaks at ~115 MB above the imports). "
             "Before/after: the first version turned, converted and copied the full-size picture "
             "before shrinking it, three more 36 MB copies: 211 MB for the conversion; shrinking "
-            "in place first brought it to 104 MB, the decoder's own footprint. Conversions run "
+            "in place first brought it to the decoder's own footprint (104–110 MB over runs). "
+            "Conversions run "
             "one at a time (a lock in `pictures`), so several pictures arriving together do not "
             "stack that up.",
             *beside_lines(r.get("other_chat_latency")),
@@ -193,7 +194,9 @@ def beside_lines(r: dict[str, Any] | None) -> list[str]:
         "message in one chat and, 20 ms later, a text in another; "
         f"{busy['n']} trials): p50 {busy['p50_ms']:.1f} ms (max {busy['max_ms']:.0f} ms) "
         f"against {alone['p50_ms']:.1f} ms (max {alone['max_ms']:.0f} ms) for the same text with "
-        "no picture in flight.",
+        "no picture in flight. The picture's chat waits for its conversion and upload; the "
+        "other chats' lanes do not. Before lanes (one sender for every chat, measured the same "
+        "way on 2026-11-28) that text waited behind the conversion: 1,650 ms p50.",
     ]
 
 

@@ -175,3 +175,30 @@ def test_upload_retry_command_uploads_again_and_reports(
     assert by_type["attachment_uploaded"]["command_id"] == "c1"
     assert by_type["attachment_uploaded"]["details"]["attachment_guid"] == guid
     assert by_type["command_failed"]["details"]["reason"] == "missing or malformed attachment_guid"
+
+
+def test_only_the_chat_with_a_downloading_picture_waits(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+) -> None:
+    """A message whose picture is still in iCloud holds its own chat only: a later text in
+    another chat is delivered meanwhile, and the next text of the same chat keeps its place
+    behind the picture. Once Messages finishes the download, both go, in order."""
+    alice, bob = writer.direct_chat(ALICE), writer.direct_chat("+15555550102")
+    relay.capture_step(time.time())
+    path = tmp_path / "IMG_7.jpeg"
+    spec = AttachmentSpec(str(path), "image/jpeg", path.name, 0, "public.jpeg", 0, 1, "AT-7")
+    writer.message("pic", sender=ALICE, chat=alice, attachments=[spec])
+    writer.message("after the pic", sender=ALICE, chat=alice)
+    writer.message("another chat", sender="+15555550102", chat=bob)
+    relay.capture_step(time.time())
+    now = time.monotonic()
+    kinds = [relay.deliver_step(now).kind for _ in range(4)]
+    assert [m.body["text"] for m in backend.messages()] == ["another chat"]
+    assert "held" in kinds and kinds[-1] == "waiting"  # only Alice's chat is left, and it waits
+    picture(path)
+    writer.finish_download("AT-7")
+    later = now + 2.0  # past the chat's short hold
+    for _ in range(4):
+        relay.deliver_step(later)
+    assert [m.body["text"] for m in backend.messages()] == ["another chat", "pic", "after the pic"]
+    assert attachment_of(backend.messages()[1].body)["status"] == "uploaded"

@@ -43,7 +43,9 @@ WAIT_FALLBACK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Delivery:
-    kind: str  # "delivered" | "retry" | "auth_paused" | "dead_lettered" | "idle" | "waiting"
+    # "delivered" | "retry" | "auth_paused" | "dead_lettered" | "idle" | "waiting" |
+    # "held" (this message's pictures are still downloading: its chat waits, others go on)
+    kind: str
     wait: float | None = None  # seconds until the next step is worth running; None: until woken
     outcome: HttpOutcome | None = None
 
@@ -178,7 +180,7 @@ class Relay:
             # Still downloading from iCloud: only this chat waits, the other lanes go on.
             wait = settled.wait or WAIT_FALLBACK_SECONDS
             self.lanes.hold_chat(item.chat_guid, now, wait)
-            return Delivery("waiting", wait)
+            return Delivery("held", wait)
         if settled.outcome is not None:  # an upload failed the way a message can: wait it out
             outcome = settled.outcome
         else:
