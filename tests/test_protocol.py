@@ -421,7 +421,7 @@ def test_a_catastrophic_pattern_is_cut_off_and_the_message_still_goes(
 ) -> None:
     """`(a|aa)+$` against sixty a's and a "!" backtracks for longer than anyone would wait in
     Python's re; here the match runs out of its budget, counts as no match, is logged, and the
-    message is delivered."""
+    message is delivered. A rule that does this three times is turned off and reported."""
     hostile = rules.parse(rule("evil", "filter", ("content", "matches", "(a|aa)+$")))
     assert isinstance(hostile, rules.Rule)
     facts = rules.Facts(sender=ALICE, content="a" * 60 + "!", chat_keys=(A_CHAT,), is_group=False)
@@ -435,11 +435,18 @@ def test_a_catastrophic_pattern_is_cut_off_and_the_message_still_goes(
         cmd("r-1", "set_rule", **rule("evil", "filter", ("content", "matches", "(a|aa)+$"))),
     )
     relay.sync_step(time.time())
-    writer.message("a" * 60 + "!", sender=ALICE, chat=chat)
+    hostile_texts = ["a" * 60 + f"{i}!" for i in range(4)]
     with structlog.testing.capture_logs() as logs:
-        relay_all(relay)
-    assert [b["text"] for b in bodies(backend)] == ["a" * 60 + "!"]
-    assert [e["rule"] for e in logs if e["event"] == "rule_match_timeout"] == ["evil"]
+        for text in hostile_texts:
+            writer.message(text, sender=ALICE, chat=chat)
+            relay_all(relay)
+    assert [b["text"] for b in bodies(backend)] == hostile_texts
+    # after three timeouts the rule is turned off, so the fourth message costs nothing
+    assert [e["rule"] for e in logs if e["event"] == "rule_match_timeout"] == ["evil"] * 3
+    assert [e["rule"] for e in logs if e["event"] == "rule_disabled"] == ["evil"]
+    (error,) = events_of_next_sync(relay, backend)["error"]
+    assert error["details"]["error"] == "rule_disabled" and error["details"]["rule"] == "evil"
+    assert [r["rule_config"]["enabled"] for r in relay.store.rules()] == [False]
 
 
 def test_status_lists_the_rules(

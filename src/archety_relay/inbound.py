@@ -17,6 +17,7 @@ crash between that and the enqueue neither doubles the auto reply nor loses the 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from .store import ChatState, NewOutgoing, Store
 log = structlog.get_logger("archety_relay.inbound")
 
 AUTO_REPLY_ORIGIN = "auto_reply"
+# A rule whose pattern runs out of time this many times is turned off (and reported).
+TIMEOUTS_BEFORE_DISABLE = 3
 
 
 class Inbound:
@@ -39,6 +42,7 @@ class Inbound:
         self.store = store
         self.notify: Callable[[], None] = lambda: None  # an auto reply is waiting to be sent
         self.rules: tuple[rules.Rule, ...] = ()
+        self._timeouts: Counter[str] = Counter()  # pattern timeouts per rule since the start
         self._chats: dict[str, ChatState] = {}
         self.reload()
 
@@ -56,7 +60,7 @@ class Inbound:
 
     def admit(self, message: Message, now: float) -> bytes | Skipped:
         """The exact body to queue for this message, or Skipped("filtered")."""
-        verdict = self._verdict(message)
+        verdict = self._verdict(message, now)
         extra: dict[str, Any] = dict(self.settings.persona_fields())
         extra.update(self._chat_fields(message))
         if verdict.action == "filter" and verdict.rule:
@@ -92,7 +96,7 @@ class Inbound:
             )
             return Skipped(message.rowid, message.message_guid, "unreadable")
 
-    def _verdict(self, message: Message) -> rules.Verdict:
+    def _verdict(self, message: Message, now: float) -> rules.Verdict:
         if not self.rules:
             return rules.Verdict("deliver")
         facts = rules.Facts(
@@ -113,7 +117,27 @@ class Inbound:
                 message_guid=message.message_guid,
                 budget_s=rules.MATCH_BUDGET_SECONDS,
             )
+            self._timeouts[name] += 1
+            if self._timeouts[name] >= TIMEOUTS_BEFORE_DISABLE:
+                self._disable(name, now)
         return verdict
+
+    def _disable(self, name: str, now: float) -> None:
+        """A pattern that keeps running out of time would cost every message its budget (and
+        starve the other rules' patterns): turn the rule off and tell the backend, which can
+        set it again."""
+        reason = (
+            f"its regular expression ran out of time on {TIMEOUTS_BEFORE_DISABLE} messages; "
+            "disabled by the relay"
+        )
+        if self.store.disable_rule(name, reason, now):
+            log.error(
+                "rule_disabled",
+                rule=name,
+                hint="a set_rule with a simpler `matches` pattern turns it on again",
+            )
+        del self._timeouts[name]
+        self.reload()
 
     def _auto_reply(self, message: Message, rule: str, text: str, now: float) -> bool:
         if not is_chat_guid(message.chat_guid):

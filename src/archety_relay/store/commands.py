@@ -117,6 +117,30 @@ class CommandQueries(Transactional):
             rows = db.execute("SELECT source FROM rules ORDER BY rowid").fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def disable_rule(self, name: str, reason: str, now: float) -> bool:
+        """Turn a rule off as if the backend had sent `enabled: false`, with an `error` event
+        saying why. False when it was already off or is gone."""
+        with self._tx() as db:
+            row = db.execute("SELECT source FROM rules WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return False
+            source = json.loads(row[0])
+            config = source.get("rule_config") or {}
+            if config.get("enabled") is False:
+                return False
+            source["rule_config"] = {**config, "enabled": False}
+            db.execute(
+                "UPDATE rules SET source = ?, updated_at = ? WHERE name = ?",
+                (_dump(source), now, name),
+            )
+            insert_event(
+                db,
+                "error",
+                {"details": {"error": "rule_disabled", "rule": name, "reason": reason}},
+                now,
+            )
+        return True
+
     def chat_states(self) -> dict[str, ChatState]:
         with self._tx() as db:
             rows = db.execute(
