@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from conftest import ALICE, BOB, run_cli
+from conftest import ALICE, BOB, FakeOsascript, RelayProcess, run_cli, wait_until
 
 from archety_relay import commands, config, rules
 from archety_relay.chatdb import ChatDb
@@ -652,3 +652,47 @@ def test_a_reply_that_cannot_be_read_or_stored_as_is_still_records_the_delivery(
     assert [r.body["text"] for r in backend.requests_to(MSG)] == ["one", "two"]
     assert relay.store.stats().depth == 0
     assert sent.calls == [(A_CHAT, "ok \ufffd!")]
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+def test_the_running_daemon_applies_a_rule_from_sync_to_the_next_message(
+    start_relay: Callable[..., RelayProcess],
+    env: dict[str, str],
+    osascript: FakeOsascript,
+    writer: MessagesWriter,
+    backend: StubBackend,
+) -> None:
+    """In the real daemon (timer, capture and dispatch threads): a filter and an auto reply set
+    by a sync reach the capture thread at once; the filtered message never reaches the
+    backend, the auto reply goes out through osascript, the other message is posted marked."""
+    chat = writer.direct_chat(ALICE)
+    answer(
+        backend,
+        cmd("d-1", "set_rule", **rule("quiet", "filter", ("content", "starts_with", "ignore"))),
+        cmd(
+            "d-2",
+            "set_rule",
+            **rule(
+                "away",
+                "auto_reply",
+                ("content", "contains", "there?"),
+                action={"parameters": {"text": "back at 5"}},
+            ),
+        ),
+    )
+    relay = start_relay({**osascript.env, "ARCHETY_SYNC_INTERVAL": "1"})
+    assert wait_until(lambda: len(backend.requests_to(SYNC)) >= 2)  # the rules are in place
+    writer.message("ignore me", sender=ALICE, chat=chat, guid="F-1")
+    writer.message("you there?", sender=ALICE, chat=chat, guid="Q-1")
+    (posted,) = backend.wait_for_messages(1)
+    assert wait_until(lambda: (A_CHAT, "back at 5") in osascript.sent())
+    assert (posted.body["message_guid"], posted.body["metadata"]["auto_replied"]) == ("Q-1", True)
+
+    def filtered() -> list[dict[str, Any]]:
+        events = [e for r in backend.requests_to(SYNC) for e in r.body["events"]]
+        return [e for e in events if e["event_type"] == "message_filtered"]
+
+    assert wait_until(lambda: bool(filtered()))
+    assert filtered()[0]["message_guid"] == "F-1"
+    assert [r.body["message_guid"] for r in backend.messages()] == ["Q-1"]
+    relay.terminate()
