@@ -38,6 +38,8 @@ class CaptureResult:
     holding: bool = False  # a row is waiting for its chat join: capture again soon
     events: int = 0  # conversation events stored (reactions, group changes, sent elsewhere)
     rebased: bool = False
+    # The Unix time of each enqueued message's own date, for how fast it was noticed.
+    dates: list[float] = field(default_factory=list)
 
 
 class Capture:
@@ -121,6 +123,8 @@ class Capture:
                     )
                 else:
                     items.append((outcome[0].message_guid, outcome[0].rowid, outcome[1]))
+                    if (date := rows.unix_time(raw.date)) is not None:
+                        result.dates.append(date)
                     _log_captured(outcome[0])
                 last = raw.rowid
             if last > cursor.rowid:

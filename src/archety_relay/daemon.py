@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from . import watcher
+from . import detection, watcher
 from .chatdb import ChatDb
 from .config import Secret, Settings
 from .errors import ChatDbUnavailable, RelayError
@@ -46,6 +46,9 @@ CHAT_JOIN_RECHECK_SECONDS = 0.1
 SETTLE_WINDOW_SECONDS = 0.25
 SETTLE_STEP_SECONDS = 0.002
 SHUTDOWN_GRACE_SECONDS = 3.0
+# A watcher that cannot start is retried after 5 s, doubling up to 5 minutes.
+WATCHER_RETRY_SECONDS = 5.0
+WATCHER_RETRY_MAX_SECONDS = 300.0
 PRUNE_INTERVAL_SECONDS = 3600.0
 # A new conversation event starts a sync this soon; events within it share that sync.
 SYNC_DEBOUNCE_SECONDS = 1.0
@@ -96,8 +99,10 @@ class Daemon:
         reload_secret: Callable[[], Secret] | None = None,
         on_ready: Callable[[], None] | None = None,
         send: Sender | None = None,
+        platform: str | None = None,
     ) -> None:
         self.settings = settings
+        self.platform = platform  # which watcher to use: tests choose macOS's on Linux
         self.chatdb = ChatDb(settings.chat_db)
         self.relay = Relay(settings, self.chatdb, store, reload_secret=reload_secret, send=send)
         self.stop = threading.Event()
@@ -108,8 +113,14 @@ class Daemon:
         self.relay.outbound.notify = self.outgoing_ready.set
         self._threads: list[threading.Thread] = []
         self._observer: Any = None
+        self._watcher_failures = 0
+        self._watcher_retry_at = 0.0
+        self.watcher_retry_seconds = WATCHER_RETRY_SECONDS
         self._ready = False
         self._on_ready = on_ready
+        self.detection = detection.Recorder(
+            settings.state_dir, watcher.observer_kind(platform) + " (not started)"
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,6 +154,7 @@ class Daemon:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._observer is not None:
             self._observer.stop()
+        self.detection.flush(time.monotonic(), force=True)
         clean = not any(t.is_alive() for t in self._threads)
         if clean:
             self.chatdb.close()
@@ -155,18 +167,48 @@ class Daemon:
         self.outbox_ready.set()
 
     # -- loops ------------------------------------------------------------------------------
-    def _ensure_watcher(self) -> None:
-        if self._observer is None and self.settings.chat_db.parent.is_dir():
-            self._observer = watcher.watch(self.settings.chat_db, self.wake)
-            if self._observer is not None and not self._ready:
-                self._ready = True
-                log.info(
-                    "relay_ready",
-                    watching=str(self.settings.chat_db.parent),
+    def _ensure_watcher(self, now: float) -> None:
+        """Start the file watcher, or retry it with a capped backoff, logging once: without
+        it the timer check still finds every message, only later."""
+        if self._observer is not None or now < self._watcher_retry_at:
+            return
+        if not self.settings.chat_db.parent.is_dir():
+            return
+        kind = watcher.observer_kind(self.platform)
+        try:
+            self._observer = watcher.watch(self.settings.chat_db, self.wake, platform=self.platform)
+        except Exception as exc:
+            self._watcher_failures += 1
+            delay = min(
+                WATCHER_RETRY_MAX_SECONDS,
+                self.watcher_retry_seconds * 2 ** min(self._watcher_failures - 1, 10),
+            )
+            self._watcher_retry_at = now + delay
+            self.detection.watcher = f"{kind} (unavailable)"
+            if self._watcher_failures == 1:
+                log.warning(
+                    "watcher_unavailable",
+                    observer=kind,
+                    error=f"{type(exc).__name__}: {exc}",
+                    fallback="timer_checks_only",
                     poll_interval_s=self.settings.poll_interval,
                 )
-                if self._on_ready:
-                    self._on_ready()
+            return
+        self.detection.watcher = kind
+        if self._watcher_failures:
+            log.info("watcher_recovered", observer=kind, failures=self._watcher_failures)
+        self._watcher_failures = 0
+
+    def _announce_ready(self) -> None:
+        self._ready = True
+        log.info(
+            "relay_ready",
+            watching=str(self.settings.chat_db.parent),
+            watcher=self.detection.watcher,
+            poll_interval_s=self.settings.poll_interval,
+        )
+        if self._on_ready:
+            self._on_ready()
 
     def _capture_loop(self) -> None:
         errors = _ErrorLog("capture_failed")
@@ -185,7 +227,20 @@ class Daemon:
                 changed = self.chatdb.changed()
                 read = 0
                 if woke or holding or retry or changed:
+                    # What noticed the rows this capture finds (shown by `status`).
+                    via = (
+                        "file_event"
+                        if woke or time.monotonic() < settle_until
+                        else "held"
+                        if holding
+                        else "retry"
+                        if retry
+                        else "timer"
+                    )
                     result = self.relay.capture_step(time.time())
+                    captured_at = time.time()
+                    for date in result.dates:
+                        self.detection.record(via, captured_at - date)
                     retry = False
                     holding, read = result.holding, result.read
                     if result.enqueued:
@@ -205,9 +260,13 @@ class Daemon:
                         self.sync_soon.set()
                     changes_due = False
                 # Ready only after the first capture placed the cursor: a message written
-                # after `relay_ready` must never be mistaken for history.
-                self._ensure_watcher()
+                # after `relay_ready` must never be mistaken for history. Ready with or
+                # without a watcher: the timer check finds every message either way.
                 now = time.monotonic()
+                self._ensure_watcher(now)
+                if not self._ready:
+                    self._announce_ready()
+                self.detection.flush(now)
                 errors.ok(now)
                 if woke and not read:
                     # The WAL write that woke us lands a moment before the commit becomes

@@ -85,6 +85,14 @@ def unix_seconds(apple_date: int | None) -> int | None:
     return int(seconds + APPLE_EPOCH)
 
 
+def unix_time(apple_date: int | None) -> float | None:
+    """`message.date` as precise Unix time (for how long capture took), or None."""
+    if apple_date is None or apple_date <= 0:
+        return None
+    seconds = apple_date / 1e9 if apple_date > _NANOSECOND_DATES else float(apple_date)
+    return seconds + APPLE_EPOCH
+
+
 def apple_date(unix_time: float) -> int:
     """Unix time as Messages.app stores it in `message.date` (nanoseconds since 2001)."""
     return int((unix_time - APPLE_EPOCH) * 1e9)

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from .. import detection
 from ..chatdb import ChatDb
 from ..config import Settings
 from ..errors import RelayError
@@ -55,6 +56,10 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         "backend": settings.backend_url,
     }
     report["daemon_running"] = report["daemon_pid"] is not None
+    noticed = detection.read(settings.state_dir)
+    report["detection"] = (
+        {k: v for k, v in noticed.items() if k != "recent"} if noticed is not None else None
+    )
     try:
         with ChatDb(settings.chat_db) as chatdb:
             report["chatdb_max_rowid"] = chatdb.max_rowid()
@@ -186,6 +191,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "outgoing      : "
         + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
         f"rules         : {len(report['rules']) or 'none'}",
+        f"detection     : {_detection_line(report['detection'])}",
     ]
     for rule in report["rules"]:
         state = "enabled" if rule["enabled"] else "disabled"
@@ -193,6 +199,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     # Everything above may carry text from outside (answers, errors, chat.db guids).
     print("\n".join(escape_controls(line) for line in lines))
     return 0
+
+
+def _detection_line(noticed: dict[str, Any] | None) -> str:
+    """How fast recent messages were noticed: on a Mac, whether file events work at all."""
+    if not noticed or not noticed.get("messages"):
+        return "no messages captured yet"
+    by = ", ".join(f"{k} {n}" for k, n in sorted(noticed.get("noticed_by", {}).items()))
+    return (
+        f"{noticed.get('watcher')}; last {noticed['messages']} messages p50 "
+        f"{noticed['p50_ms']:g} ms, p99 {noticed['p99_ms']:g} ms from their date ({by})"
+    )
 
 
 def cmd_retry_dead(args: argparse.Namespace) -> int:
