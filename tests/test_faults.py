@@ -315,11 +315,11 @@ def test_state_disk_full_holds_the_cursor_until_space_returns(
         writer.direct_chat(ALICE)
         relay = start_relay({"ARCHETY_STATE_DIR": str(mount / "state")})
         filler = mount / "filler"
-        with open(filler, "wb") as f:
+        # Unbuffered: nothing is left in a buffer for close() to fail writing on a full disk.
+        with open(filler, "wb", buffering=0) as f:
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             except OSError:
                 pass
         texts = write_numbered(writer, 20, prefix="x" * 2000)
