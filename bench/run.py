@@ -17,6 +17,7 @@ import os
 import platform
 import secrets
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from fast_backend import FastBackend
 
 from archety_relay import typedstream
 from archety_relay.demo.messages_writer import MessagesWriter
-from archety_relay.demo.stub_backend import StubBackend
+from archety_relay.demo.stub_backend import Behaviour, StubBackend
 
 HERE = Path(__file__).resolve().parent
 SENDER = "+15555550101"
@@ -48,10 +49,15 @@ class Sizes:
     idle_s: float
     startup_runs: int
     decode_blobs: int
+    chat_counts: tuple[int, ...]  # chats writing at once, each answer taking answer_s
+    answer_s: float
+    drain_messages: int  # queued during an outage, over drain_chats chats
+    drain_chats: int
+    drain_rtt_s: float
 
 
-FULL = Sizes(300, 0.03, 5000, 1_000_000, 60, 9, 20_000)
-SMOKE = Sizes(30, 0.03, 300, 5_000, 2, 3, 2_000)
+FULL = Sizes(300, 0.03, 5000, 1_000_000, 60, 9, 20_000, (8, 16, 32), 2.0, 2000, 50, 0.08)
+SMOKE = Sizes(30, 0.03, 300, 5_000, 2, 3, 2_000, (4,), 0.3, 60, 6, 0.02)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -76,7 +82,14 @@ def proc_stat(pid: int) -> tuple[float, int, int]:
 class Rig:
     """A chat.db, a loopback backend and one relay (ours or the baseline) between them."""
 
-    def __init__(self, kind: str, history: int = 0, fast: bool = False) -> None:
+    def __init__(
+        self,
+        kind: str,
+        history: int = 0,
+        fast: bool = False,
+        answer_s: float = 0.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         (self.dir / "Messages").mkdir()
@@ -85,7 +98,7 @@ class Rig:
         if history:
             self.writer.fill_history(history, sender=SENDER, chat=self.chat)
         self.secret = secrets.token_hex(32)
-        self.backend = StubBackend(self.secret).start()
+        self.backend = StubBackend(self.secret, answer_delay=answer_s).start()
         self.fast = FastBackend() if fast else None
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("ARCHETY_", "RELAY_"))},
@@ -95,6 +108,7 @@ class Rig:
             "ARCHETY_STATE_DIR": str(self.dir / "state"),
             "ARCHETY_LOG_FILE": str(self.dir / "relay.log"),
             "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+            **(extra_env or {}),
         }
         self.proc: subprocess.Popen[str] | None = None
 
@@ -139,8 +153,8 @@ class Rig:
 
 
 @contextmanager
-def rig(kind: str, history: int = 0, fast: bool = False) -> Iterator[Rig]:
-    r = Rig(kind, history, fast)
+def rig(kind: str, history: int = 0, fast: bool = False, **options: Any) -> Iterator[Rig]:
+    r = Rig(kind, history, fast, **options)
     try:
         yield r
     finally:
@@ -207,6 +221,86 @@ def burst(kind: str, sizes: Sizes, fast: bool = False) -> dict[str, Any]:
     }
 
 
+def people(n: int) -> list[str]:
+    return [f"+1555556{i:04d}" for i in range(n)]
+
+
+def chats_at_once(chats: int, answer_s: float, in_flight: int) -> dict[str, Any]:
+    """`chats` people write at the same moment and every answer takes `answer_s` (the model
+    thinking): how long until the backend has received the last of their messages."""
+    env = {"ARCHETY_MAX_IN_FLIGHT": str(in_flight)}
+    with rig("relay", answer_s=answer_s, extra_env=env) as r:
+        rooms = {p: r.writer.direct_chat(p) for p in people(chats)}
+        r.start()
+        committed: dict[str, float] = {}
+        for i, (person, room) in enumerate(rooms.items()):
+            guid = f"CHAT-{i:04d}-{in_flight}"
+            r.writer.message(f"hi {i}", sender=person, chat=room, guid=guid)
+            committed[guid] = time.time()
+        got = r.backend.wait_for_messages(chats, timeout=chats * answer_s + 60)
+        waits = [m.at - committed[m.body["message_guid"]] for m in got]
+    return {
+        "chats": chats,
+        "in_flight": in_flight,
+        "received": len(waits),
+        "max_wait_s": max(waits),
+        "median_wait_s": statistics.median(waits),
+    }
+
+
+def drain_after_outage(sizes: Sizes, in_flight: int) -> dict[str, Any]:
+    """Messages pile up while the backend answers 503; then it answers again, each answer
+    taking `drain_rtt_s`: how long until the queue is empty."""
+    env = {"ARCHETY_MAX_IN_FLIGHT": str(in_flight), "ARCHETY_MAX_BACKOFF": "0.5"}
+    with rig("relay", answer_s=sizes.drain_rtt_s, extra_env=env) as r:
+        rooms = [(p, r.writer.direct_chat(p)) for p in people(sizes.drain_chats)]
+        r.backend.set_default("/orchestrator/message", Behaviour(503))
+        r.start()
+        for i in range(sizes.drain_messages):
+            person, room = rooms[i % len(rooms)]
+            r.writer.message(f"queued {i}", sender=person, chat=room)
+        state = r.dir / "state" / "outbox.db"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # everything captured and waiting
+            with suppress(Exception), sqlite3.connect(state) as db:
+                if db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] >= sizes.drain_messages:
+                    break
+            time.sleep(0.2)
+        recovered = time.time()
+        r.backend.set_default("/orchestrator/message", None)
+        timeout = sizes.drain_messages * sizes.drain_rtt_s * 2 + 60
+        got = r.backend.wait_for_messages(sizes.drain_messages, timeout=timeout)
+        seconds = max(m.at for m in got) - recovered
+    return {
+        "in_flight": in_flight,
+        "received": len(got),
+        "seconds": seconds,
+        "per_s": len(got) / seconds,
+    }
+
+
+def lanes(sizes: Sizes) -> dict[str, Any]:
+    """Side by side (ARCHETY_MAX_IN_FLIGHT=16, the default) against one at a time (=1), in the
+    same run: the only difference between the two is how many chats may wait at once."""
+    return {
+        "answer_s": sizes.answer_s,
+        "chats": [
+            {
+                "side_by_side": chats_at_once(n, sizes.answer_s, 16),
+                "one_at_a_time": chats_at_once(n, sizes.answer_s, 1),
+            }
+            for n in sizes.chat_counts
+        ],
+        "drain": {
+            "messages": sizes.drain_messages,
+            "chats": sizes.drain_chats,
+            "rtt_s": sizes.drain_rtt_s,
+            "side_by_side": drain_after_outage(sizes, 16),
+            "one_at_a_time": drain_after_outage(sizes, 1),
+        },
+    }
+
+
 def idle(kind: str, sizes: Sizes) -> dict[str, Any]:
     with rig(kind) as r:
         pid = r.start()
@@ -268,7 +362,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="small sizes, finishes in ~1 min")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", default="latency,burst,scale,idle,startup,decode")
+    parser.add_argument("--only", default="latency,burst,scale,lanes,idle,startup,decode")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
     only = set(args.only.split(","))
@@ -295,6 +389,8 @@ def main() -> int:
         }
     if "scale" in only:
         results["scale"] = {"relay": step("scale relay", latency, "relay", sizes, sizes.history)}
+    if "lanes" in only:
+        results["lanes"] = step("lanes", lanes, sizes)
     if "idle" in only:
         results["idle"] = {k: step(f"idle {k}", idle, k, sizes) for k in ("relay", "baseline")}
     if "startup" in only:
@@ -304,7 +400,11 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     name = "smoke.json" if args.smoke else "latest.json"
-    (args.out / name).write_text(json.dumps(results, indent=2))
+    path = args.out / name
+    if args.only != parser.get_default("only") and path.exists():
+        # A partial run replaces only what it measured.
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
 

@@ -54,6 +54,11 @@ CASES = {
         "2,000 messages streamed at ~4 ms; SIGKILL at random 0.3–0.9 s, restart",
         "every message received; duplicates ≤ kills, each with the original Idempotency-Key",
     ),
+    "test_kill_9_with_lanes_busy_resends_each_with_its_original_key": (
+        "8b. kill -9 with lanes busy",
+        "4 chats each waiting on an answer that never comes; SIGKILL, restart",
+        "all 4 delivered, each with its first attempt's Idempotency-Key; duplicates ≤ in flight",
+    ),
     "test_chatdb_absent_at_start_then_created": (
         "9. chat.db absent at start",
         "ARCHETY_CHAT_DB points at a path created later",
@@ -101,6 +106,30 @@ STEP_CASES = [
         "12b. SQLITE_FULL",
         "test_delivery",
         "max_page_count reached: StateError, cursor unchanged, all 50 messages delivered after",
+    ),
+    (
+        "17. One chat's message keeps failing (5xx)",
+        "test_lanes",
+        "only that chat waits; after ARCHETY_POISON_ATTEMPTS it is a dead letter and the chat goes "
+        "on; every other chat delivered meanwhile; `skip-head` does it by hand",
+    ),
+    (
+        "18. A hung answer / 429 in one chat",
+        "test_lanes",
+        "the other chats flow; the hung chat's next message never overtakes; 429 holds only its "
+        "chat, never shorter than Retry-After",
+    ),
+    (
+        "19. 404 storm (a redeploy)",
+        "test_lanes",
+        "different messages refused alike: pause and probe, the dead-lettered one put back, "
+        "all delivered in chat order once the backend answers",
+    ),
+    (
+        "20. 2xx that cannot be recorded",
+        "test_lanes",
+        "the state file is locked after the backend accepted: only the write is retried, the "
+        "backend sees the message once",
     ),
     (
         "16. Clock jumps",
@@ -159,7 +188,9 @@ def main() -> int:
         "",
         "`duplicates` counts messages the backend accepted more than once. Each repeat",
         "carries the original's `Idempotency-Key`, so the backend can drop it. The window",
-        "is a kill between the backend's 2xx and the outbox commit that removes the row.",
+        "is a kill between the backend's 2xx and the outbox commit that removes the row. With",
+        "chats delivered side by side a kill can catch up to ARCHETY_MAX_IN_FLIGHT (16) messages",
+        "in that window, so the duplicates of one kill are at most the messages in flight.",
         "",
     ]
     DOC.parent.mkdir(exist_ok=True)

@@ -30,3 +30,9 @@ def test_bench_smoke_runs_to_completion(tmp_path: Path) -> None:
     assert figures["burst"]["relay"]["received"] == figures["sizes"]["burst"]
     assert figures["scale"]["relay"]["received"] == figures["sizes"]["messages"]
     assert figures["startup"]["median_s"] > 0 and figures["decode"]["median_per_s"] > 0
+    for chats in figures["lanes"]["chats"]:
+        for shape in ("side_by_side", "one_at_a_time"):
+            assert chats[shape]["received"] == chats[shape]["chats"]
+    drain = figures["lanes"]["drain"]
+    assert drain["side_by_side"]["received"] == drain["messages"]
+    assert drain["one_at_a_time"]["received"] == drain["messages"]

@@ -413,3 +413,42 @@ def test_burst_of_5000_in_one_transaction(
         per_s=round(5000 / took),
         peak_rss_mb=round(peak_kb / 1024, 1),
     )
+
+
+def test_kill_9_with_lanes_busy_resends_each_with_its_original_key(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    figures: Callable[..., None],
+) -> None:
+    """Four chats are waiting on answers when the relay is killed: after a restart every one
+    of them is delivered, each with the Idempotency-Key of its first attempt, and the number
+    of duplicates is at most the number that were in flight."""
+    people = [f"+1555555{n:04d}" for n in range(200, 204)]
+    for person in people:
+        writer.direct_chat(person)
+    backend.respond_with(MSG, lambda body: Behaviour(hang=True))
+    relay = start_relay({"ARCHETY_READ_TIMEOUT": "60"})
+    for person in people:
+        writer.message(f"from {person[-4:]}", sender=person, chat=writer.direct_chat(person))
+    assert wait_until(lambda: len(backend.messages(accepted_only=False)) == 4, 20)
+    first_keys = {
+        r.body["message_guid"]: r.headers["Idempotency-Key"]
+        for r in backend.messages(accepted_only=False)
+    }
+    relay.kill9()
+    backend.respond_with(MSG, lambda body: None)
+    start_relay()
+    delivered = backend.wait_for_messages(4, timeout=20)
+    assert sorted(r.body["text"] for r in delivered) == sorted(f"from {p[-4:]}" for p in people)
+    for r in delivered:
+        assert r.headers["Idempotency-Key"] == first_keys[r.body["message_guid"]]
+    attempts = len(backend.messages(accepted_only=False))
+    assert attempts - 4 <= 4  # duplicates: at most one per message that was in flight
+    accepted = backend.messages()
+    figures(
+        sent=4,
+        received=len({r.body["message_guid"] for r in accepted}),
+        duplicates=len(accepted) - len({r.body["message_guid"] for r in accepted}),
+        in_flight_at_kill=4,
+    )

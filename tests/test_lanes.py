@@ -122,35 +122,6 @@ def test_a_hung_request_holds_only_its_own_chat(
     assert [r.body["text"] for r in hung if r.status == 0] == ["alice 1"]
 
 
-def test_kill_9_with_lanes_busy_resends_each_with_its_original_key(
-    start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
-) -> None:
-    """Four chats are waiting on answers when the relay is killed: after a restart every one
-    of them is delivered, each with the Idempotency-Key of its first attempt, and the number
-    of duplicates is at most the number that were in flight."""
-    people = PEOPLE[:4]
-    for person in people:
-        writer.direct_chat(person)
-    backend.respond_with(MSG, lambda body: Behaviour(hang=True))
-    relay = start_relay({"ARCHETY_READ_TIMEOUT": "60"})
-    for person in people:
-        write(writer, person, f"from {person[-4:]}")
-    assert wait_until(lambda: len(backend.messages(accepted_only=False)) == 4, 20)
-    first_keys = {
-        r.body["message_guid"]: r.headers["Idempotency-Key"]
-        for r in backend.messages(accepted_only=False)
-    }
-    relay.kill9()
-    backend.respond_with(MSG, lambda body: None)
-    start_relay()
-    delivered = backend.wait_for_messages(4, timeout=20)
-    assert sorted(texts(delivered)) == sorted(f"from {p[-4:]}" for p in people)
-    for r in delivered:
-        assert r.headers["Idempotency-Key"] == first_keys[r.body["message_guid"]]
-    attempts = len(backend.messages(accepted_only=False))
-    assert attempts - 4 <= 4  # duplicates: at most one per message that was in flight
-
-
 def test_shutdown_is_prompt_while_every_lane_waits_on_an_answer(
     start_relay: Callable[..., RelayProcess], writer: MessagesWriter, backend: StubBackend
 ) -> None:
