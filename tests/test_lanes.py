@@ -390,3 +390,35 @@ def test_lanes_logs_name_the_chat_masked(
     assert wait_until(lambda: log_events(relay.log, "message_delivery_attempt"), 10)
     (line,) = log_events(relay.log, "message_delivery_attempt")
     assert line["chat_guid"] == "iMessage;-;+1555***0101"
+
+
+def test_a_chat_with_a_backlog_does_not_starve_the_others(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+) -> None:
+    """After an outage, a busy group's backlog of 60 goes out one by one in its own lane while
+    a newer message from someone else is delivered at once, long before the backlog is done."""
+    writer.direct_chat(ALICE)
+    writer.direct_chat(BOB)
+    backend.set_default(MSG, Behaviour(503))
+    start_relay()
+    write(writer, ALICE, *(f"backlog {i}" for i in range(60)))
+    write(writer, BOB, "newer, from bob")
+    state = Path(env["ARCHETY_STATE_DIR"])
+    assert wait_until(lambda: _queued(state) == 61, 20)
+    backend.set_default(MSG, None)
+    backend.answer_delay = 0.05
+    received = backend.wait_for_messages(61, timeout=60)
+    order = texts(received)
+    assert order.index("newer, from bob") < order.index("backlog 30")
+    assert [t for t in order if t.startswith("backlog")] == [f"backlog {i}" for i in range(60)]
+
+
+def _queued(state_dir: Path) -> int:
+    store = open_store(state_dir)
+    try:
+        return store.stats().depth
+    finally:
+        store.close()
