@@ -301,10 +301,18 @@ class FakeOsascript:
             "FAKE_OSASCRIPT_LOG": str(self.log),
         }
 
-    def calls(self) -> list[list[str]]:
+    def all_calls(self) -> list[list[str]]:
         if not self.log.exists():
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def calls(self) -> list[list[str]]:
+        """The sends: calls with arguments for the run handler."""
+        return [c for c in self.all_calls() if osascript_arguments(c)]
+
+    def probes(self) -> list[list[str]]:
+        """The Automation probes the daemon makes (a script and no arguments)."""
+        return [c for c in self.all_calls() if not osascript_arguments(c)]
 
     def sent(self) -> list[tuple[str, str]]:
         """(chat guid, text) of every call: the run handler's first two arguments."""

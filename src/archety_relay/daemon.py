@@ -342,6 +342,7 @@ class Daemon:
         errors = _ErrorLog("dispatch_failed")
         while not self.stop.is_set():
             try:
+                self.relay.outbound.automation_step(time.time())
                 wait = self.relay.outbound.dispatch_step(time.time())
                 errors.ok(time.monotonic())
             except Exception as exc:

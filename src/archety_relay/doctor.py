@@ -13,7 +13,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, launchd, macos, messages_app
+from . import automation, config, launchd, macos, messages_app
 from .backend import Backend
 from .chatdb import ChatDb
 from .config import Settings
@@ -27,6 +27,7 @@ from .errors import (
     ConfigError,
     RelayError,
 )
+from .macos import interpreter
 from .store import OUTBOX_FILE, open_store
 
 FDA_LOCATION = "System Settings > Privacy & Security > Full Disk Access"
@@ -43,8 +44,24 @@ class Check:
 
 
 def real_interpreter() -> str:
-    """The binary macOS checks for Full Disk Access: the venv symlink resolved."""
-    return os.path.realpath(sys.executable)
+    """What to grant Full Disk Access: the image this Python runs (for a framework build, the
+    enclosing Python.app; `realpath(sys.executable)` would name the stub that execs it)."""
+    return interpreter.fda_target(interpreter.running_image())
+
+
+def _python_check() -> Check:
+    version = (sys.version_info[0], sys.version_info[1])
+    image = interpreter.running_image()
+    problem = interpreter.python_problem(version)
+    if problem is not None:
+        return Check("Python", False, problem, interpreter.PYTHON_ORG_HINT, EXIT_CONFIG)
+    detail = (
+        f"{version[0]}.{version[1]} running {image}; Full Disk Access goes to {real_interpreter()}"
+    )
+    advice = interpreter.python_advice(image)
+    if advice:
+        detail += f" (note: {advice}; {interpreter.RECOMMENDED} keeps its grants)"
+    return Check("Python", True, detail)
 
 
 def run_checks(
@@ -93,6 +110,7 @@ def run_checks(
             checks.append(Check("configuration", False, exc.message, "", EXIT_CONFIG))
     has_secret = bool(settings.secret.reveal())
     for check in (
+        _python_check(),
         _url_check(settings),
         _dns_check(settings),
         _backend_check(settings)
@@ -108,7 +126,7 @@ def run_checks(
         _wal_check(settings),
         _state_check(settings),
         _launchagent_check(home or Path.home()),
-        _automation_check(settings),
+        automation_check(settings),
         _log_check(settings),
     ):
         checks.append(check)
@@ -287,18 +305,38 @@ def _launchagent_check(home: Path) -> Check:
     return Check("LaunchAgent", True, "installed, loaded, running")
 
 
-def _automation_check(settings: Settings) -> Check:
-    if not macos.IS_MACOS:
+def automation_check(settings: Settings, platform: str | None = None) -> Check:
+    if not macos.is_macos(platform):
         return Check("Messages automation", True, "skipped (not macOS)", skipped=True)
     if not settings.send_enabled:
         return Check(
             "Messages automation", True, "sending disabled (ARCHETY_SEND_ENABLED=0)", skipped=True
         )
+    # The grant belongs to the process that sends: what the daemon found counts, not this
+    # Terminal's answer.
+    found = automation.read(settings.state_dir)
+    if found is not None:
+        who = f"the relay (pid {found.get('pid')}) found at {found.get('checked_at')}"
+        if found.get("ok"):
+            return Check("Messages automation", True, f"{who}: allowed (count of accounts)")
+        return Check(
+            "Messages automation",
+            False,
+            f"{who}: {found.get('error') or 'not allowed'}",
+            messages_app.AUTOMATION_HINT
+            + "; the first send asks on the Mac's screen: answer it once (Screen Sharing)",
+            1,
+        )
     result = messages_app.automation_allowed()
+    here = "from this shell, not the relay's agent (start it and run doctor again)"
     if result.ok:
-        return Check("Messages automation", True, "allowed to send through Messages.app")
+        return Check("Messages automation", True, f"allowed {here}")
     return Check(
-        "Messages automation", False, result.error or "not allowed", messages_app.AUTOMATION_HINT, 1
+        "Messages automation",
+        False,
+        f"{result.error or 'not allowed'} ({here})",
+        messages_app.AUTOMATION_HINT,
+        1,
     )
 
 

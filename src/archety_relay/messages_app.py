@@ -66,6 +66,7 @@ SEND_TIMEOUT_SECONDS = 30.0
 PROBE_TIMEOUT_SECONDS = 15.0
 # AppleScript's "Not authorized to send Apple events" (Automation permission missing).
 NOT_AUTHORIZED = "-1743"
+AUTOMATION_DENIED = "automation_permission_missing"
 # "Can't get chat id …" after every form was tried, and "Can't make … into type …":
 # trying again finds the same nothing.
 NOT_FOUND = ("-1728", "-1700")
@@ -139,9 +140,7 @@ def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
         return SendResult(True, via=done.stdout.strip()[:40] or None)
     detail = (done.stderr or done.stdout).strip()[:300]
     if NOT_AUTHORIZED in detail:
-        return SendResult(
-            False, f"automation_permission_missing: {AUTOMATION_HINT}", retryable=False
-        )
+        return SendResult(False, f"{AUTOMATION_DENIED}: {AUTOMATION_HINT}", retryable=False)
     if any(code in detail for code in NOT_FOUND):
         reason = "group_send_unsupported" if "group_send_unsupported" in detail else "no_such_chat"
         return SendResult(False, f"{reason}: osascript exit {done.returncode}: {detail}", False)

@@ -9,6 +9,7 @@ stored work plus an event (see executor).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from . import commands, executor, messages_app, replies
+from . import automation, commands, executor, messages_app, replies
 from .chat_guid import Target, is_chat_guid, send_target, service_of
 from .chatdb import ChatDb
 from .commands import Action
@@ -37,6 +38,8 @@ RECOVERY_SLACK_SECONDS = 5.0
 # How long Messages has to record a send osascript reported (imsg waits about as long).
 CONFIRM_SECONDS = 3.0
 CONFIRM_POLL_SECONDS = 0.05
+# Automation is probed again after a refusal at most this often (the probe can take 10 s).
+AUTOMATION_REPROBE_SECONDS = 300.0
 IDLE_SECONDS = 30.0
 
 Sender = Callable[[Target, str], SendResult]
@@ -54,6 +57,9 @@ class Outbound:
         self._last_sent: dict[str, float] = {}
         self.confirm_seconds = CONFIRM_SECONDS
         self._disabled_logged = False
+        self.probe: Callable[[], SendResult] = messages_app.automation_allowed
+        self._probe_due = True  # at start, and again after a send is refused with -1743
+        self._probed_at = float("-inf")
 
     # -- replies ----------------------------------------------------------------------------
     def replies_for(
@@ -145,6 +151,8 @@ class Outbound:
             via=result.via,
             error=result.error,
         )
+        if (result.error or "").startswith(messages_app.AUTOMATION_DENIED):
+            self._probe_due = True  # record the new state for doctor
         if result.ok:
             self._finish(item, SENT, now, "message_sent", None, result.message_guid)
         elif result.retryable and attempt < MAX_SEND_ATTEMPTS:
@@ -159,6 +167,22 @@ class Outbound:
                 attempts=attempt,
                 error=result.error,
             )
+
+    def automation_step(self, now: float) -> SendResult | None:
+        """Probe Automation with a real Apple event from this process (the agent's identity),
+        at start and after a -1743, at most every few minutes; store it for doctor."""
+        if not self._probe_due or not self.settings.send_enabled:
+            return None
+        if now - self._probed_at < AUTOMATION_REPROBE_SECONDS:
+            return None
+        self._probe_due, self._probed_at = False, now
+        result = self.probe()
+        automation.record(self.settings.state_dir, result, now, os.getpid())
+        if result.ok:
+            log.info("automation_checked", allowed=True)
+        else:
+            log.warning("automation_checked", allowed=False, error=result.error)
+        return result
 
     def _target(self, chat_guid: str) -> Target:
         if not is_chat_guid(chat_guid):  # refused by the sender, with the reason

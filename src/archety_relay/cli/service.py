@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import config, launchd, macos
 from ..doctor import real_interpreter
 from ..errors import EXIT_CONFIG, RelayError
-from ..macos import launchagent
+from ..macos import interpreter, launchagent
 
 AGENT_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -50,6 +50,12 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"# Full Disk Access is needed for: {real_interpreter()}")
         return 0
     _refuse_off_macos("install-service")
+    unusable = interpreter.cannot_run_relay(python)
+    if unusable is not None:
+        raise RelayError(
+            f"install-service: the LaunchAgent could not run the relay: {unusable}",
+            hint=interpreter.PYTHON_ORG_HINT,
+        )
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.log_file.parent.mkdir(parents=True, exist_ok=True)
     installed = launchagent.install(uid, target, launchd.render(plist))
