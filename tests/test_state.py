@@ -14,7 +14,7 @@ from conftest import RelayProcess, log_events, wait_until
 
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.relay import Relay
-from archety_relay.store import NewOutgoing, Store, open_store
+from archety_relay.store import Cursor, NewOutgoing, Store, open_store
 
 SYNC = "/edge/sync"
 
@@ -115,3 +115,23 @@ def test_unacknowledged_events_cannot_starve_newer_ones(relay: Relay, backend: S
     assert "command_completed" in [e["event_type"] for e in bodies[1]]
     offered = {e.get("message_id") for events in bodies for e in events}
     assert set(range(100)) <= offered  # the unacknowledged ones keep being offered too
+
+
+def test_a_cursor_saved_by_an_older_version_is_kept_on_upgrade(tmp_path: Path) -> None:
+    """A state file whose cursor table predates the guid/date columns opens, keeps its cursor,
+    and stores the new fields from then on."""
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "outbox.db")
+    old.execute(
+        "CREATE TABLE cursor (id INTEGER PRIMARY KEY CHECK (id = 1), rowid INTEGER NOT NULL, "
+        "fingerprint TEXT NOT NULL, updated_at REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO cursor VALUES (1, 42, '7:ABC', 0)")
+    old.commit()
+    old.close()
+    store = open_store(tmp_path)
+    assert store.cursor() == Cursor(42, "7:ABC")
+    store.set_cursor(Cursor(43, "7:ABC", "GUID-43", 123), time.time())
+    assert store.cursor() == Cursor(43, "7:ABC", "GUID-43", 123)
+    store.close()

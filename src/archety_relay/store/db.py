@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS cursor (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     rowid INTEGER NOT NULL,
     fingerprint TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    guid TEXT,
+    date INTEGER
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -128,6 +130,10 @@ _ADDED_COLUMNS = (
     ("outbox", "chat_guid", "TEXT NOT NULL DEFAULT ''"),
     ("dead_letter", "outbox_id", "INTEGER"),
     ("dead_letter", "chat_guid", "TEXT NOT NULL DEFAULT ''"),
+    # The guid and date of the row at the cursor: a chat.db file rewritten with the same
+    # history is recognised by them, and a replaced one resumes from that date.
+    ("cursor", "guid", "TEXT"),
+    ("cursor", "date", "INTEGER"),
 )
 _AFTER_MIGRATION = """
 UPDATE outbox SET chat_guid = COALESCE(json_extract(CAST(body AS TEXT), '$.chat_guid'), '')

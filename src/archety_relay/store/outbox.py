@@ -24,6 +24,8 @@ DELIVERED_MEMORY_SECONDS = 7 * 86400
 class Cursor:
     rowid: int
     fingerprint: str
+    guid: str | None = None  # message.guid of the row at `rowid`, when there is one
+    date: int | None = None  # its message.date (Apple time), or the moment the cursor stands for
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,10 @@ class QueueStats:
 class OutboxQueries(Transactional):
     def cursor(self) -> Cursor | None:
         with self._tx() as db:
-            row = db.execute("SELECT rowid, fingerprint FROM cursor WHERE id = 1").fetchone()
-        return Cursor(row[0], row[1]) if row else None
+            row = db.execute(
+                "SELECT rowid, fingerprint, guid, date FROM cursor WHERE id = 1"
+            ).fetchone()
+        return Cursor(*row) if row else None
 
     def set_cursor(self, cursor: Cursor, now: float) -> None:
         with self._tx() as db:
@@ -284,10 +288,12 @@ def _move_to_dead(
 
 def _write_cursor(db: sqlite3.Connection, cursor: Cursor, now: float) -> None:
     db.execute(
-        "INSERT INTO cursor (id, rowid, fingerprint, updated_at) VALUES (1, ?, ?, ?) "
+        "INSERT INTO cursor (id, rowid, fingerprint, updated_at, guid, date) "
+        "VALUES (1, ?, ?, ?, ?, ?) "
         "ON CONFLICT (id) DO UPDATE SET rowid = excluded.rowid, "
-        "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at",
-        (cursor.rowid, cursor.fingerprint, now),
+        "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at, "
+        "guid = excluded.guid, date = excluded.date",
+        (cursor.rowid, cursor.fingerprint, now, cursor.guid, cursor.date),
     )
 
 
