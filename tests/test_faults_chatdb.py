@@ -7,6 +7,7 @@ loopback backend received and on what the log shows.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 from archety_relay import typedstream
 from archety_relay.capture import GROUP_JOIN_WAIT_FACTOR
 from archety_relay.chatdb import ChatDb, unavailable
+from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.errors import ChatDbUnavailable
@@ -305,3 +307,65 @@ def test_a_sender_in_no_chat_gets_the_guid_form_this_database_writes(
     assert relay.capture_step(t0).holding
     relay_all(relay, now=t0 + relay.settings.chat_join_wait + 0.1)
     assert [r.body["chat_guid"] for r in backend.messages()] == [f"any;-;{ALICE}"]
+
+
+def _swap_in(writer: MessagesWriter, relay: Relay, replacement: Path) -> None:
+    """Put another file in chat.db's place, as a migration or a restore does (new inode)."""
+    relay.chatdb.close()
+    writer.close()
+    for suffix in ("-wal", "-shm"):
+        Path(str(writer.path) + suffix).unlink(missing_ok=True)
+    os.replace(replacement, writer.path)
+
+
+def test_chatdb_rewritten_with_the_same_history_keeps_its_cursor(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, settings: Settings
+) -> None:
+    """The review's reproduction (#12): relay stopped after one message, two more arrive, then
+    chat.db is rewritten to a new file with the same rows and identifier (VACUUM INTO and
+    rename). The two messages go out; the cursor is kept, not rebased."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    writer.message("before", sender=ALICE, chat=chat)
+    relay_all(relay)
+    writer.message("while stopped 1", sender=ALICE, chat=chat)
+    writer.message("while stopped 2", sender=ALICE, chat=chat)
+    copy = writer.path.with_name("rewritten.db")
+    writer.conn.execute("VACUUM INTO ?", (str(copy),))
+    _swap_in(writer, relay, copy)
+    with ChatDb(writer.path) as chatdb:  # the relay starts again
+        restarted = Relay(settings, chatdb, relay.store)
+        result = restarted.capture_step(time.time())
+        relay_all(restarted)
+        restarted.backend.close()
+    assert not result.rebased and result.enqueued == 2
+    assert [r.body["text"] for r in backend.messages()] == [
+        "before",
+        "while stopped 1",
+        "while stopped 2",
+    ]
+
+
+def test_a_rebuilt_chatdb_with_new_rows_below_the_old_max_hides_nothing(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+) -> None:
+    """Issue #12 point 9: a really different database (new identifier) whose new rows sit below
+    the old MAX(ROWID). Rows dated since the last one seen go out, except those already
+    delivered (same guids); older history is not replayed."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    for i in range(5):
+        writer.message(f"delivered {i}", sender=ALICE, chat=chat, guid=f"G-{i}")
+    relay_all(relay)
+    rebuilt = tmp_path / "rebuilt.db"
+    with MessagesWriter(rebuilt) as other:
+        again = other.direct_chat(ALICE)
+        other.message("old history", sender=ALICE, chat=again, sent_at=time.time() - 7200)
+        for i in range(3, 5):  # the newest delivered ones, carried over with their guids
+            other.message(f"delivered {i}", sender=ALICE, chat=again, guid=f"G-{i}")
+        other.message("arrived during the rebuild", sender=ALICE, chat=again)
+    _swap_in(writer, relay, rebuilt)
+    result = relay.capture_step(time.time())
+    relay_all(relay)
+    assert result.rebased
+    assert [r.body["text"] for r in backend.messages()][5:] == ["arrived during the rebuild"]

@@ -28,6 +28,8 @@ READ_BATCH = 500
 # A row without a chat join whose sender is only in group chats waits this many chat-join waits
 # for its join before it is passed: a guess would answer a group's message in a direct chat.
 GROUP_JOIN_WAIT_FACTOR = 6
+# A replaced chat.db is read again from this long before the date of the last row seen.
+REPLACED_DB_SLACK_SECONDS = 300.0
 
 
 @dataclass
@@ -40,6 +42,14 @@ class CaptureResult:
     rebased: bool = False
     # The Unix time of each enqueued message's own date, for how fast it was noticed.
     dates: list[float] = field(default_factory=list)
+
+
+def resume_since(cursor_date: int | None, now: float, max_age: float) -> float:
+    """From when to read a replaced chat.db again: the date of the last row seen, less a few
+    minutes (rows are not written in strict date order), and never beyond the message age."""
+    seen = rows.unix_seconds(cursor_date)
+    start = now if seen is None else min(seen, now)
+    return max(start - REPLACED_DB_SLACK_SECONDS, now - max_age)
 
 
 class Capture:
@@ -61,23 +71,54 @@ class Capture:
         self._fingerprint = ""
 
     def _cursor(self, now: float, result: CaptureResult) -> Cursor:
-        if self._fingerprint_generation != self.chatdb.generation:
+        # Reopen first if the file was replaced: a fingerprint read after the first query of the
+        # step would judge the new file by the old one's cursor.
+        if self._fingerprint_generation != self.chatdb.current_generation():
             self._fingerprint = self.chatdb.fingerprint()
             self._fingerprint_generation = self.chatdb.generation
         saved = self.store.cursor()
         if saved is None:
-            top = self.chatdb.max_rowid()
-            cursor = Cursor(top, self._fingerprint)
+            cursor = self._cursor_at(self.chatdb.max_rowid(), now)
             self.store.set_cursor(cursor, now)
-            log.info("cursor_initialised", rowid=top, reason="first_start_no_history_replay")
+            log.info(
+                "cursor_initialised", rowid=cursor.rowid, reason="first_start_no_history_replay"
+            )
             return cursor
         if saved.fingerprint != self._fingerprint:
+            if self._same_history(saved):
+                # A new file holding the same database (VACUUM INTO and rename, a migration):
+                # the cursor still points at the same row; moving it would drop or repeat rows.
+                cursor = replace(saved, fingerprint=self._fingerprint)
+                self.store.set_cursor(cursor, now)
+                log.info("chatdb_file_replaced_cursor_kept", rowid=saved.rowid)
+                return cursor
             return self._rebase(saved, now, result, "chatdb_fingerprint_changed")
         return saved
 
+    def _same_history(self, saved: Cursor) -> bool:
+        """Same `_UniqueIdentifier` and the same message guid at the cursor's ROWID."""
+        if saved.fingerprint.partition(":")[2] != self._fingerprint.partition(":")[2]:
+            return False
+        at = self.chatdb.row_at(saved.rowid) if saved.guid else None
+        return at is not None and at[0] == saved.guid
+
+    def _cursor_at(self, rowid: int, now: float, since: float | None = None) -> Cursor:
+        """A cursor at `rowid` carrying that row's guid, and its date or the moment `since` it
+        stands for (a resumed cursor sits just below the rows dated since then)."""
+        at = self.chatdb.row_at(rowid) if rowid > 0 else None
+        guid, date = at if at else (None, None)
+        if since is not None or date is None:
+            date = rows.apple_date(now if since is None else since)
+        return Cursor(rowid, self._fingerprint, guid, date)
+
     def _rebase(self, saved: Cursor, now: float, result: CaptureResult, reason: str) -> Cursor:
-        top = self.chatdb.max_rowid()
-        cursor = Cursor(top, self._fingerprint)
+        """A different database: resume from the rows dated since the cursor's row (less a
+        little slack), not from MAX(ROWID) — a rebuilt database puts new rows below the old
+        MAX. Messages already delivered are left out by the delivered-guid dedupe."""
+        since = resume_since(saved.date, now, self.settings.max_message_age)
+        first = self.chatdb.first_rowid_since(rows.apple_date(since))
+        rowid = first - 1 if first is not None else self.chatdb.max_rowid()
+        cursor = self._cursor_at(rowid, now, since)
         self.store.set_cursor(cursor, now)
         self._held_since.clear()
         result.rebased = True
@@ -85,8 +126,10 @@ class Capture:
             "chatdb_replaced_cursor_rebased",
             reason=reason,
             old_rowid=saved.rowid,
-            new_rowid=top,
-            hint="chat.db was replaced (restore, new Mac or reset); history is not replayed",
+            new_rowid=rowid,
+            resumed_from_age_s=round(now - since, 1),
+            hint="chat.db was replaced (restore, new Mac or rebuild); rows dated since the last "
+            "one seen are read again, delivered ones are not sent twice",
         )
         return cursor
 
@@ -107,7 +150,7 @@ class Capture:
             items: list[tuple[str, int, bytes]] = []
             found: list[events.ChatEvent] = []
             skipped = result.skipped.copy()
-            last = cursor.rowid
+            last, last_row = cursor.rowid, None
             for raw in batch:
                 settled = self._settle(raw, now)
                 if settled is None:
@@ -126,9 +169,9 @@ class Capture:
                     if (date := rows.unix_time(raw.date)) is not None:
                         result.dates.append(date)
                     _log_captured(outcome[0])
-                last = raw.rowid
-            if last > cursor.rowid:
-                cursor = Cursor(last, cursor.fingerprint)
+                last, last_row = raw.rowid, raw
+            if last_row is not None:
+                cursor = Cursor(last, cursor.fingerprint, last_row.guid, last_row.date)
                 backfilled = result.skipped["backfill"] - skipped["backfill"]
                 result.enqueued += self.store.enqueue(
                     items, cursor, time.time(), found, {"backfill": backfilled}

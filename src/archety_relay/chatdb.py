@@ -254,6 +254,20 @@ class ChatDb:
         unique = rows[0][0] if rows and rows[0][0] else "-"
         return f"{self._inode}:{unique}"
 
+    def current_generation(self) -> int:
+        """`generation` after (re)opening chat.db if it was replaced or closed since last used."""
+        with self._lock:
+            self._connect()
+            return self.generation
+
+    def row_at(self, rowid: int) -> tuple[str | None, int | None] | None:
+        """(guid, date) of the message row with this ROWID, or None when there is none."""
+        with self._snapshot() as conn:
+            row = conn.execute(
+                "SELECT guid, date FROM message WHERE ROWID = ?", (rowid,)
+            ).fetchone()
+        return (_str(row[0]), _int(row[1])) if row else None
+
     def max_rowid(self) -> int:
         with self._snapshot() as conn:
             value = conn.execute("SELECT MAX(ROWID) FROM message").fetchone()[0]
