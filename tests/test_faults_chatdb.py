@@ -87,7 +87,10 @@ def test_undecodable_handle_chat_and_attachment_values_are_forwarded(
     group = writer.group_chat("chat77", [ALICE, BOB])
     relay.capture_step(time.time())
     writer.message(
-        "\ufffcpicture", sender=ALICE, chat=chat, attachments=[AttachmentSpec("~/a.jpeg")]
+        "\ufffcpicture",
+        sender=ALICE,
+        chat=chat,
+        attachments=[AttachmentSpec("~/a.pdf", "application/pdf", uti="com.adobe.pdf")],
     )
     poison_text(writer, "attachment", "transfer_name", 1)
     bob = writer.message("from bob", sender=BOB, chat=group)
@@ -185,7 +188,7 @@ def _fill_attachment(writer: MessagesWriter, rowid: int) -> None:
     att = writer.conn.execute(
         "INSERT INTO attachment (guid, original_guid, filename, mime_type, transfer_name, "
         "total_bytes, uti) "
-        "VALUES ('ATT-LATE', 'ATT-LATE', '~/late.jpeg', 'image/jpeg', 'late.jpeg', 10, 'public.jpeg')"
+        "VALUES ('ATT-LATE', 'ATT-LATE', '~/late.pdf', 'application/pdf', 'late.pdf', 10, 'com.adobe.pdf')"
     ).lastrowid
     writer.conn.execute(
         "INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (?, ?)",
@@ -215,7 +218,7 @@ def test_text_or_attachment_written_after_the_row_is_not_lost(
     relay_all(relay, now=t0 + 0.4)
     got = [r.body for r in backend.messages()]
     assert [b["text"] for b in got] == ["filled in later", ""]
-    assert got[1]["attachments"][0]["transfer_name"] == "late.jpeg"
+    assert got[1]["attachments"][0]["transfer_name"] == "late.pdf"
 
 
 def test_a_row_that_stays_empty_is_passed_with_a_warning_and_stops_nothing(
