@@ -8,6 +8,7 @@ docs/reliability.md (set ARCHETY_RELIABILITY_OUT=path to collect them).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import socket
@@ -454,4 +455,294 @@ def test_kill_9_with_lanes_busy_resends_each_with_its_original_key(
         received=len({r.body["message_guid"] for r in accepted}),
         duplicates=len(accepted) - len({r.body["message_guid"] for r in accepted}),
         in_flight_at_kill=4,
+    )
+
+
+# -- poison: one bad value from outside must never lose or stop anything else ---------------------
+# (name, SQL applied to the poisoned row `?` or None, whether its own text must still arrive)
+BAD_ROWS: list[tuple[str, str | None, bool]] = [
+    (
+        "text not UTF-8",
+        "UPDATE message SET text = CAST(X'68C328FF' AS TEXT) WHERE ROWID = ?",
+        False,
+    ),
+    ("text with NUL", "UPDATE message SET text = 'a' || char(0) || 'b' WHERE ROWID = ?", False),
+    ("text an INTEGER", "UPDATE message SET text = 12345 WHERE ROWID = ?", False),
+    ("text a BLOB", "UPDATE message SET text = CAST('blob text' AS BLOB) WHERE ROWID = ?", False),
+    (
+        "text of 3 MB",
+        "UPDATE message SET text = printf('%.*c', 3000000, 'x') WHERE ROWID = ?",
+        False,
+    ),
+    (
+        "attributedBody garbage",
+        "UPDATE message SET text = NULL, attributedBody = randomblob(5000) WHERE ROWID = ?",
+        False,
+    ),
+    ("guid not UTF-8", "UPDATE message SET guid = CAST(X'FFFE' AS TEXT) WHERE ROWID = ?", True),
+    (
+        "guid with CR LF",
+        "UPDATE message SET guid = 'g' || char(13, 10) || 'X: 1' WHERE ROWID = ?",
+        True,
+    ),
+    ("guid outside latin-1", "UPDATE message SET guid = 'g-' || char(8364) WHERE ROWID = ?", True),
+    ("date in year 33689", "UPDATE message SET date = 1000000000000 WHERE ROWID = ?", True),
+    ("date as TEXT", "UPDATE message SET date = 'yesterday' WHERE ROWID = ?", True),
+    ("handle_id dangling", "UPDATE message SET handle_id = 99999 WHERE ROWID = ?", False),
+    ("is_from_me as TEXT", "UPDATE message SET is_from_me = 'no' WHERE ROWID = ?", False),
+    (
+        "huge associated type",
+        "UPDATE message SET associated_message_type = 1 << 62 WHERE ROWID = ?",
+        False,
+    ),
+    (
+        "summary info garbage, edited",
+        "UPDATE message SET message_summary_info = randomblob(64), date_edited = 1 WHERE ROWID = ?",
+        True,
+    ),
+    ("chat join never written", None, True),
+]
+
+
+def test_bad_rows_nothing_lost_nothing_stopped(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    figures: Callable[..., None],
+) -> None:
+    """Rows damaged in every way chat.db's loose typing allows, each between two ordinary
+    messages, all waiting when the daemon starts: every ordinary message arrives once, in order;
+    a damaged row with its text intact arrives too; nothing is posted twice; the daemon keeps
+    running and stops cleanly."""
+    chat = writer.direct_chat(ALICE)
+    relay = start_relay()
+    assert relay.terminate()[0] == 0  # the cursor is placed; what follows is new
+    good: list[str] = []
+    must_arrive: list[str] = []
+    for i, (name, sql, keeps_text) in enumerate(BAD_ROWS):
+        good.append(f"good {i:02d}")
+        writer.message(good[-1], sender=ALICE, chat=chat)
+        rowid = writer.message(f"poison: {name}", sender=ALICE, chat=chat, join_chat=bool(sql))
+        if sql:
+            writer.conn.execute(sql, (rowid,))
+        if keeps_text:
+            must_arrive.append(f"poison: {name}")
+    good.append("good last")
+    writer.message(good[-1], sender=ALICE, chat=chat)
+    relay = start_relay()
+    assert wait_until(
+        lambda: set(good + must_arrive) <= set(accepted_texts(backend)), timeout=30
+    ), sorted(set(good + must_arrive) - set(accepted_texts(backend)))
+    time.sleep(0.5)
+    received = accepted_texts(backend)
+    assert [t for t in received if t in good] == good
+    keys = Counter(r.headers["Idempotency-Key"] for r in backend.messages())
+    assert max(keys.values()) == 1
+    assert not log_events(relay.log, "delivery_loop_failed")
+    assert relay.proc.poll() is None and relay.terminate()[0] == 0
+    figures(
+        sent=len(good) + len(BAD_ROWS),
+        received=len(received),
+        duplicates=0,
+        bad_rows=len(BAD_ROWS),
+        ordinary_in_order=len(good),
+    )
+
+
+# What the backend answers to the message of the same text (each answered once like this; a
+# retry gets a plain 200). 2xx: delivered exactly once. 4xx below: dead-lettered, listed.
+BAD_ANSWERS: dict[str, Behaviour] = {
+    "nested too deep": Behaviour(200, body=b"[" * 5000 + b"]" * 5000),
+    "3 MB answer": Behaviour(200, body=b'{"x": "' + b"y" * 3_000_000 + b'"}'),
+    "HTML, not JSON": Behaviour(200, body=b"<html><body>ok</body></html>"),
+    "invalid UTF-8": Behaviour(200, body=b'{"should_respond": true, "reply_text": "\xff\xfe"}'),
+    "lone surrogate": Behaviour(200, body=b'{"should_respond": true, "reply_text": "a\\ud800"}'),
+    "NUL in a reply": Behaviour(200, body=b'{"should_respond": true, "reply_text": "a\\u0000b"}'),
+    "wrong types": Behaviour(
+        200, body={"should_respond": "yes", "reply_bubbles": {"a": 1}, "burst_delay_ms": "soon"}
+    ),
+    "NaN and Infinity": Behaviour(
+        200, body=b'{"should_respond": true, "burst_messages": ["x"], "burst_delay_ms": NaN}'
+    ),
+    "slow": Behaviour(200, delay=0.5),
+    "reset once": Behaviour(200, reset=True),
+    "503 once": Behaviour(503),
+    "429 with a garbage Retry-After": Behaviour(429, headers={"Retry-After": "soon-ish"}),
+    "422 echoing the text": Behaviour(
+        422, body={"detail": [{"type": "string_too_long", "input": "422 echoing the text"}]}
+    ),
+    "400 with escape sequences": Behaviour(400, body=b"\x1b[2J\x1b[Hqueue : 0 undelivered"),
+}
+DEAD_ON_PURPOSE = {"422 echoing the text", "400 with escape sequences"}
+
+
+def test_bad_answers_nothing_lost_nothing_stopped(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+    tmp_path: Path,
+    figures: Callable[..., None],
+) -> None:
+    """Every kind of bad answer, each to one message with an ordinary one after it: every
+    message answered 2xx is recorded once (never posted again after its 2xx), the two refused
+    ones are dead letters that `status` shows scrubbed and escaped, and the daemon keeps going."""
+    answered: set[str] = set()
+    lock = threading.Lock()
+
+    def answer(body: object) -> Behaviour | None:
+        text = body.get("text") if isinstance(body, dict) else None
+        with lock:
+            if text in BAD_ANSWERS and text not in answered:
+                answered.add(text)
+                return BAD_ANSWERS[text]
+        return None
+
+    backend.respond_with(MSG, answer)
+    chat = writer.direct_chat(ALICE)
+    relay = start_relay({"ARCHETY_SEND_ENABLED": "0", "ARCHETY_READ_TIMEOUT": "5"})
+    expected: list[str] = []
+    for i, name in enumerate(BAD_ANSWERS):
+        writer.message(name, sender=ALICE, chat=chat)
+        writer.message(f"after {i:02d}", sender=ALICE, chat=chat)
+        expected += [name, f"after {i:02d}"]
+    delivered = [t for t in expected if t not in DEAD_ON_PURPOSE]
+    assert wait_until(lambda: set(delivered) <= set(accepted_texts(backend)), timeout=60), sorted(
+        set(delivered) - set(accepted_texts(backend))
+    )
+    time.sleep(1.0)
+    accepted = Counter(r.body["text"] for r in backend.messages())
+    assert set(accepted) == set(delivered) and max(accepted.values()) == 1
+    status = run_cli(["status", "--json"], env, cwd=tmp_path)
+    dead = json.loads(status.stdout)["dead_letters"]
+    assert sorted(d["status"] for d in dead) == [400, 422]
+    human = run_cli(["status"], env, cwd=tmp_path).stdout
+    assert "\x1b" not in human and "422 echoing the text" not in json.dumps(dead)
+    assert relay.proc.poll() is None and relay.terminate()[0] == 0
+    figures(
+        sent=len(expected),
+        received=sum(accepted.values()),
+        duplicates=0,
+        bad_answers=len(BAD_ANSWERS),
+        dead_lettered=len(dead),
+    )
+
+
+SYNC = "/edge/sync"
+CHAT = f"iMessage;-;{ALICE}"
+
+
+def _cmd(command_id: object, kind: object, **params: object) -> dict[str, object]:
+    return {"command_id": command_id, "command_type": kind, "params": params}
+
+
+# command id -> the command; each must be answered by exactly one event, failed or completed.
+BAD_COMMANDS: dict[str, dict[str, object]] = {
+    "cancel-inf": _cmd("cancel-inf", "cancel_message", message_id=float("inf")),
+    "cancel-huge": _cmd("cancel-huge", "cancel_message", message_id=10**40),
+    "cancel-digits": _cmd("cancel-digits", "cancel_message", message_id="9" * 5000),
+    "cancel-list": _cmd("cancel-list", "cancel_message", message_id=[1]),
+    "at-year-1": _cmd(
+        "at-year-1",
+        "schedule_message",
+        chat_guid=CHAT,
+        text="x",
+        send_at="0001-01-01T00:00:00+14:00",
+    ),
+    "at-year-9999": _cmd(
+        "at-year-9999",
+        "schedule_message",
+        chat_guid=CHAT,
+        text="x",
+        send_at="9999-12-31T23:59:59-14:00",
+    ),
+    "at-naive": _cmd(
+        "at-naive", "schedule_message", chat_guid=CHAT, text="x", send_at="2030-01-01T09:00:00"
+    ),
+    "guid-option": _cmd("guid-option", "send_message", chat_guid="-e", text="x"),
+    "guid-nul": _cmd("guid-nul", "send_message", chat_guid=CHAT + "\u0000", text="x"),
+    "text-nul": _cmd("text-nul", "send_message", chat_guid=CHAT, text="a\u0000b"),
+    "text-surrogate": _cmd("text-surrogate", "send_message", chat_guid=CHAT, text="a\ud800b"),
+    "text-huge": _cmd("text-huge", "send_message", chat_guid=CHAT, text="x" * 200_000),
+    "type-number": _cmd("type-number", 7),
+    "type-unknown": _cmd("type-unknown", "format_disk"),
+    "params-list": {"command_id": "params-list", "command_type": "send_message", "params": [1]},
+    "id-surrogate-\ud800": _cmd("id-surrogate-\ud800", "list_scheduled"),
+    "good-list": _cmd("good-list", "list_scheduled"),
+    "good-schedule": _cmd(
+        "good-schedule",
+        "schedule_message",
+        chat_guid=CHAT,
+        text="later",
+        send_at="2099-01-01T09:00:00Z",
+    ),
+}
+BAD_SYNC_ANSWERS = [
+    json.dumps(
+        {
+            "commands": [
+                *BAD_COMMANDS.values(),
+                _cmd({"a": 1}, "list_scheduled"),
+                _cmd(True, "list_scheduled"),
+                "not a command",
+                _cmd("good-list", "list_scheduled"),  # a repeat: ignored, not run twice
+            ],
+            "ack_events": [{"a": 1}, None, "\ud800"],
+            "config_updates": {"sync_interval": "NaN", "heartbeat_interval": True},
+        }
+    ).encode(),
+    b"[" * 5000 + b"]" * 5000,
+    b'{"commands": "' + b"x" * 3_000_000 + b'"}',
+    b'{"commands": "nope", "ack_events": {"x": 1}, "config_updates": [1]}',
+    b"<html>502</html>",
+]
+
+
+def test_bad_commands_nothing_lost_nothing_stopped(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    figures: Callable[..., None],
+) -> None:
+    """Sync answers full of poison (non-finite, huge and out-of-range values, lone surrogates,
+    NULs, wrong types, an option-like chat guid, a repeat), then one nested too deep, one of
+    3 MB, one of the wrong shape and one not JSON: each command id is answered by exactly one
+    event, the good ones complete once, syncs go on and messages keep flowing."""
+    for answer in BAD_SYNC_ANSWERS:
+        backend.script(SYNC, Behaviour(200, body=answer))
+    chat = writer.direct_chat(ALICE)
+    relay = start_relay({"ARCHETY_SYNC_INTERVAL": "1", "ARCHETY_SEND_ENABLED": "0"})
+    writer.message("during the storm", sender=ALICE, chat=chat)
+
+    event_ids: dict[str, set[str]] = {}
+
+    def outcomes() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for request in backend.requests_to(SYNC):
+            for event in (request.body or {}).get("events", []):
+                if event.get("event_type") in ("command_failed", "command_completed"):
+                    command_id = str(event.get("command_id"))
+                    found.setdefault(command_id, set()).add(event["event_type"])
+                    event_ids.setdefault(command_id, set()).add(event["event_id"])
+        return found
+
+    assert wait_until(
+        lambda: len(backend.requests_to(SYNC)) > len(BAD_SYNC_ANSWERS) + 1, timeout=60
+    )
+    found = outcomes()
+    answered = {k: v for k, v in found.items() if k[:8] in {c[:8] for c in BAD_COMMANDS}}
+    assert len(answered) == len(BAD_COMMANDS), sorted(found)  # the surrogate id, respelled
+    assert all(len(kinds) == 1 for kinds in answered.values()), answered
+    assert found["good-list"] == found["good-schedule"] == {"command_completed"}
+    assert len(event_ids["good-list"]) == 1  # its repeat in the same answer was not run again
+    assert found["guid-option"] == found["cancel-inf"] == {"command_failed"}
+    assert accepted_texts(backend) == ["during the storm"]
+    assert not log_events(relay.log, "sync_loop_failed")
+    assert relay.proc.poll() is None and relay.terminate()[0] == 0
+    figures(
+        sent=1,
+        received=len(accepted_texts(backend)),
+        duplicates=0,
+        bad_commands=len(BAD_COMMANDS) + 4,
+        bad_sync_answers=len(BAD_SYNC_ANSWERS),
     )
