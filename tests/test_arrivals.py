@@ -15,11 +15,14 @@ from typing import Any
 from conftest import ALICE, BOB, FakeOsascript, run_cli
 
 from archety_relay import lateness
+from archety_relay.chatdb import ChatDb
 from archety_relay.commands import SendNow
+from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.events import URL_BALLOON
 from archety_relay.relay import Relay
+from archety_relay.store import open_store
 
 
 def relay_all(relay: Relay, now: float | None = None) -> Any:
@@ -283,3 +286,32 @@ def test_the_rule_on_its_own() -> None:
     assert lateness.verdict(a(1200, 50, False, False)) == "late"  # a catch-up, minutes old
     assert lateness.verdict(a(7200, 50, False, False)) == "backfill"
     assert lateness.verdict(a(7200, 2, False, False)) == "late"
+
+
+def test_reaction_survives_a_restart_before_its_sync_and_is_reported_once(
+    settings: Settings, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """The reaction event is stored with the cursor move: a relay stopped before any sync
+    reports it after the restart, once, and a second restart reports nothing new."""
+    chat = writer.direct_chat(ALICE)
+    target = writer.message("hi", sender=ALICE, chat=chat)
+    backend.ack_events = True
+
+    def run(work: Any) -> None:
+        store = open_store(settings.state_dir)
+        relay = Relay(settings, ChatDb(settings.chat_db), store)
+        try:
+            work(relay)
+        finally:
+            relay.backend.close()
+            relay.chatdb.close()
+            store.close()
+
+    run(lambda r: r.capture_step(time.time()))  # cursor placed after "hi"
+    writer.reaction(target, 2001, sender=ALICE, chat=chat)
+    run(lambda r: r.capture_step(time.time()))  # event stored; stopped before any sync
+    run(lambda r: (r.capture_step(time.time()), r.sync_step(time.time())))
+    run(lambda r: (r.capture_step(time.time()), r.sync_step(time.time())))
+    reactions = [e for e in backend.sync_events() if e["event_type"] == "reaction_added"]
+    assert len(reactions) == 1
+    assert reactions[0]["details"]["kind"] == "like"

@@ -25,6 +25,7 @@ from .chatdb import ChatDb
 from .events import ChatEvent, Fingerprint
 from .rows import WatchedRow, apple_date
 from .store import Store
+from .store.watch import UNREAD_WATCH_LIMIT
 
 log = structlog.get_logger("archety_relay.changes")
 
@@ -49,13 +50,24 @@ class Changes:
         # The stored fingerprints, mirrored: an unchanged window costs no state-db query.
         self._known: dict[str, Fingerprint] = {}
         self._pruned_at = float("-inf")
+        self._loaded = False
         # Rows that could not be fingerprinted, warned about once while they stay in the window.
         self._unreadable: set[str] = set()
 
     def step(self, now: float) -> ChangesResult:
         """Look at the recent window once; store (and return the count of) what changed."""
         result = ChangesResult()
-        unread = self.store.unread_own(apple_date(now - UNREAD_WATCH_SECONDS))
+        since = apple_date(now - UNREAD_WATCH_SECONDS)
+        if self._loaded:  # the mirror holds every watched row since the first look
+            unread = [
+                f.rowid
+                for f in self._known.values()
+                if f.from_me and not f.read_at and f.date >= since
+            ]
+            unread = unread if len(unread) <= UNREAD_WATCH_LIMIT else self.store.unread_own(since)
+        else:
+            unread = self.store.unread_own(since)
+            self._loaded = True
         watched = self.chatdb.watch_window(apple_date(now - WINDOW_SECONDS), unread)
         result.watched = len(watched)
         current = self._fingerprints(watched)

@@ -1,0 +1,161 @@
+"""The in-place change watch (edits, unsends, read receipts): its cost on a small and a huge chat.db.
+
+    .venv/bin/python bench/window.py           # 1,000,000 history rows: results + docs section
+    .venv/bin/python bench/window.py --smoke   # 5,000 rows, no doc
+
+Each chat.db is built the way bench/run.py builds its large one (`MessagesWriter.fill_history`:
+old messages spread over 400 days, checkpointed), then gets a busy recent window: 300 messages
+over the last 20 minutes, 30 of them from the persona. `Changes.step(now)` (the relay's code:
+the window read by `message_idx_date`, the fingerprint comparison, the state database) is timed
+in-process, once per chat.db change as the daemon runs it: after an edit (one event stored), and
+with nothing changed (what every other commit to chat.db costs). Medians of `looks` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from archety_relay import logs
+from archety_relay.changes import Changes
+from archety_relay.chatdb import ChatDb
+from archety_relay.demo.messages_writer import MessagesWriter
+from archety_relay.store import open_store
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- window:begin -->", "<!-- window:end -->"
+SENDER = "+15555550101"
+RECENT = 300
+
+
+def measure(history: int, looks: int) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="bench-window-"))
+    try:
+        writer = MessagesWriter(root / "chat.db")
+        chat = writer.direct_chat(SENDER)
+        started = time.perf_counter()
+        if history:
+            writer.fill_history(history, sender=SENDER, chat=chat)
+        built_s = time.perf_counter() - started
+        now = time.time()
+        rows = [
+            writer.message(
+                f"recent message {i}",
+                sender=None if i % 10 == 0 else SENDER,
+                chat=chat,
+                is_from_me=int(i % 10 == 0),
+                sent_at=now - 1190 + i * 1190 / RECENT,
+            )
+            for i in range(RECENT)
+        ]
+        store = open_store(root / "state")
+        chatdb = ChatDb(writer.path)
+        changes = Changes(chatdb, store)
+        changes.step(time.time())  # first look: every recent row fingerprinted
+        edited, unchanged, emitted = [], [], 0
+        incoming = [r for i, r in enumerate(rows) if i % 10]
+        for i in range(looks):
+            writer.edit(incoming[-1 - i], f"edited {i}")
+            t = time.perf_counter()
+            emitted += changes.step(time.time()).emitted
+            edited.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            changes.step(time.time())
+            unchanged.append((time.perf_counter() - t) * 1000)
+        watched = changes.step(time.time()).watched
+        chatdb.close()
+        store.close()
+        writer.close()
+        return {
+            "history": history,
+            "build_s": round(built_s, 1),
+            "watched": watched,
+            "events": emitted,
+            "after_edit_ms": statistics.median(edited),
+            "unchanged_ms": statistics.median(unchanged),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def section(r: dict[str, Any]) -> str:
+    small, large = r["small"], r["large"]
+    rows = [
+        ("look after an edit (one event stored)", "after_edit_ms"),
+        ("look with nothing changed", "unchanged_ms"),
+    ]
+    return "\n".join(
+        [
+            BEGIN,
+            "## In-place changes (edits, unsends, read receipts)",
+            "",
+            "`bench/window.py`: `Changes.step`, run on every chat.db change, re-reads the last 20 "
+            f"minutes by `message_idx_date` ({large['watched']} rows here: {RECENT} recent "
+            "messages plus the persona's unread ones) and compares each row's fingerprint. "
+            f"Median of {r['looks']} looks, on chat.db with no history and with "
+            f"{large['history']:,} history rows (built like bench/run.py's large database).",
+            "",
+            f"| figure | no history | {large['history']:,} history rows | ratio |",
+            "|---|---|---|---|",
+            *[
+                f"| {label} | {small[key]:.2f} ms | {large[key]:.2f} ms | "
+                f"{large[key] / small[key]:.2f}× |"
+                for label, key in rows
+            ],
+            "",
+            "The cost follows the window, not the file: the query walks the date index from "
+            "20 minutes ago, so the million old rows are never read; `date_edited` and "
+            "`date_read` have no index, and the same question asked of them directly is a "
+            "full scan (153 ms on 500,000 rows, ../shared/notes/chatdb-events.md). The step runs "
+            "only when `PRAGMA data_version` says chat.db changed, so an idle relay pays nothing "
+            "for it; an unchanged window costs no state-database write (the fingerprints are "
+            "mirrored in memory).",
+            END,
+        ]
+    )
+
+
+def write_doc(r: dict[str, Any]) -> None:
+    """Put the section into docs/benchmarks.md (bench/report.py keeps it when it rewrites)."""
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = section(r)
+    if BEGIN in doc:
+        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc, flags=re.S)
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(doc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    logs.configure(log_file=None, console=None, level=logging.WARNING)
+    history, looks = (5_000, 5) if args.smoke else (1_000_000, 30)
+    result = {
+        "looks": looks,
+        "small": measure(0, looks),
+        "large": measure(history, looks),
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "window.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    if not args.smoke:
+        write_doc(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
