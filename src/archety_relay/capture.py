@@ -18,6 +18,7 @@ from . import events, rows
 from .arrivals import Arrivals
 from .chatdb import ChatDb
 from .config import Settings
+from .errors import RelayError
 from .model import Message, Skipped
 from .store import Cursor, Store
 
@@ -199,6 +200,8 @@ class Capture:
             outcome = replace(outcome, **extra)
             if self.admit is None:
                 return outcome, outcome.frozen_body(self.settings.persona_fields())
+        except RelayError:  # chat.db or the state database failed: retry the step, skip nothing
+            raise
         except Exception as exc:
             log.warning(
                 "row_unreadable", rowid=raw.rowid, guid=raw.guid, error_type=type(exc).__name__
@@ -214,6 +217,8 @@ class Capture:
         never the rows behind it."""
         try:
             event = self.arrivals.event_for(raw, now)
+        except RelayError:  # an I/O failure: the step is retried, the event is not lost
+            raise
         except Exception as exc:
             log.warning(
                 "row_event_unreadable",
