@@ -7,9 +7,14 @@ and the assertions are on the events the loopback backend received in `/edge/syn
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import ALICE, BOB
 
 from archety_relay.chatdb import ChatDb
@@ -208,3 +213,21 @@ def test_daemon_syncs_soon_after_an_edit_instead_of_waiting_for_the_interval(
     relay.terminate()
     [event] = of_type(backend.sync_events(), "message_edited")
     assert event["details"]["text"] == "at 8pm"
+
+
+@pytest.mark.slow
+def test_window_bench_smoke_runs_and_finds_every_edit(tmp_path: Path) -> None:
+    """`bench/window.py --smoke` exits 0 and its change watch found each edit on both chat.dbs
+    (the figures themselves are not judged here)."""
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "window.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads((tmp_path / "window.json").read_text())
+    assert figures["small"]["events"] == figures["large"]["events"] == figures["looks"]
+    assert figures["large"]["history"] > 0
