@@ -6,15 +6,17 @@ and bench/): a plan that runs a subquery per row is quadratic whatever the machi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import RelayProcess, log_events, wait_until
+from conftest import ALICE, RelayProcess, log_events, run_cli, wait_until
 
+from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.relay import Relay
-from archety_relay.store import Cursor, NewOutgoing, Store, open_store
+from archety_relay.store import OUTBOX_FILE, Cursor, NewOutgoing, Store, open_store
 
 SYNC = "/edge/sync"
 
@@ -135,3 +137,62 @@ def test_a_cursor_saved_by_an_older_version_is_kept_on_upgrade(tmp_path: Path) -
     store.set_cursor(Cursor(43, "7:ABC", "GUID-43", 123), time.time())
     assert store.cursor() == Cursor(43, "7:ABC", "GUID-43", 123)
     store.close()
+
+
+def _damage_header(path: Path) -> None:
+    """Overwrite the 100-byte database header, as a torn write or a stray tool would."""
+    with open(path, "r+b") as f:
+        f.write(b"\xde\xad" * 50)
+
+
+def test_a_damaged_state_file_is_reported_by_lookers_and_salvaged_by_run(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Review #11: three queued messages and a scheduled send, then the state file's header is
+    damaged and a message arrives. `status`, `retry-dead` and `purge-dead` report it (exit 6)
+    and change nothing; `doctor` fails its state check without moving it. `--once` moves it
+    aside, carries the queue, the scheduled send and the cursor into the fresh file, delivers
+    all four messages, and `status` shows the reset."""
+    state = Path(env["ARCHETY_STATE_DIR"])
+    chat = writer.direct_chat(ALICE)
+    backend.set_default("/orchestrator/message", Behaviour(503))
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode in (0, 4)  # cursor placed
+    for i in range(3):
+        writer.message(f"queued {i}", sender=ALICE, chat=chat)
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 4  # queued, backend down
+    store = open_store(state)
+    send_at = time.time() + 3600
+    store.add_outgoing(
+        [NewOutgoing(f"iMessage;-;{ALICE}", "later", send_at, "schedule_message", "cmd-1")],
+        time.time(),
+    )
+    assert store.stats().depth == 3
+    store.close()
+    _damage_header(state / OUTBOX_FILE)
+    writer.message("arrived meanwhile", sender=ALICE, chat=chat)
+    backend.set_default("/orchestrator/message", None)
+
+    for command in (["status"], ["retry-dead"], ["purge-dead"]):
+        looked = run_cli(command, env, cwd=tmp_path)
+        assert looked.returncode == 6, (command, looked.stdout, looked.stderr)
+        assert "--once" in looked.stderr
+    doctor = run_cli(["doctor"], env, cwd=tmp_path)
+    assert "✗ state directory" in doctor.stdout and doctor.returncode != 0
+    assert not list(state.glob("outbox.db.corrupt-*"))
+
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    assert [r.body["text"] for r in backend.messages()] == [
+        "queued 0",
+        "queued 1",
+        "queued 2",
+        "arrived meanwhile",
+    ]
+    (aside,) = [p for p in state.glob("outbox.db.corrupt-*") if p.suffix != ".db-wal"]
+    store = open_store(state)
+    assert [(o.text, o.status) for o in store.scheduled(None)] == [("later", "pending")]
+    store.close()
+    status = json.loads(run_cli(["status", "--json"], env, cwd=tmp_path).stdout)
+    assert status["state_reset"]["moved_to"] == str(aside)
+    assert status["state_reset"]["salvaged"]["outbox"] == 3
+    human = run_cli(["status"], env, cwd=tmp_path).stdout
+    assert "state reset" in human and str(aside) in human

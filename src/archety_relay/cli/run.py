@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_and_logs(args)
     lock = PidLock(settings.state_dir)
     lock.acquire()
-    store = open_store(settings.state_dir)
+    store = open_store(settings.state_dir, repair=True)
     daemon = Daemon(settings, store, reload_secret=reload_secret)
     flags = _Flags()
 
@@ -68,7 +68,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     lock = PidLock(settings.state_dir)
     lock.acquire()
     try:
-        store = open_store(settings.state_dir)
+        store = open_store(settings.state_dir, repair=True)
         with ChatDb(settings.chat_db) as chatdb:
             relay = Relay(settings, chatdb, store)
             try:

@@ -81,6 +81,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
             outgoing={},
             rules=[],
             skipped_backfill=0,
+            state_reset=None,
         )
         return report
     try:
@@ -119,8 +120,21 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         rules=rules,
         # iCloud history not posted (see lateness): a jump here is a restore, not a fault.
         skipped_backfill=int(meta.get("count_backfill") or 0),
+        state_reset=_state_reset(meta.get("state_reset")),
     )
     return report
+
+
+def _state_reset(recorded: str | None) -> dict[str, Any] | None:
+    """When the state file was found damaged and replaced, where it went, what was carried."""
+    try:
+        reset = json.loads(recorded) if recorded else None
+    except ValueError:
+        return None
+    if not isinstance(reset, dict):
+        return None
+    at = reset.get("at")
+    return {**reset, "at": _iso(float(at)) if isinstance(at, (int, float)) else None}
 
 
 def _rule_summary(source: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +201,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"last delivery : {report['last_delivery_at'] or 'never'}",
         f"last error    : {report['last_error'] or 'none'}",
         f"auth          : {report['auth_state'] or 'unknown'}",
+        f"state reset   : {_reset_line(report['state_reset'])}",
         f"backfill      : {report['skipped_backfill']} old rows skipped (iCloud history)",
         "outgoing      : "
         + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
@@ -199,6 +214,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     # Everything above may carry text from outside (answers, errors, chat.db guids).
     print("\n".join(escape_controls(line) for line in lines))
     return 0
+
+
+def _reset_line(reset: dict[str, Any] | None) -> str:
+    if not reset:
+        return "never"
+    carried = ", ".join(f"{n} {t}" for t, n in sorted((reset.get("salvaged") or {}).items()))
+    return (
+        f"{reset.get('at')}: the damaged file is kept at {reset.get('moved_to')}; "
+        f"carried over: {carried or 'nothing readable'}"
+    )
 
 
 def _detection_line(noticed: dict[str, Any] | None) -> str:

@@ -209,11 +209,15 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def open_connection(state_dir: Path, now: float | None = None) -> tuple[sqlite3.Connection, Path]:
-    """Open (or create) the outbox; a corrupt one is moved aside and a fresh one started.
+def open_connection(
+    state_dir: Path, now: float | None = None, *, repair: bool = False
+) -> tuple[sqlite3.Connection, Path, Path | None]:
+    """Open (or create) the state file: (connection, its path, where a corrupt one went).
 
-    A fresh outbox has no cursor, so the relay begins at chat.db's current MAX(ROWID) instead
-    of crash-looping under launchd on a file it cannot read.
+    A corrupt file is moved aside and a fresh one started only when `repair` is set: `run` and
+    `--once` hold the pid lock, so no daemon has the file open. Every other command (status,
+    doctor, retry-dead, purge-dead, backfill) reports the damage and exits 6 instead: a look at
+    the state must never change it under a running daemon.
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -225,8 +229,14 @@ def open_connection(state_dir: Path, now: float | None = None) -> tuple[sqlite3.
     path = state_dir / OUTBOX_FILE
     _create_private(path)
     try:
-        conn = connect(path)
+        return connect(path), path, None
     except OutboxCorrupt as exc:
+        if not repair:
+            exc.hint = (
+                "The state file is damaged. `archety-relay run` (or `--once`) moves it aside and "
+                "carries what can still be read into a fresh one; nothing was changed."
+            )
+            raise
         aside = path.with_name(f"{OUTBOX_FILE}.corrupt-{int(now or time.time())}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(path) + suffix)
@@ -234,8 +244,7 @@ def open_connection(state_dir: Path, now: float | None = None) -> tuple[sqlite3.
                 src.rename(Path(str(aside) + suffix))
         log.error("outbox_corrupt_moved_aside", error=str(exc), moved_to=str(aside))
         _create_private(path)
-        conn = connect(path)
-    return conn, path
+        return connect(path), path, aside
 
 
 def _create_private(path: Path) -> None:
