@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, BOB, RelayProcess, accepted_texts
+from conftest import ALICE, BOB, RelayProcess, accepted_texts, run_cli
 from structlog.testing import capture_logs
 
 from archety_relay import typedstream
@@ -372,3 +372,22 @@ def test_a_rebuilt_chatdb_with_new_rows_below_the_old_max_hides_nothing(
     relay_all(relay)
     assert result.rebased
     assert [r.body["text"] for r in backend.messages()][5:] == ["arrived during the rebuild"]
+
+
+def test_doctor_blames_full_disk_access_only_for_access_errors(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A chat.db that is readable but not a database is not a permissions problem: doctor's fix
+    says what chatdb found, not "grant Full Disk Access"; a missing one still names it."""
+    broken = tmp_path / "broken" / "chat.db"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a database at all" * 300)
+    result = run_cli(["doctor"], {**env, "ARCHETY_CHAT_DB": str(broken)}, cwd=tmp_path)
+    (line,) = [ln for ln in result.stdout.splitlines() if "chat.db readable" in ln]
+    fix = result.stdout.splitlines()[result.stdout.splitlines().index(line) + 1]
+    assert line.startswith("✗") and "SQLITE_NOTADB" in line
+    assert "Full Disk Access" not in fix and "doctor" in fix
+    missing = run_cli(
+        ["doctor"], {**env, "ARCHETY_CHAT_DB": str(tmp_path / "no" / "chat.db")}, cwd=tmp_path
+    )
+    assert "Full Disk Access" in missing.stdout

@@ -54,9 +54,10 @@ def test_doctor_explains_a_rejected_secret(
 def test_doctor_with_no_backend_and_an_unreadable_chatdb(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Nothing listening: exit 4. chat.db that cannot be read: the interpreter to grant FDA."""
-    bad = tmp_path / "bad.db"
-    bad.write_bytes(b"not sqlite at all" * 200)
+    """Nothing listening: exit 4. chat.db that cannot be opened (what a missing Full Disk Access
+    grant looks like: TCC hides it): the interpreter to grant FDA. A chat.db that opens but is
+    damaged is not blamed on FDA (test_faults_chatdb)."""
+    bad = tmp_path / "hidden" / "chat.db"
     result = run_cli(
         ["doctor"],
         {**env, "ARCHETY_BACKEND_URL": "http://127.0.0.1:9", "ARCHETY_CHAT_DB": str(bad)},

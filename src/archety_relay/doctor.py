@@ -219,7 +219,11 @@ def _chatdb_check(settings: Settings) -> Check:
         with ChatDb(settings.chat_db) as chatdb:
             top = chatdb.max_rowid()
     except RelayError as exc:
-        return Check("chat.db readable", False, exc.message, fix, EXIT_CHATDB)
+        # Full Disk Access only when the error is about access (chatdb decides which).
+        access = "Full Disk Access" in exc.hint or not exc.hint
+        return Check(
+            "chat.db readable", False, exc.message, fix if access else exc.hint, EXIT_CHATDB
+        )
     return Check("chat.db readable", True, f"{settings.chat_db} (MAX(ROWID) {top})")
 
 
