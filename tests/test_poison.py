@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ALICE
+from conftest import ALICE, run_cli
 
 from archety_relay import config, logview
 from archety_relay.chatdb import ChatDb
@@ -167,3 +167,27 @@ def test_an_agent_id_no_header_can_carry_is_refused_by_name(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as refused:
         config.load({"RELAY_WEBHOOK_SECRET": "s" * 20, "EDGE_AGENT_ID": "mini-™"}, tmp_path)
     assert "EDGE_AGENT_ID" in refused.value.message
+
+
+def test_damaged_configuration_files_are_refused_by_name(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A .env that is not UTF-8 (saved by another editor) and a state directory that is a file:
+    exit 2 naming what to fix, never a traceback, never a byte of the file."""
+    env_file = tmp_path / "damaged.env"
+    env_file.write_bytes(b"EDGE_AGENT_ID=mini\nRELAY_WEBHOOK_SECRET=abc\xff\xfedef0123456789\n")
+    env_file.chmod(0o600)
+    bad_env = {**env, "ARCHETY_ENV_FILE": str(env_file)}
+    del bad_env["RELAY_WEBHOOK_SECRET"]
+    state_file = tmp_path / "state-is-a-file"
+    state_file.write_text("")
+    for run_env, names in (
+        (bad_env, (str(env_file), "not UTF-8")),
+        ({**env, "ARCHETY_STATE_DIR": str(state_file)}, ("ARCHETY_STATE_DIR", "is a file")),
+    ):
+        for args in (["--once"], ["status"], ["doctor"]):
+            result = run_cli(args, run_env, cwd=tmp_path)
+            assert result.returncode == 2, (args, result.stdout, result.stderr)
+            output = result.stdout + result.stderr
+            assert "Traceback" not in output and "\\xff" not in output and "0xff" not in output
+            assert all(name in output for name in names), (args, output)

@@ -181,6 +181,11 @@ def load(
             file_values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
         except OSError as exc:
             raise ConfigError(f"ARCHETY_ENV_FILE: {env_file} cannot be read: {exc}") from exc
+        except UnicodeDecodeError as exc:  # its text would quote a byte of the file (the secret?)
+            raise ConfigError(
+                f"ARCHETY_ENV_FILE: {env_file} is not UTF-8 text (byte {exc.start}); "
+                "save it as plain UTF-8"
+            ) from None
         if env_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             notes.append(f"env_file_not_private:{env_file}")
 
@@ -219,7 +224,7 @@ def load(
         secret_source=source,
         agent_id=_agent_id(get("EDGE_AGENT_ID") or DEFAULT_AGENT_ID),
         chat_db=Path(get("ARCHETY_CHAT_DB") or DEFAULT_CHAT_DB).expanduser(),
-        state_dir=Path(get("ARCHETY_STATE_DIR") or DEFAULT_STATE_DIR).expanduser(),
+        state_dir=_directory(get, "ARCHETY_STATE_DIR", DEFAULT_STATE_DIR),
         log_file=Path(get("ARCHETY_LOG_FILE") or DEFAULT_LOG_FILE).expanduser(),
         env_file=env_file,
         persona_id=(get("ARCHETY_PERSONA_ID") or "").strip() or None,
@@ -263,6 +268,15 @@ def _backend_url(raw: str, get: Callable[[str], str | None]) -> str:
             "if you really mean it)."
         )
     return raw.strip().rstrip("/")
+
+
+def _directory(get: Callable[[str], str | None], name: str, default: str) -> Path:
+    """A directory the relay creates when missing; something else at that path is refused here,
+    by name, instead of as a traceback from the first mkdir."""
+    path = Path(get(name) or default).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} must be a directory, but {path} is a file")
+    return path
 
 
 def _agent_id(raw: str) -> str:
