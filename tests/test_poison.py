@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ALICE, run_cli
 
-from archety_relay import config, logview
+from archety_relay import config, logview, rules
 from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
@@ -191,3 +191,31 @@ def test_damaged_configuration_files_are_refused_by_name(
             output = result.stdout + result.stderr
             assert "Traceback" not in output and "\\xff" not in output and "0xff" not in output
             assert all(name in output for name in names), (args, output)
+
+
+def test_a_rule_pattern_too_costly_to_compile_is_refused_before_compiling() -> None:
+    """Compiling a regular expression has no timeout: nested counted repeats, 19 characters of
+    `(?:a{65535}){65535}`, take over 12 GB in 12 s (found attacking set_rule). A set_rule
+    whose pattern would cost more than MAX_PATTERN_COST is refused with the reason, without
+    compiling it; the patterns people write are accepted. (Only a pattern cheap enough to compile
+    on the old code is parsed here, so this test cannot hurt the machine it fails on.)"""
+    moderate = "(?:(?:a{100}){100}){100}"  # 0.5 s and ~100 MB to compile
+    assert rules.pattern_cost("(?:a{65535}){65535}") > rules.MAX_PATTERN_COST
+    for pattern in (moderate, "a{1000}{1000}"):
+        refused = rules.parse(
+            {
+                "rule_type": "filter",
+                "rule_config": {
+                    "name": "hostile",
+                    "conditions": [{"field": "content", "operator": "matches", "value": pattern}],
+                },
+            }
+        )
+        assert isinstance(refused, str) and "too large" in refused
+    for fine in (r"\d{3}-\d{4}", ".{0,200}", "(?i)^(stop|unsubscribe)$", r"\p{Greek}{3}"):
+        assert rules.pattern_cost(fine) <= rules.MAX_PATTERN_COST
+        condition = {"field": "content", "operator": "matches", "value": fine}
+        rule = rules.parse(
+            {"rule_type": "filter", "rule_config": {"name": "ok", "conditions": [condition]}}
+        )
+        assert isinstance(rule, rules.Rule)

@@ -23,6 +23,7 @@ is checked inside the backtracking loop itself, so no pattern can escape it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,10 @@ MAX_CONDITIONS = 20
 MAX_REPLY_CHARS = 2000
 # The most one message may spend in `matches` patterns, over all rules together.
 MATCH_BUDGET_SECONDS = 0.2
+# The most a pattern may cost to compile (see pattern_cost): compiling has no timeout, and
+# `(?:a{65535}){65535}` (19 characters) takes over 12 GB in 12 s.
+MAX_PATTERN_COST = 10_000
+_COUNTED = re.compile(r"\{(\d*)(,?)(\d*)\}")
 
 
 @dataclass(frozen=True)
@@ -137,11 +142,57 @@ def _condition(raw: Any) -> Condition | str:
     if not text or len(text) > MAX_VALUE_CHARS:
         return f"condition value must be 1 to {MAX_VALUE_CHARS} characters"
     if operator == "matches":
+        if pattern_cost(text) > MAX_PATTERN_COST:
+            return "regular expression too large: its counted repeats multiply past 10,000"
         try:
             return Condition(name, operator, text, regex.compile(text))
         except (regex.error, RecursionError, OverflowError, ValueError) as exc:
             return f"invalid regular expression: {str(exc)[:100]}"
     return Condition(name, operator, text)
+
+
+def pattern_cost(pattern: str) -> int:
+    """An upper estimate of a pattern's compiled size: each atom counts 1, a group the sum of
+    what it holds, and a counted repeat multiplies what it repeats by its bound (`{m,n}` by n,
+    `{m,}` by m + 1). Nested counted repeats are what make compiling explode; a pattern a person
+    writes (`\\d{3}-\\d{4}`, `.{0,200}`) costs a few hundred at most."""
+    stack: list[list[int]] = [[]]
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            stack[-1].append(1)
+            i += 2
+            continue
+        if ch == "[":  # a set is one atom: skip to its end (a leading ] or ^] is literal)
+            j = i + 1
+            j += pattern[j : j + 1] == "^"
+            j += pattern[j : j + 1] == "]"
+            while j < len(pattern) and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            stack[-1].append(1)
+            i = j + 1
+            continue
+        if ch == "(":
+            stack.append([])
+        elif ch == ")" and len(stack) > 1:
+            inner = sum(stack.pop())
+            stack[-1].append(max(1, inner))
+        elif ch == "{" and (counted := _COUNTED.match(pattern, i)) and stack[-1]:
+            low, comma, high = counted.groups()
+            if low or high:
+                bound = int(high) if high else int(low or 0) + (1 if comma else 0)
+                stack[-1][-1] = min(stack[-1][-1] * max(1, bound), 10**12)
+                i = counted.end()
+                continue
+            stack[-1].append(1)
+        elif ch not in "|*+?":
+            stack[-1].append(1)
+        i += 1
+    while len(stack) > 1:
+        inner = sum(stack.pop())
+        stack[-1].append(max(1, inner))
+    return sum(stack[0])
 
 
 class _Budget:
