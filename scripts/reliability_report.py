@@ -67,7 +67,8 @@ CASES = {
     "test_chatdb_replaced_rebases_the_cursor_without_replay": (
         "10. chat.db replaced",
         "file swapped for another database with lower MAX(ROWID)",
-        "`chatdb_replaced_cursor_rebased` warning; history not replayed; new rows flow",
+        "`chatdb_replaced_cursor_rebased` warning; history older than the last row seen not "
+        "replayed; new rows flow",
     ),
     "test_state_disk_full_holds_the_cursor_until_space_returns": (
         "12. State disk full",
@@ -90,7 +91,7 @@ CASES = {
         "each delivered exactly once, in order; peak RSS bounded (< 150 MB asserted)",
     ),
     "test_bad_rows_nothing_lost_nothing_stopped": (
-        "17. Bad rows: nothing lost, nothing stopped",
+        "21. Bad rows: nothing lost, nothing stopped",
         "16 damaged rows between ordinary ones: text not UTF-8 / NUL / INTEGER / BLOB / 3 MB, "
         "garbage attributedBody, guid not UTF-8 / CR LF / outside latin-1, date in year 33689 or "
         "TEXT, dangling handle, TEXT is_from_me, huge associated type, garbage summary info, "
@@ -99,7 +100,7 @@ CASES = {
         "no duplicate; no `delivery_loop_failed`; SIGTERM exits 0",
     ),
     "test_bad_answers_nothing_lost_nothing_stopped": (
-        "18. Bad answers: nothing lost, nothing stopped",
+        "22. Bad answers: nothing lost, nothing stopped",
         "14 answers, one per message: JSON nested 5,000 deep, 3 MB, HTML, invalid UTF-8, lone "
         "surrogate, NUL, wrong types, NaN, slow, reset, 503, 429 with garbage Retry-After, "
         "422 echoing the text, 400 with escape sequences",
@@ -107,7 +108,7 @@ CASES = {
         "`status` shows scrubbed and escaped; the daemon keeps going",
     ),
     "test_bad_commands_nothing_lost_nothing_stopped": (
-        "19. Bad commands: nothing lost, nothing stopped",
+        "23. Bad commands: nothing lost, nothing stopped",
         "sync answers with 22 poison commands (infinite / huge / 5,000-digit ids, years 1 and "
         "9999, naive time, `-e` and NUL chat guids, NUL / surrogate / 200 KB text, wrong types, "
         "a repeat), then nested 5,000 deep, 3 MB, wrong shape, not JSON",
