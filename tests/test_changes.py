@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALICE, BOB
+from conftest import ALICE, BOB, run_cli
 
 from archety_relay.chatdb import ChatDb
 from archety_relay.config import Settings
@@ -231,3 +231,33 @@ def test_window_bench_smoke_runs_and_finds_every_edit(tmp_path: Path) -> None:
     figures = json.loads((tmp_path / "window.json").read_text())
     assert figures["small"]["events"] == figures["large"]["events"] == figures["looks"]
     assert figures["large"]["history"] > 0
+
+
+def test_once_reports_an_edit_made_since_the_last_run(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """`--once` looks at the recent window too: an edit between two runs is in the second
+    run's sync."""
+    chat = writer.direct_chat(ALICE)
+    rowid = writer.message("at 7", sender=ALICE, chat=chat)
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    writer.edit(rowid, "at 8")
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    [event] = of_type(backend.requests_to("/edge/sync")[-1].body["events"], "message_edited")
+    assert event["details"]["text"] == "at 8"
+
+
+def test_partial_unsend_names_the_part_and_is_not_fully_unsent(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """One part of a two-part message withdrawn (rp = [1], the text part kept): the event
+    names part 1 and says the message is not fully unsent."""
+    chat = writer.direct_chat(ALICE)
+    look(relay)
+    rowid = writer.message("two photos", sender=ALICE, chat=chat)
+    look(relay)
+    writer.unsend(rowid, parts=(1,), whole=False)
+    look(relay)
+    [event] = of_type(synced(relay, backend), "message_unsent")
+    assert event["details"]["parts"] == [1]
+    assert event["details"]["fully_unsent"] is False

@@ -74,7 +74,8 @@ def drain(relay: Relay, progress: Callable[[int], None] | None = None) -> Draine
 
 
 def run_once(relay: Relay) -> OnceReport:
-    """Health check, capture, deliver everything queued, one sync, send what is due.
+    """Health check, capture, in-place changes, deliver everything queued, one sync, send what
+    is due.
 
     Capture runs even when the backend is down: storing rows in the outbox is always safe.
     ChatDbUnavailable propagates (exit 5).
@@ -82,6 +83,8 @@ def run_once(relay: Relay) -> OnceReport:
     report = OnceReport()
     report.health = relay.heartbeat_step()
     captured = relay.capture_step(time.time())
+    # Edits, unsends and reads of the last 20 minutes go out in this run's sync.
+    relay.changes_step(time.time())
     report.read, report.enqueued, report.skipped = (
         captured.read,
         captured.enqueued,

@@ -323,14 +323,23 @@ class MessagesWriter:
             (new_body, apple_date(when), plistlib.dumps(summary, fmt=plistlib.FMT_BINARY), rowid),
         )
 
-    def unsend(self, rowid: int, *, parts: Sequence[int] = (0,), at: float | None = None) -> None:
+    def unsend(
+        self,
+        rowid: int,
+        *,
+        parts: Sequence[int] = (0,),
+        at: float | None = None,
+        whole: bool = True,
+    ) -> None:
         """Unsend as macOS 26 records it: an edit that lists the withdrawn parts in `rp`, the
-        body cleared and `is_empty = 1` (`date_retracted` stays 0)."""
+        body cleared and `is_empty = 1` (`date_retracted` stays 0). `whole=False`: one part of
+        a multi-part message (a photo of several), the rest of the body kept."""
         when = time.time() if at is None else at
         summary = {"amc": 0, "ust": True, "ep": list(parts), "otr": {}, "rp": list(parts)}
+        cleared = "text = NULL, attributedBody = NULL, is_empty = 1, " if whole else ""
         self.conn.execute(
-            "UPDATE message SET text = NULL, attributedBody = NULL, is_empty = 1, "
-            "date_edited = ?, date_retracted = 0, message_summary_info = ? WHERE ROWID = ?",
+            f"UPDATE message SET {cleared}date_edited = ?, date_retracted = 0, "
+            "message_summary_info = ? WHERE ROWID = ?",
             (apple_date(when), plistlib.dumps(summary, fmt=plistlib.FMT_BINARY), rowid),
         )
 
