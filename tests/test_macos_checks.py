@@ -9,14 +9,16 @@ first on PATH (see conftest).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, FakeOsascript
+from conftest import ALICE, BOB, FakeOsascript, cli_env
 
 from archety_relay import automation, doctor
 from archety_relay.commands import SendNow
+from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.macos import interpreter
 from archety_relay.relay import Relay
 
@@ -83,3 +85,42 @@ def test_the_daemon_probes_automation_and_doctor_reports_what_it_found(
     check = doctor.automation_check(relay.settings, platform="darwin")
     assert not check.ok and "Automation" in check.fix and "pid" in check.detail
     assert automation.read(relay.settings.state_dir)["ok"] is False  # type: ignore[index]
+
+
+def test_doctor_live_reports_the_first_hour_facts_in_one_block(
+    env: dict[str, str], writer: MessagesWriter, osascript: FakeOsascript, tmp_path: Path
+) -> None:
+    """`doctor --live` on this machine: the interpreter image and FDA target, chat.db readable,
+    the guid forms in it, a real Automation probe, then it waits for the next incoming message
+    and says what noticed it and how fast; the Mac-only lines say they were skipped."""
+    chat = writer.direct_chat(ALICE)
+    writer.chat("any;+;chat99", 43, [ALICE, BOB], identifier="chat99")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archety_relay", "doctor", "--live", "--wait", "20"],
+        env=cli_env({**env, **osascript.env}),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if "send this Mac a message" in line:
+                writer.message("are you there?", sender=ALICE, chat=chat)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = "".join(out)
+    assert f"FDA target  : {os.path.realpath(sys.executable)}" in text
+    assert "chat.db     : readable by this process" in text
+    assert "guid forms  : iMessage;-; 1, any;+; 1" in text
+    assert "automation  : allowed (count of accounts)" in text
+    assert "noticed by file_event" in text and "ms after its date" in text
+    assert "FileVault   : skipped (not macOS)" in text
+    assert "are you there?" not in text  # no message text in the report

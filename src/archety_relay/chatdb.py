@@ -338,6 +338,16 @@ class ChatDb:
                 return SentRow(int(rowid), _int(error) or 0, _str(guid))
         return None
 
+    def guid_forms(self) -> dict[str, int]:
+        """How this database spells chat guids (`iMessage;-;`, `any;+;` …), with counts: macOS 26
+        writes `any`, which decides how sends must find a chat."""
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT substr(guid, 1, instr(guid, ';') + 2), COUNT(*) FROM chat "
+                "WHERE instr(guid, ';') > 0 GROUP BY 1 ORDER BY 2 DESC"
+            ).fetchall()
+        return {str(form): int(count) for form, count in rows}
+
     def chats_of_handle(self, handle: str) -> tuple[list[ChatRef], bool]:
         """The chats this handle is in, and whether this database writes `any;` chat guids."""
         with self._snapshot() as conn:

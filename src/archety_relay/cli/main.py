@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "doctor", parents=[common], help="check every precondition, one line each, with the fix"
     )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="the first-hour check on the Mac: interpreter image, grants, guid forms, the "
+        "watcher on the next incoming message, power and login settings (one report to paste)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        help="with --live: seconds to wait for the next incoming message (default 120; 0 skips)",
+    )
     p.set_defaults(handler="ops:cmd_doctor")
 
     p = sub.add_parser(

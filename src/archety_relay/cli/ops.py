@@ -26,6 +26,11 @@ from .state import format_duration
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.live:
+        from .. import doctor_live
+
+        doctor_live.report(args.wait, say=lambda line: print(line, flush=True))
+        return EXIT_OK
     checks = doctor.run_checks()
     width = max(len(c.name) for c in checks)
     for check in checks:
