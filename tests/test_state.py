@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import ALICE, RelayProcess, log_events, run_cli, wait_until
 
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.errors import OutboxCorrupt
 from archety_relay.relay import Relay
 from archety_relay.store import OUTBOX_FILE, Cursor, NewOutgoing, Store, open_store
 
@@ -196,3 +198,23 @@ def test_a_damaged_state_file_is_reported_by_lookers_and_salvaged_by_run(
     assert status["state_reset"]["salvaged"]["outbox"] == 3
     human = run_cli(["status"], env, cwd=tmp_path).stdout
     assert "state reset" in human and str(aside) in human
+
+
+def test_an_interrupted_repair_is_simply_done_again(tmp_path: Path) -> None:
+    """The fresh file is built beside the damaged one and swapped in last: a repair killed
+    half-way leaves the damaged file in place and a stale staging file, and the next start
+    repairs from scratch with nothing lost. Without `repair` nothing is touched."""
+    store = open_store(tmp_path)
+    store.enqueue([("G-1", 1, b"{}")], Cursor(1, "1:X"), time.time())
+    store.close()
+    _damage_header(tmp_path / OUTBOX_FILE)
+    (tmp_path / (OUTBOX_FILE + ".salvaging")).write_bytes(b"half-built" * 1000)
+    with pytest.raises(OutboxCorrupt):
+        open_store(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OUTBOX_FILE, OUTBOX_FILE + ".salvaging"]
+    store = open_store(tmp_path, repair=True)
+    assert store.stats().depth == 1 and store.cursor() == Cursor(1, "1:X")
+    store.close()
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    assert names[0] == OUTBOX_FILE and names[1].startswith(OUTBOX_FILE + ".corrupt-")
+    assert len(names) == 2

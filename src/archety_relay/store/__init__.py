@@ -10,11 +10,7 @@ commands  one sync command's work in one transaction; rules and per-chat context
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
-
-import structlog
 
 from .commands import ChatState, CommandQueries, CommandTx
 from .db import OUTBOX_FILE, open_connection
@@ -27,12 +23,9 @@ from .outbox import (
     QueueStats,
 )
 from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
-from .salvage import salvage
 from .uploads import UploadQueries, UploadRecord
 from .uploads import migrate as uploads_migrate
 from .watch import WatchQueries
-
-log = structlog.get_logger("archety_relay.store")
 
 
 class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, CommandQueries):
@@ -54,17 +47,10 @@ class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, Command
 
 def open_store(state_dir: Path, now: float | None = None, *, repair: bool = False) -> Store:
     """Open (or create) the state file. A corrupt one raises OutboxCorrupt (exit 6), unless
-    `repair` (run, --once): then it is moved aside, a fresh one started, every readable row
-    carried over, and a `state_reset` fact left for `status`."""
-    conn, path, aside = open_connection(state_dir, now, repair=repair)
-    uploads_migrate(conn)
-    store = Store(conn, path)
-    if aside is not None:
-        salvaged = salvage(aside, conn)
-        reset = {"at": now or time.time(), "moved_to": str(aside), "salvaged": salvaged}
-        store.set_meta("state_reset", json.dumps(reset))
-        log.warning("state_reset", moved_to=str(aside), salvaged=salvaged)
-    return store
+    `repair` (run, --once): then a fresh one replaces it with every readable row carried over,
+    the damaged file is kept aside, and a `state_reset` fact is left for `status`."""
+    conn, path, _reset = open_connection(state_dir, now, repair=repair, prepare=uploads_migrate)
+    return Store(conn, path)
 
 
 __all__ = [

@@ -7,17 +7,20 @@ threads share a single connection safely.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from ..errors import OutboxCorrupt, StateError
+from .salvage import salvage
 
 log = structlog.get_logger("archety_relay.store")
 
@@ -210,14 +213,20 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def open_connection(
-    state_dir: Path, now: float | None = None, *, repair: bool = False
-) -> tuple[sqlite3.Connection, Path, Path | None]:
-    """Open (or create) the state file: (connection, its path, where a corrupt one went).
+    state_dir: Path,
+    now: float | None = None,
+    *,
+    repair: bool = False,
+    prepare: Callable[[sqlite3.Connection], None] = lambda conn: None,
+) -> tuple[sqlite3.Connection, Path, dict[str, Any] | None]:
+    """Open (or create) the state file: (connection, its path, the reset if one was repaired).
 
-    A corrupt file is moved aside and a fresh one started only when `repair` is set: `run` and
-    `--once` hold the pid lock, so no daemon has the file open. Every other command (status,
-    doctor, retry-dead, purge-dead, backfill) reports the damage and exits 6 instead: a look at
-    the state must never change it under a running daemon.
+    `prepare` completes the schema (tables other modules own) on every file opened here.
+
+    A corrupt file is replaced only when `repair` is set: `run` and `--once` hold the pid lock,
+    so no daemon has the file open. Every other command (status, doctor, retry-dead,
+    purge-dead, backfill) reports the damage and exits 6 instead: a look at the state must
+    never change it under a running daemon.
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -229,7 +238,7 @@ def open_connection(
     path = state_dir / OUTBOX_FILE
     _create_private(path)
     try:
-        return connect(path), path, None
+        conn = connect(path)
     except OutboxCorrupt as exc:
         if not repair:
             exc.hint = (
@@ -237,14 +246,50 @@ def open_connection(
                 "carries what can still be read into a fresh one; nothing was changed."
             )
             raise
-        aside = path.with_name(f"{OUTBOX_FILE}.corrupt-{int(now or time.time())}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(path) + suffix)
-            if src.exists():
-                src.rename(Path(str(aside) + suffix))
-        log.error("outbox_corrupt_moved_aside", error=str(exc), moved_to=str(aside))
-        _create_private(path)
-        return connect(path), path, aside
+        reset = _replace_corrupt(path, exc, now or time.time(), prepare)
+        conn = connect(path)
+        prepare(conn)
+        return conn, path, reset
+    prepare(conn)
+    return conn, path, None
+
+
+def _replace_corrupt(
+    path: Path, exc: OutboxCorrupt, now: float, prepare: Callable[[sqlite3.Connection], None]
+) -> dict[str, Any]:
+    """Build the fresh file beside the damaged one, carry over what can be read, then swap.
+
+    Until the swap the damaged file stays where it is, so a crash or kill -9 mid-way only means
+    the next start does it again; nothing is abandoned half-salvaged.
+    """
+    staging = path.with_name(OUTBOX_FILE + ".salvaging")
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(staging) + suffix).unlink(missing_ok=True)
+    _create_private(staging)
+    fresh = connect(staging)
+    try:
+        prepare(fresh)
+        try:
+            salvaged = salvage(path, fresh)
+        except Exception as failure:  # never let salvage keep the relay from starting
+            log.error("state_salvage_failed", error_type=type(failure).__name__)
+            salvaged = {}
+        aside = path.with_name(f"{OUTBOX_FILE}.corrupt-{int(now)}")
+        reset = {"at": now, "moved_to": str(aside), "salvaged": salvaged}
+        fresh.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('state_reset', ?)",
+            (json.dumps(reset),),
+        )
+    finally:
+        fresh.close()  # the last connection: its WAL is checkpointed into the file
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(Path(str(aside) + suffix))
+    staging.rename(path)
+    log.error("outbox_corrupt_moved_aside", error=str(exc), moved_to=str(aside))
+    log.warning("state_reset", moved_to=str(aside), salvaged=salvaged)
+    return reset
 
 
 def _create_private(path: Path) -> None:
