@@ -77,8 +77,11 @@ CASES = {
     ),
     "test_corrupt_outbox_is_moved_aside_and_the_relay_starts_fresh": (
         "13. Corrupt outbox",
-        "outbox.db overwritten with garbage",
-        "moved aside with `outbox_corrupt_moved_aside`; fresh start at MAX(ROWID)",
+        "outbox.db overwritten with garbage; in test_state, its header damaged under 3 queued "
+        "messages and a scheduled send",
+        "moved aside by `run`/`--once` only (`status`, `doctor`, `retry-dead`, `purge-dead` exit 6 "
+        "and change nothing); readable rows carried into the fresh file (header rebuilt if "
+        "needed), `state_reset` in `status`; garbage: fresh start at MAX(ROWID)",
     ),
     "test_wal_checkpoints_are_never_blocked": (
         "14. WAL checkpoints",
