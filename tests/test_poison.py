@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import ALICE, run_cli
 
-from archety_relay import config, logview, rules
+from archety_relay import config, logview, photo_rules, rules
 from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.errors import ConfigError
+from archety_relay.policy import HttpOutcome
 from archety_relay.relay import Relay
 from archety_relay.store import open_store
 
@@ -219,3 +220,44 @@ def test_a_rule_pattern_too_costly_to_compile_is_refused_before_compiling() -> N
             {"rule_type": "filter", "rule_config": {"name": "ok", "conditions": [condition]}}
         )
         assert isinstance(rule, rules.Rule)
+
+
+HUGE_INT = "9" * 5000  # past Python's 4,300-digit int-from-string limit
+
+
+def test_one_integer_too_long_for_python_spoils_only_its_own_command(
+    relay: Relay, backend: StubBackend
+) -> None:
+    """A sync answer where one command's message_id has 5,000 digits: that command fails with
+    its reason and the command beside it still runs (json.loads refused the whole answer)."""
+    body = (
+        '{"commands": [{"command_id": "c-huge", "command_type": "cancel_message", '
+        f'"params": {{"message_id": {HUGE_INT}}}}}, '
+        '{"command_id": "c-list", "command_type": "list_scheduled", "params": {}}]}'
+    )
+    backend.script(SYNC, Behaviour(200, body=body.encode()))
+    relay.sync_step(time.time())
+    relay.sync_step(time.time())
+    events = backend.requests_to(SYNC)[-1].body["events"]
+    outcome = {e["command_id"]: e["event_type"] for e in events}
+    assert outcome == {"c-huge": "command_failed", "c-list": "command_completed"}
+
+
+def test_one_integer_too_long_for_python_does_not_lose_the_reply(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A 2xx reply carrying an unknown field with a 5,000-digit number: the reply beside it is
+    still read and stored for sending."""
+    queue(relay, writer, "hello")
+    body = f'{{"should_respond": true, "reply_text": "hi back", "score": {HUGE_INT}}}'
+    backend.script(MSG, Behaviour(200, body=body.encode()))
+    assert drain(relay) == ["delivered", "idle"]
+    assert relay.store.outgoing_counts() == {"pending": 1}
+
+
+def test_a_photo_upload_answer_nested_too_deep_is_an_upload_without_id() -> None:
+    """The backend accepted the picture but its answer is JSON nested 1,900 deep: the upload
+    counts as done (no photo_id) instead of raising, so the picture is not uploaded again and
+    again and its message is not held."""
+    result = photo_rules.upload_result(HttpOutcome(200, body=DEEP.decode()))
+    assert result == photo_rules.UploadResult(photo_rules.UPLOADED)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from . import rules
+from . import answer_json, rules
 from .chat_guid import is_chat_guid
 from .model import clean_json, clean_text
 
@@ -149,8 +149,8 @@ class SyncResponse:
 
 def parse_response(body: str) -> SyncResponse:
     try:
-        data = json.loads(body) if body else {}
-    except (ValueError, RecursionError):  # nested deeper than the parser's stack
+        data = answer_json.loads(body) if body else {}
+    except ValueError:
         return SyncResponse()
     if not isinstance(data, dict):
         return SyncResponse()

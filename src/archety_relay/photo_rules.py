@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from . import answer_json
 from .policy import HttpOutcome, Verdict, verdict
 
 UPLOADED, PENDING, SKIPPED, WAITING = "uploaded", "pending", "skipped", "waiting"
@@ -129,7 +130,7 @@ def upload_result(outcome: HttpOutcome) -> UploadResult:
 
 def photo_id(answer: str) -> str | None:
     try:
-        parsed = json.loads(answer)
+        parsed = answer_json.loads(answer)
     except ValueError:
         return None
     value = parsed.get("photo_id") if isinstance(parsed, dict) else None

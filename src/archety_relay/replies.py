@@ -14,10 +14,10 @@ its text is cleaned (`model.clean_text`) so that it can always be stored.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import answer_json
 from .model import clean_text
 
 BUBBLE_GAP_SECONDS = 1.2
@@ -56,8 +56,8 @@ def _burst_delay(value: Any) -> float | None:
 
 def plan(body: str) -> ReplyPlan:
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # nested deeper than the parser's stack: not a reply
+        data = answer_json.loads(body)
+    except ValueError:
         return ReplyPlan((), "not_json")
     try:
         return _plan(data)
