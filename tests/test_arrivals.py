@@ -150,6 +150,20 @@ def test_persona_account_used_elsewhere_is_reported_but_the_relays_own_send_is_n
     assert sent["message_guid"] == own_guid
 
 
+def test_an_empty_own_row_in_no_chat_is_not_a_send_from_elsewhere(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """macOS 26 can leave an empty is_from_me row in no chat after a failed send: it is
+    Messages' trace, not the persona's account used elsewhere."""
+    writer.direct_chat(ALICE)
+    relay_all(relay)
+    writer.message(None, sender=None, chat=None, is_from_me=1)
+    t0 = time.time()
+    relay.capture_step(t0)
+    relay.capture_step(t0 + relay.settings.chat_join_wait + 0.1)
+    assert synced(relay, backend, "message_sent_elsewhere") == []
+
+
 # -- messages that carry more -------------------------------------------------------------------
 
 

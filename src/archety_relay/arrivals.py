@@ -51,7 +51,14 @@ class Arrivals:
         kind = events.message_kind(raw)
         if kind in ("reaction", "group_event"):
             return events.new_row_event(raw)
-        if kind == "message" and raw.is_from_me and raw.guid:
+        # An empty own row, or one in no chat, is Messages' trace of a failed send, not a send.
+        if (
+            kind == "message"
+            and raw.is_from_me
+            and raw.guid
+            and raw.chats
+            and not rows.is_empty(raw)
+        ):
             text = rows.message_text(raw)
             chat_guid = events.chat_guid_of(raw)
             if self.store.is_own_send(chat_guid, text, now - OWN_SEND_MEMORY_SECONDS):

@@ -118,14 +118,14 @@ class WatchQueries(Transactional):
         """Whether the relay itself sent (or is sending) this text to this chat lately: the echo
         of its own send, not the persona's account used on another device. Chats are compared
         by their last guid field (macOS 26 writes `any;-;+1555…` for `iMessage;-;+1555…`)."""
-        wanted = _chat_key(chat_guid)
+        wanted = (_chat_key(chat_guid), _words(text))
         with self._tx() as db:
             found = db.execute(
-                "SELECT chat_guid FROM outgoing WHERE status IN ('sending', 'sent') "
-                "AND updated_at >= ? AND trim(text) = ?",
-                (since, text.strip()),
+                "SELECT chat_guid, text FROM outgoing WHERE status IN ('sending', 'sent') "
+                "AND updated_at >= ?",
+                (since,),
             ).fetchall()
-        return any(_chat_key(r[0]) == wanted for r in found)
+        return any((_chat_key(c), _words(t)) == wanted for c, t in found)
 
     def prune_watched(self, before_date: int, own_unread_before: int) -> int:
         """Forget rows older than the window, except the persona's unread ones (kept until
@@ -136,6 +136,11 @@ class WatchQueries(Transactional):
                 "AND date >= ?)",
                 (before_date, own_unread_before),
             ).rowcount
+
+
+def _words(text: str) -> str:
+    """Text compared by its words: Messages may trim or re-space what osascript handed it."""
+    return " ".join(text.split())
 
 
 def _chat_key(chat_guid: str | None) -> str:
