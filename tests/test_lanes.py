@@ -422,3 +422,23 @@ def _queued(state_dir: Path) -> int:
         return store.stats().depth
     finally:
         store.close()
+
+
+def test_a_retry_after_is_honoured_across_a_restart(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Alice's 429 asked for an hour; the relay restarts at once: Alice's chat still waits
+    (Bob's goes), because the time asked is kept with the message, not only in memory."""
+    relay = make_relay()
+    relay.capture_step(time.time())
+    write(writer, ALICE, "alice")
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(429, headers={"Retry-After": "3600"}))
+    assert relay.deliver_step(time.monotonic()).kind == "retry"
+    relay.store.close()
+    restarted = make_relay()
+    write(writer, BOB, "bob")
+    restarted.capture_step(time.time())
+    assert restarted.deliver_step(time.monotonic()).kind == "delivered"
+    assert restarted.deliver_step(time.monotonic()).kind == "waiting"
+    assert texts(backend.messages()) == ["bob"]

@@ -83,6 +83,10 @@ class Relay:
             poison_attempts=settings.poison_attempts,
             rng=self._rng,
         )
+        # A Retry-After still running when the relay last stopped is honoured after a restart.
+        wall, mono = time.time(), time.monotonic()
+        for chat, until in store.asked_to_wait(wall).items():
+            self.lanes.hold_chat(chat, mono, until - wall)
         # Messages the backend accepted whose delivery could not be written down yet (a full
         # disk, a locked file): by outbox id, with what is to be stored.
         self._unrecorded: dict[int, tuple[float, list[NewOutgoing]]] = {}
@@ -216,7 +220,8 @@ class Relay:
             return Delivery("delivered", 0.0, outcome)
         if decision.action == "dead_letter":
             return self._dead_letter(item, outcome, decision.reason)
-        self.store.record_attempt(item.id, outcome.status, outcome.error)
+        asked = time.time() + outcome.retry_after if outcome.retry_after else None
+        self.store.record_attempt(item.id, outcome.status, outcome.error, asked)
         self.store.set_meta("last_error", outcome.summary())
         if decision.action in ("auth_paused", "paused"):
             return self._paused(item, outcome, decision)

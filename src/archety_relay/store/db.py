@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_status INTEGER,
     last_error TEXT,
-    chat_guid TEXT NOT NULL DEFAULT ''
+    chat_guid TEXT NOT NULL DEFAULT '',
+    not_before REAL
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -131,6 +132,7 @@ CREATE TABLE IF NOT EXISTS rule_hits (
 # an older version gains them on open; the CREATE TABLEs above already have them.
 _ADDED_COLUMNS = (
     ("outbox", "chat_guid", "TEXT NOT NULL DEFAULT ''"),
+    ("outbox", "not_before", "REAL"),
     ("dead_letter", "outbox_id", "INTEGER"),
     ("dead_letter", "chat_guid", "TEXT NOT NULL DEFAULT ''"),
     # The guid and date of the row at the cursor: a chat.db file rewritten with the same

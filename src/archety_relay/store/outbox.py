@@ -130,13 +130,32 @@ class OutboxQueries(Transactional):
             ).fetchall()
         return [QueuedItem(*r) for r in rows]
 
-    def record_attempt(self, item_id: int, status: int | None, error: str | None) -> None:
+    def record_attempt(
+        self,
+        item_id: int,
+        status: int | None,
+        error: str | None,
+        not_before: float | None = None,
+    ) -> None:
+        """Count a failed attempt. `not_before` (wall clock) is a time the backend asked us to
+        wait for (Retry-After): kept, so a restart does not come back sooner."""
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_status = ?, last_error = ? "
-                "WHERE id = ?",
-                (status, error, item_id),
+                "UPDATE outbox SET attempts = attempts + 1, last_status = ?, last_error = ?, "
+                "not_before = ? WHERE id = ?",
+                (status, error, not_before, item_id),
             )
+
+    def asked_to_wait(self, wall: float) -> dict[str, float]:
+        """Chats whose head the backend asked us not to retry before a time still to come
+        (Retry-After, kept across a restart): chat guid -> that wall-clock time."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT chat_guid, MAX(not_before) FROM outbox WHERE not_before > ? "
+                "GROUP BY chat_guid",
+                (wall,),
+            ).fetchall()
+        return {chat: until for chat, until in rows}
 
     def mark_delivered(
         self, item: QueuedItem, now: float, replies: Sequence[NewOutgoing] = ()
