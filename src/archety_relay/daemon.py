@@ -322,21 +322,42 @@ class Daemon:
                 work.put(None)
 
     def _lane(self, work: queue.SimpleQueue[QueuedItem | None], errors: _ErrorLog) -> None:
+        """Deliver what the sender hands over; after a delivery, go straight on with the next
+        head that may go (oldest chat first, as the sender would pick), so a busy queue does
+        not pay a hand-over between threads per message."""
         while True:
             item = work.get()
-            if item is None or self.stop.is_set():
+            while item is not None:
+                if self.stop.is_set():
+                    self.relay.lanes.finish(item.chat_guid)
+                    return
+                item = self._deliver_one(item, errors)
+            if self.stop.is_set():
                 return
+
+    def _deliver_one(self, item: QueuedItem, errors: _ErrorLog) -> QueuedItem | None:
+        """One attempt; returns the lane's next message, or None to wait for the sender."""
+        went = False
+        try:
+            delivery = self.relay.deliver_item(item, time.monotonic())
+            went = delivery.kind in ("delivered", "dead_lettered")
+            errors.ok(time.monotonic())
+        except Exception as exc:
+            # The message stays queued; its chat waits a moment before the next try.
+            self.relay.lanes.hold_chat(
+                item.chat_guid, time.monotonic(), errors.failed(exc, time.monotonic())
+            )
+        finally:
+            self.relay.lanes.finish(item.chat_guid)
+        if went and not self.stop.is_set():
             try:
-                self.relay.deliver_item(item, time.monotonic())
-                errors.ok(time.monotonic())
-            except Exception as exc:
-                # The message stays queued; its chat waits a moment before the next try.
-                self.relay.lanes.hold_chat(
-                    item.chat_guid, time.monotonic(), errors.failed(exc, time.monotonic())
-                )
-            finally:
-                self.relay.lanes.finish(item.chat_guid)
-                self.outbox_ready.set()
+                chosen, _ = self.relay.next_deliveries(time.monotonic(), limit=1)
+            except Exception:
+                chosen = []
+            if chosen:
+                return chosen[0]
+        self.outbox_ready.set()  # the sender decides what happens next
+        return None
 
     def _dispatch_loop(self) -> None:
         errors = _ErrorLog("dispatch_failed")

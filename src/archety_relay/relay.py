@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ class Relay:
         # Messages the backend accepted whose delivery could not be written down yet (a full
         # disk, a locked file): by outbox id, with what is to be stored.
         self._unrecorded: dict[int, tuple[float, list[NewOutgoing]]] = {}
+        self._scheduling = threading.Lock()
         self._outage_logged_at: float | None = None
         self._published: list[dict[str, Any]] = []
         self._published_at = 0.0
@@ -132,7 +134,14 @@ class Relay:
     ) -> tuple[list[QueuedItem], float | None]:
         """The messages to start now (at most `limit`), each marked in flight in its lane,
         and how long until it is worth asking again (None: until something changes). Every
-        message returned must be handed to `deliver_item` and then to `lanes.finish`."""
+        message returned must be handed to `deliver_item` and then to `lanes.finish`.
+        Lanes and the sender thread both ask; one at a time, so no chat is handed out twice."""
+        with self._scheduling:
+            return self._next_deliveries(now, limit)
+
+    def _next_deliveries(
+        self, now: float, limit: int | None
+    ) -> tuple[list[QueuedItem], float | None]:
         gate = self.lanes.gate(now)
         if gate is not None:
             return [], gate
