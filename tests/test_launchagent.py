@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, write_env_file
 
 from archety_relay import launchd, macos
 from archety_relay.macos import launchagent
@@ -167,3 +167,37 @@ def test_the_plist_carries_what_the_shell_reads_never_the_secret(
     assert plist["LimitLoadToSessionType"] == "Aqua"
     assert "kickstart" not in result.stdout
     assert launchd.pid_of("\tpid = 77\n") == 77
+
+
+def test_doctor_resolves_the_settings_as_the_agent_will(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """An agent installed without this shell's backend URL (the review #13 case: the .env beside
+    the code is invisible from the state dir) is a ✗ naming what it would use; one installed
+    from this shell is ✓."""
+    target = launchd.agent_path(Path(env["HOME"]))
+    target.parent.mkdir(parents=True)
+    state, logs = Path(env["ARCHETY_STATE_DIR"]), Path(env["ARCHETY_LOG_FILE"]).parent
+    partial = {k: v for k, v in env.items() if k in ("ARCHETY_CHAT_DB", "ARCHETY_STATE_DIR")}
+    target.write_bytes(launchd.render(launchd.agent_plist(sys.executable, state, logs, partial)))
+    result = run_cli(["doctor"], env, cwd=tmp_path)
+    line = next(ln for ln in result.stdout.splitlines() if "agent settings" in ln)
+    assert (
+        line.startswith("✗")
+        and "archety-backend-prod" in line
+        and env["ARCHETY_BACKEND_URL"] in line
+    )
+    assert "install-service" in result.stdout
+    full = {k: v for k, v in env.items() if k.startswith(("ARCHETY_", "EDGE_"))}
+    target.write_bytes(launchd.render(launchd.agent_plist(sys.executable, state, logs, full)))
+    again = run_cli(["doctor"], env, cwd=tmp_path)
+    line = next(ln for ln in again.stdout.splitlines() if "agent settings" in ln)
+    assert line.startswith("✗") and "secret comes from the environment" in line
+    env_file = write_env_file(tmp_path / "private.env", env["RELAY_WEBHOOK_SECRET"])
+    shell = {**{k: v for k, v in env.items() if k != "RELAY_WEBHOOK_SECRET"}}
+    shell["ARCHETY_ENV_FILE"] = str(env_file)
+    carried = {k: v for k, v in shell.items() if k.startswith(("ARCHETY_", "EDGE_"))}
+    target.write_bytes(launchd.render(launchd.agent_plist(sys.executable, state, logs, carried)))
+    fine = run_cli(["doctor"], shell, cwd=tmp_path)
+    line = next(ln for ln in fine.stdout.splitlines() if "agent settings" in ln)
+    assert line.startswith("✓") and str(env_file) in line

@@ -7,6 +7,7 @@ ones found (no secret: the backend check says so instead of guessing). Nothing h
 from __future__ import annotations
 
 import os
+import plistlib
 import socket
 import sys
 import urllib.parse
@@ -126,6 +127,7 @@ def run_checks(
         _wal_check(settings),
         _state_check(settings),
         _launchagent_check(home or Path.home()),
+        agent_settings_check(settings, home or Path.home()),
         automation_check(settings),
         _log_check(settings),
     ):
@@ -307,6 +309,47 @@ def _launchagent_check(home: Path) -> Check:
             1,
         )
     return Check("LaunchAgent", True, "installed, loaded, running")
+
+
+def agent_settings_check(settings: Settings, home: Path) -> Check:
+    """Resolve the configuration as the installed LaunchAgent will (its environment, its
+    working directory) and compare it with this shell's: a `.env` beside the code is invisible
+    to an agent that runs in the state directory (review #13)."""
+    name = "agent settings"
+    path = launchd.agent_path(home)
+    if not path.exists():
+        return Check(name, True, "no LaunchAgent installed", skipped=True)
+    fix = "run `archety-relay install-service` again from this shell (it carries your settings)"
+    try:
+        plist = plistlib.loads(path.read_bytes())
+        environ = {str(k): str(v) for k, v in (plist.get("EnvironmentVariables") or {}).items()}
+        agent = config.load(
+            environ, Path(plist.get("WorkingDirectory") or settings.state_dir), require_secret=False
+        )
+    except (OSError, ValueError, ConfigError) as exc:
+        return Check(name, False, f"the agent's configuration cannot be read: {exc}", fix, 1)
+    differ = [
+        f"{label} {theirs} (here {ours})"
+        for label, theirs, ours in (
+            ("backend", agent.backend_url, settings.backend_url),
+            ("agent id", agent.agent_id, settings.agent_id),
+            ("chat.db", agent.chat_db, settings.chat_db),
+            ("state dir", agent.state_dir, settings.state_dir),
+        )
+        if theirs != ours
+    ]
+    if differ:
+        return Check(name, False, "the LaunchAgent would use " + "; ".join(differ), fix, 1)
+    if settings.secret_source in (".env", "environment") and agent.secret_source == "none":
+        return Check(
+            name,
+            False,
+            f"the secret comes from the {settings.secret_source} here, which the agent does not "
+            "read (it reads its .env and the Keychain)",
+            "archety-relay set-secret (stores it where the agent reads it)",
+            1,
+        )
+    return Check(name, True, f"the LaunchAgent reads the same settings (.env: {agent.env_file})")
 
 
 def automation_check(settings: Settings, platform: str | None = None) -> Check:
