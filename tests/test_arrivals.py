@@ -329,3 +329,24 @@ def test_reaction_survives_a_restart_before_its_sync_and_is_reported_once(
     reactions = [e for e in backend.sync_events() if e["event_type"] == "reaction_added"]
     assert len(reactions) == 1
     assert reactions[0]["details"]["kind"] == "like"
+
+
+def test_daemon_syncs_soon_after_a_reaction(
+    start_relay: Any, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """With an hour between scheduled syncs, a tapback still reaches the backend promptly: the
+    capture that stored it asks the timer for a sync."""
+    chat = writer.direct_chat(ALICE)
+    relay = start_relay({"ARCHETY_SYNC_INTERVAL": "3600"})
+    assert backend.wait_for(lambda b: len(b.requests_to("/edge/sync")) >= 1, 10)
+    target = writer.message("pizza?", sender=ALICE, chat=chat)
+    assert backend.wait_for_messages(1)
+    writer.reaction(target, 2003, sender=ALICE, chat=chat)
+
+    def laughed(b: StubBackend) -> bool:
+        return any(e["event_type"] == "reaction_added" for e in b.sync_events())
+
+    assert backend.wait_for(laughed, 10)
+    relay.terminate()
+    [event] = [e for e in backend.sync_events() if e["event_type"] == "reaction_added"]
+    assert (event["details"]["kind"], event["message_guid"]) == ("laugh", writer.guid_of(target))
