@@ -121,21 +121,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         while len(replies) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         uploads = backend.uploads()
-        ok = len(received) == expected and len(replies) == 3 and len(uploads) == 1
+        # An edit, a tapback and a send from the persona's account elsewhere: events, synced
+        # within a second or two instead of at the next scheduled sync.
+        while not _event_types(backend) >= DEMO_EVENTS and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        synced = DEMO_EVENTS & _event_types(backend)
+        ok = (
+            len(received) == expected
+            and len(replies) == 3
+            and len(uploads) == 1
+            and synced == DEMO_EVENTS
+        )
         latencies = sorted(r.at - t for r, t in zip(received, committed, strict=False))
         print()
         if ok:
             median_ms = latencies[len(latencies) // 2] * 1000 if latencies else 0.0
             print(
                 f"✅ {len(received)} of {expected} messages relayed "
-                f"(2 rows skipped on purpose: one sent by us, one tapback); "
+                f"(2 rows skipped on purpose: one sent from the persona's phone, one tapback); "
                 f"median commit → backend {median_ms:.0f} ms; "
                 f"{len(replies)} reply bubbles handed to Messages.app; "
-                f"{len(uploads)} photo uploaded before its message"
+                f"{len(uploads)} photo uploaded before its message; "
+                f"events synced: {', '.join(sorted(synced))}"
             )
         else:
             print(
-                f"❌ only {len(received)} of {expected} messages arrived; see {settings.log_file}"
+                f"❌ only {len(received)} of {expected} messages arrived, events synced: "
+                f"{', '.join(sorted(synced)) or 'none'}; see {settings.log_file}"
             )
     finally:
         daemon.shutdown()
@@ -155,12 +167,13 @@ def _write_sample(writer: MessagesWriter) -> list[float]:
     bob = writer.direct_chat(BOB)
     group = writer.group_chat("chat493827461", [ALICE, BOB, CAROL])
 
-    def send(text: str | None, **kw: object) -> None:
-        writer.message(text, **kw)  # type: ignore[arg-type]
+    def send(text: str | None, **kw: object) -> int:
+        rowid = writer.message(text, **kw)  # type: ignore[arg-type]
         committed.append(time.time())
         time.sleep(0.25)
+        return rowid
 
-    send(
+    first = send(
         "hey, are you around? (text column, like older macOS)",
         sender=ALICE,
         chat=alice,
@@ -184,9 +197,10 @@ def _write_sample(writer: MessagesWriter) -> list[float]:
             )
         ],
     )
-    # Rows the relay must skip: our own reply, and a tapback on Alice's message.
-    writer.message("sure!", sender=ALICE, chat=alice, is_from_me=1)
-    writer.message(None, sender=ALICE, chat=alice, associated_message_type=2000)
+    # Rows that are not messages but events: the persona's account used on its phone, and
+    # Alice loving her own first message.
+    writer.message("sure!", sender=None, chat=alice, is_from_me=1)
+    writer.reaction(first, 2000, sender=ALICE, chat=alice)
     # Messages writes the chat join after the message row; the relay waits for it.
     rowid = writer.message(
         "the chat join for this one lands 300 ms late", sender=ALICE, chat=alice, join_chat=False
@@ -196,4 +210,13 @@ def _write_sample(writer: MessagesWriter) -> list[float]:
     writer.conn.execute("BEGIN")
     writer.join(rowid, alice)
     writer.conn.execute("COMMIT")
+    # Alice edits her first message: text NULL, the new text only in attributedBody.
+    writer.edit(first, "hey, are you around? (edited a moment later)")
     return committed
+
+
+DEMO_EVENTS = frozenset({"message_edited", "reaction_added", "message_sent_elsewhere"})
+
+
+def _event_types(backend: StubBackend) -> set[str]:
+    return {e.get("event_type", "") for e in backend.sync_events()}
