@@ -6,6 +6,7 @@ Found by attacking the merged main after the 2026-11-28 review (see the report o
 
 from __future__ import annotations
 
+import json
 import plistlib
 import time
 from collections.abc import Iterator
@@ -261,3 +262,36 @@ def test_a_photo_upload_answer_nested_too_deep_is_an_upload_without_id() -> None
     again and its message is not held."""
     result = photo_rules.upload_result(HttpOutcome(200, body=DEEP.decode()))
     assert result == photo_rules.UploadResult(photo_rules.UPLOADED)
+
+
+def test_one_event_with_a_long_text_does_not_make_every_sync_fail(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """An incoming message edited into 2 MB of text becomes a `message_edited` event carrying
+    that text. A backend (or the proxy before it) that answers 413 to bodies over 1 MB must
+    not see every sync fail because of it: commands would never arrive. The sync goes through
+    with the event's text shortened, and the command it brings back runs."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    rowid = writer.message("short", sender=ALICE, chat=chat)
+    relay.capture_step(time.time())
+    relay.changes_step(time.time())
+    writer.edit(rowid, "y" * 2_000_000)
+    relay.changes_step(time.time())
+
+    def answer(body: object) -> Behaviour:
+        if len(json.dumps(body)) > 1_000_000:
+            return Behaviour(413, body={"detail": "Request Entity Too Large"})
+        return Behaviour(
+            200, body={"commands": [{"command_id": "c1", "command_type": "list_scheduled"}]}
+        )
+
+    backend.respond_with(SYNC, answer)
+    for _ in range(3):
+        relay.sync_step(time.time())
+    statuses = [r.status for r in backend.requests_to(SYNC)]
+    assert 200 in statuses, statuses
+    sent = [e for r in backend.requests_to(SYNC) for e in r.body["events"]]
+    edited = [e for e in sent if e["event_type"] == "message_edited"]
+    assert edited and all(len(e["details"]["text"]) < 100_000 for e in edited)
+    assert "c1" in {e.get("command_id") for e in sent if e["event_type"] == "command_completed"}

@@ -16,6 +16,7 @@ backend model typed that way rejects an object), plus `last_command_id` and the 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +60,39 @@ CAPABILITIES = (
     "photo_upload",
     "upload_retry",
 )
+
+
+# What one sync may carry in events. One event with a long text (an edit of a pasted essay, a
+# message sent from the persona's phone) made every sync body too large for the backend or its
+# proxy (413), so no sync went through and no command arrived while the event waited.
+MAX_EVENTS_BYTES = 256 * 1024
+MAX_EVENT_TEXT_CHARS = 16 * 1024
+TRUNCATED = "…[truncated]"
+
+
+def fit_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of one sync, each string value cut to MAX_EVENT_TEXT_CHARS, as many as fit in
+    MAX_EVENTS_BYTES (always the first). Those left out are offered again by the next pages."""
+    fitted: list[dict[str, Any]] = []
+    size = 0
+    for event in events:
+        short = _shorten(event)
+        length = len(json.dumps(short, ensure_ascii=False).encode())
+        if fitted and size + length > MAX_EVENTS_BYTES:
+            break
+        fitted.append(short)
+        size += length
+    return fitted
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_EVENT_TEXT_CHARS:
+        return value[:MAX_EVENT_TEXT_CHARS] + TRUNCATED
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v) for v in value]
+    return value
 
 
 class Sync:
@@ -122,15 +156,17 @@ class Sync:
             "edge_agent_id": self.settings.agent_id,
             "version": __version__,
             "capabilities": list(CAPABILITIES),
-            "events": [
-                {
-                    "event_id": e.event_id,
-                    "event_type": e.event_type,
-                    "timestamp": utc_iso(e.created_at),
-                    **e.payload,
-                }
-                for e in events
-            ],
+            "events": fit_events(
+                [
+                    {
+                        "event_id": e.event_id,
+                        "event_type": e.event_type,
+                        "timestamp": utc_iso(e.created_at),
+                        **e.payload,
+                    }
+                    for e in events
+                ]
+            ),
             "status": status["state"],
             "last_sync": utc_iso(last_sync),
             "last_command_id": self.store.meta().get("last_command_id"),
