@@ -346,19 +346,27 @@ def test_corrupt_outbox_is_moved_aside_and_the_relay_starts_fresh(
     backend: StubBackend,
     figures: Callable[..., None],
 ) -> None:
-    """Garbage in outbox.db: a loud warning, the file kept aside, a fresh start at MAX(ROWID)."""
+    """Garbage in outbox.db, last written two hours ago: a loud warning, the file kept aside,
+    nothing to salvage. Capture resumes from the rows dated since that last write (the one that
+    came while the state was broken goes out), not from MAX(ROWID); older history stays put."""
     state = Path(env["ARCHETY_STATE_DIR"])
     state.mkdir(parents=True)
-    (state / "outbox.db").write_bytes(b"this is not a database" * 100)
-    write_numbered(writer, 3, prefix="history")
+    outbox = state / "outbox.db"
+    outbox.write_bytes(b"this is not a database" * 100)
+    two_hours_ago = time.time() - 7200
+    os.utime(outbox, (two_hours_ago, two_hours_ago))
+    chat = writer.direct_chat(ALICE)
+    for i in range(3):
+        writer.message(f"history{i}", sender=ALICE, chat=chat, sent_at=time.time() - 3 * 3600)
+    writer.message("while broken", sender=ALICE, chat=chat, sent_at=time.time() - 3600)
     result = run_cli(["--once"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert list(state.glob("outbox.db.corrupt-*"))
     assert log_events(Path(env["ARCHETY_LOG_FILE"]), "outbox_corrupt_moved_aside")
     write_numbered(writer, 1, prefix="after")
     assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
-    assert accepted_texts(backend) == ["after00000"]
-    figures(sent=1, received=1, duplicates=0, replayed=0)
+    assert accepted_texts(backend) == ["while broken", "after00000"]
+    figures(sent=2, received=2, duplicates=0, replayed=0)
 
 
 def test_wal_checkpoints_are_never_blocked(

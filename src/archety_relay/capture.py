@@ -7,6 +7,7 @@ reading and storing just reads the same rows again.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,6 +54,16 @@ def resume_since(cursor_date: int | None, now: float, max_age: float) -> float:
     return max(start - REPLACED_DB_SLACK_SECONDS, now - max_age)
 
 
+def _reset_resume_since(recorded: str | None) -> float | None:
+    """`resume_since` of the state_reset fact, when a repair could not carry the cursor over."""
+    try:
+        reset = json.loads(recorded) if recorded else None
+    except ValueError:
+        return None
+    since = reset.get("resume_since") if isinstance(reset, dict) else None
+    return float(since) if isinstance(since, (int, float)) else None
+
+
 class Capture:
     def __init__(
         self,
@@ -79,6 +90,16 @@ class Capture:
             self._fingerprint_generation = self.chatdb.generation
         saved = self.store.cursor()
         if saved is None:
+            since = _reset_resume_since(self.store.meta().get("state_reset"))
+            if since is not None:
+                # A damaged state file whose cursor could not be read: resume from the rows
+                # dated since its last write, not from MAX(ROWID) (which would skip them).
+                cursor = self._resume(
+                    max(since - REPLACED_DB_SLACK_SECONDS, now - self.settings.max_message_age), now
+                )
+                self.store.set_cursor(cursor, now)
+                log.warning("cursor_resumed_after_state_reset", rowid=cursor.rowid)
+                return cursor
             cursor = self._cursor_at(self.chatdb.max_rowid(), now)
             self.store.set_cursor(cursor, now)
             log.info(
@@ -112,14 +133,19 @@ class Capture:
             date = rows.apple_date(now if since is None else since)
         return Cursor(rowid, self._fingerprint, guid, date)
 
+    def _resume(self, since: float, now: float) -> Cursor:
+        """A cursor just below the first row dated at or after `since` (MAX(ROWID) if none)."""
+        first = self.chatdb.first_rowid_since(rows.apple_date(since))
+        rowid = first - 1 if first is not None else self.chatdb.max_rowid()
+        return self._cursor_at(rowid, now, since)
+
     def _rebase(self, saved: Cursor, now: float, result: CaptureResult, reason: str) -> Cursor:
         """A different database: resume from the rows dated since the cursor's row (less a
         little slack), not from MAX(ROWID) — a rebuilt database puts new rows below the old
         MAX. Messages already delivered are left out by the delivered-guid dedupe."""
         since = resume_since(saved.date, now, self.settings.max_message_age)
-        first = self.chatdb.first_rowid_since(rows.apple_date(since))
-        rowid = first - 1 if first is not None else self.chatdb.max_rowid()
-        cursor = self._cursor_at(rowid, now, since)
+        cursor = self._resume(since, now)
+        rowid = cursor.rowid
         self.store.set_cursor(cursor, now)
         self._held_since.clear()
         result.rebased = True

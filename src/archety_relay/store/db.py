@@ -277,7 +277,11 @@ def _replace_corrupt(
             log.error("state_salvage_failed", error_type=type(failure).__name__)
             salvaged = {}
         aside = path.with_name(f"{OUTBOX_FILE}.corrupt-{int(now)}")
-        reset = {"at": now, "moved_to": str(aside), "salvaged": salvaged}
+        reset: dict[str, Any] = {"at": now, "moved_to": str(aside), "salvaged": salvaged}
+        if "cursor" not in salvaged:
+            # The file's last write is about when the relay last captured: capture resumes
+            # from rows dated since then rather than skipping to MAX(ROWID).
+            reset["resume_since"] = _mtime(path, now)
         fresh.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('state_reset', ?)",
             (json.dumps(reset),),
@@ -292,6 +296,16 @@ def _replace_corrupt(
     log.error("outbox_corrupt_moved_aside", error=str(exc), moved_to=str(aside))
     log.warning("state_reset", moved_to=str(aside), salvaged=salvaged)
     return reset
+
+
+def _mtime(path: Path, default: float) -> float:
+    times = []
+    for suffix in ("", "-wal"):
+        try:
+            times.append(os.stat(str(path) + suffix).st_mtime)
+        except OSError:
+            continue
+    return max(times, default=default)
 
 
 def _create_private(path: Path) -> None:
