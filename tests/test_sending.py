@@ -150,3 +150,29 @@ def test_send_targets_for_each_guid_spelling() -> None:
     assert send_target("SMS;+;chat7", None) == Target("SMS;+;chat7", "any;+;chat7", "", "SMS")
     assert send_target("any;-;chat9", None).handle == ""  # a group spelled with `-`
     assert send_target("iMessage;-;chatty@example.com", None).handle == "chatty@example.com"
+
+
+def test_a_send_interrupted_before_an_hour_long_outage_is_not_reported_missed(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
+) -> None:
+    """The relay died mid-send and the Mac stayed off for hours: if Messages recorded the
+    message it is reported sent, not missed; one it never recorded is reported missed."""
+    writer.direct_chat(ALICE)
+    writer.direct_chat(BOB)
+    failures = [RuntimeError("killed"), RuntimeError("killed")]
+
+    def send_then_die(target: Target, text: str) -> messages_app.SendResult:
+        if BOB not in target.chat_guid:
+            messages_app.send(target, text)  # Messages records this one
+        raise failures.pop()
+
+    outbound = Outbound(relay.settings, relay.store, relay.chatdb, send=send_then_die)
+    outbound.execute(SendNow("s7", f"iMessage;-;{ALICE}", "went out"), 100.0)
+    outbound.execute(SendNow("s8", f"iMessage;-;{BOB}", "never did"), 100.0)
+    outbound.dispatch_step(100.0)
+    assert relay.store.outgoing_counts() == {"sending": 2}
+    outbound.dispatch_step(100.0 + 5 * 3600)
+    assert [e["command_id"] for e in _events(relay, "message_sent")] == ["s7"]
+    (missed,) = _events(relay, "message_failed")
+    assert missed["command_id"] == "s8" and missed["details"]["error"].startswith("missed")
+    assert len(osascript.calls()) == 1

@@ -106,24 +106,12 @@ class Outbound:
             return None
         gap = 1.0 / self.settings.send_rate_per_chat
         for item in self.store.heads_due(now):
-            if now - item.send_at > MISSED_AFTER_SECONDS:
-                self._finish(
-                    item,
-                    MISSED,
-                    now,
-                    "message_failed",
-                    f"missed: due {utc_iso(item.send_at)}, more than an hour ago",
-                )
-            elif (
-                item.origin == executor.REFLEX_ORIGIN
-                or now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap
-            ):
-                try:
-                    self._send_one(item, now)
-                except Exception as exc:
-                    # One row that cannot be sent or recorded never holds up other chats'.
-                    self._last_sent[item.chat_guid] = now
-                    log.exception("send_step_failed", outgoing_id=item.id, error=str(exc))
+            try:
+                self._step_one(item, now, gap)
+            except Exception as exc:
+                # One row that cannot be sent or recorded never holds up other chats'.
+                self._last_sent[item.chat_guid] = now
+                log.exception("send_step_failed", outgoing_id=item.id, error=str(exc))
         # Next wake-up: each chat's head when it is due and its rate limit allows.
         ready = [
             max(head.send_at, self._last_sent.get(head.chat_guid, float("-inf")) + gap)
@@ -131,10 +119,30 @@ class Outbound:
         ]
         return max(0.0, min(ready) - now) if ready else None
 
+    def _step_one(self, item: Outgoing, now: float, gap: float) -> None:
+        if now - item.send_at > MISSED_AFTER_SECONDS:
+            # Tried before the Mac went down for an hour? Then it may well have gone out.
+            if item.attempts and self._already_sent(item, self._target(item.chat_guid), now):
+                return
+            self._finish(
+                item,
+                MISSED,
+                now,
+                "message_failed",
+                f"missed: due {utc_iso(item.send_at)}, more than an hour ago",
+            )
+        elif (
+            item.origin == executor.REFLEX_ORIGIN
+            or now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap
+        ):
+            self._send_one(item, now)
+
     def _send_one(self, item: Outgoing, now: float) -> None:
         target = self._target(item.chat_guid)
-        if item.attempts and self._already_sent(item, target, now):
-            return
+        if item.attempts:
+            if self._already_sent(item, target, now):
+                return
+            log.info("send_recovered_for_retry", outgoing_id=item.id, attempts=item.attempts)
         self.store.mark_sending(item, now)
         result = self.send(target, item.text)
         self._last_sent[item.chat_guid] = now
@@ -199,7 +207,6 @@ class Outbound:
             log.info("send_recovered_as_sent", outgoing_id=item.id, attempts=item.attempts)
             self._finish(item, SENT, now, "message_sent", None, found.guid)
             return True
-        log.info("send_recovered_for_retry", outgoing_id=item.id, attempts=item.attempts)
         return False
 
     def _confirm(self, target: Target, text: str, since: float, sent: SendResult) -> SendResult:
