@@ -180,6 +180,7 @@ def test_a_damaged_state_file_is_reported_by_lookers_and_salvaged_by_run(
         assert "--once" in looked.stderr
     doctor = run_cli(["doctor"], env, cwd=tmp_path)
     assert "✗ state directory" in doctor.stdout and doctor.returncode != 0
+    assert "--once" in doctor.stdout and "free some space" not in doctor.stdout
     assert not list(state.glob("outbox.db.corrupt-*"))
 
     assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0

@@ -26,6 +26,7 @@ from .errors import (
     EXIT_OK,
     EXIT_STATE,
     ConfigError,
+    OutboxCorrupt,
     RelayError,
 )
 from .macos import interpreter
@@ -263,7 +264,9 @@ def _state_check(settings: Settings) -> Check:
             "state directory",
             False,
             f"{settings.state_dir}: {exc}",
-            "make ARCHETY_STATE_DIR writable and free some space",
+            exc.hint
+            if isinstance(exc, OutboxCorrupt)  # damaged, not full: run/--once repairs it
+            else "make ARCHETY_STATE_DIR writable and free some space",
             EXIT_STATE,
         )
     what = (
