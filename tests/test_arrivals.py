@@ -32,6 +32,13 @@ def relay_all(relay: Relay, now: float | None = None) -> Any:
     return result
 
 
+def relay_gathered(relay: Relay, now: float | None = None) -> Any:
+    """Capture, then capture again once old rows have waited for the rest of their bunch."""
+    t0 = time.time() if now is None else now
+    first = relay.capture_step(t0)
+    return first.skipped + relay_all(relay, t0 + lateness.BUNCH_WAIT_SECONDS + 0.1).skipped
+
+
 def bodies(backend: StubBackend) -> list[dict[str, Any]]:
     return [r.body for r in backend.messages()]
 
@@ -234,12 +241,28 @@ def test_icloud_backfill_bunch_is_skipped_and_counted(
     old = time.time() - 3 * 3600
     for i in range(30):
         writer.message(f"history {i}", sender=ALICE, chat=chat, sent_at=old + i * 60)
-    result = relay_all(relay)
+    skipped = relay_gathered(relay)
     assert bodies(backend) == []
-    assert result.skipped == {"backfill": 30}
+    assert skipped == {"backfill": 30}
     status = run_cli(["status", "--json"], env, cwd=tmp_path)
     assert status.returncode == 0
     assert json.loads(status.stdout)["skipped_backfill"] == 30
+
+
+def test_backfill_committed_a_row_at_a_time_is_still_one_bunch(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Old rows committed one by one, with a capture after each: the first rows wait for the
+    rest, so the bunch is counted whole and none of it is posted."""
+    chat = writer.direct_chat(ALICE)
+    relay_all(relay)
+    old = time.time() - 5 * 3600
+    t = time.time()
+    for i in range(lateness.BUNCH_SIZE + 2):
+        writer.message(f"restored {i}", sender=ALICE, chat=chat, sent_at=old + i)
+        relay_all(relay, t + i * 0.1)
+    relay_all(relay, t + lateness.BUNCH_WAIT_SECONDS + 2)
+    assert bodies(backend) == []
 
 
 def test_old_row_behind_the_conversation_or_already_read_is_backfill(
@@ -254,9 +277,9 @@ def test_old_row_behind_the_conversation_or_already_read_is_backfill(
     writer.message(
         "read elsewhere", sender=BOB, chat=other, sent_at=time.time() - 600, columns={"is_read": 1}
     )
-    result = relay_all(relay)
+    skipped = relay_gathered(relay)
     assert bodies(backend) == []
-    assert result.skipped == {"backfill": 2}
+    assert skipped == {"backfill": 2}
 
 
 def test_lone_late_message_is_posted_with_its_delay(
@@ -272,11 +295,11 @@ def test_lone_late_message_is_posted_with_its_delay(
     writer.message("are you there?", sender=ALICE, chat=chat, sent_at=now - 1200)
     for i in range(lateness.BUNCH_SIZE + 2):
         writer.message(f"group {i}", sender=BOB, chat=group, sent_at=now - 900 + i)
-    relay_all(relay, now)
+    relay_gathered(relay, now)
     posted = bodies(backend)
     assert len(posted) == lateness.BUNCH_SIZE + 3
-    assert posted[0]["text"] == "are you there?" and posted[0]["delayed_s"] == 1200
-    assert all(900 - 20 <= b["delayed_s"] <= 900 for b in posted[1:])
+    assert posted[0]["text"] == "are you there?" and 1200 <= posted[0]["delayed_s"] <= 1203
+    assert all(900 - 20 <= b["delayed_s"] <= 903 for b in posted[1:])
 
 
 def test_fresh_message_has_no_delay_field(

@@ -75,6 +75,13 @@ class Arrivals:
         horizon = now - lateness.BUNCH_WINDOW_SECONDS
         self._old_seen = {r: t for r, t in self._old_seen.items() if t >= horizon}
 
+    def gathering(self, raw: rows.RawMessage, now: float) -> bool:
+        """True while an old row waits (`lateness.BUNCH_WAIT_SECONDS` from first sight) for the
+        rest of a bunch: iCloud may commit a back-fill a row at a time, and judged at once
+        the first rows of a bunch would each look alone."""
+        first_seen = self._old_seen.get(raw.rowid)
+        return first_seen is not None and 0 <= now - first_seen < lateness.BUNCH_WAIT_SECONDS
+
     def judge(self, raw: rows.RawMessage, message: Message, now: float) -> Skipped | dict[str, Any]:
         """Skip the message with a reason, or the fields it carries beyond chat.db's row."""
         if raw.balloon_bundle_id == events.URL_BALLOON and self._text_had_url(raw, message):

@@ -184,6 +184,8 @@ class Capture:
         # they wait for their chat join like a message, but no text is expected of them.
         if reason is not None and (raw.chats or not events.wants_chat(raw)):
             return raw
+        if reason is None and self.arrivals.gathering(raw, now):
+            return None  # an old row: let the rest of a back-fill bunch arrive before judging
         if raw.chats and not rows.is_empty(raw):
             return raw
         waited = self._waited(raw.rowid, now)

@@ -13,7 +13,9 @@ So a row dated more than `LATE_AFTER_SECONDS` ago is:
   - its chat already held a message dated at or after it before it arrived: history landing
     behind the conversation (a re-inserted copy has its original's date), not news;
   - at least `BUNCH_SIZE` old rows arrived together (in one read or within
-    `BUNCH_WINDOW_SECONDS`) and it is more than `BUNCH_MIN_AGE_SECONDS` old: a whole chat's
+    `BUNCH_WINDOW_SECONDS`; each old row is held `BUNCH_WAIT_SECONDS` after it is first seen,
+    so a bunch committed row by row is counted whole) and it is more than
+    `BUNCH_MIN_AGE_SECONDS` old: a whole chat's
     history restored. The age floor keeps a catch-up after a short outage (a busy group's
     missed messages, all minutes old, each newer than what its chat had) on the late side;
 - else `late`: forwarded, with `delayed_s` so the backend can decide how to answer.
@@ -31,6 +33,9 @@ LATE_AFTER_SECONDS = 120.0
 BUNCH_SIZE = 10
 BUNCH_WINDOW_SECONDS = 60.0
 BUNCH_MIN_AGE_SECONDS = 3600.0
+# An old row is held this long after it is first seen, so a bunch committed a row at a time
+# is counted whole (capture holds it like a row waiting for its chat join).
+BUNCH_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
