@@ -238,3 +238,15 @@ def test_doctor_names_an_unusable_secret_without_crashing(
     once = run_cli(["--once"], bad_env, cwd=tmp_path)
     assert once.returncode == 2 and "RELAY_WEBHOOK_SECRET (from environment)" in once.stderr
     assert "Traceback" not in once.stderr and BAD_SECRET not in once.stderr
+
+
+def test_test_message_escapes_what_the_backend_answers(
+    env: dict[str, str], tmp_path: Path, backend: StubBackend
+) -> None:
+    """`test-message` shows the backend's answer: ESC sequences in it are printed as escapes,
+    so the answer cannot clear the screen or forge the ✅ line."""
+    backend.script(MSG, Behaviour(200, body=b"\x1b[2J\x1b[H\xe2\x9c\x85 all fine\xc2\x9b31m"))
+    result = run_cli(["test-message", "ping"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not any(ch in result.stdout for ch in "\x1b\x9b")
+    assert "backend answered: \\x1b[2J\\x1b[H✅ all fine\\x9b31m" in result.stdout

@@ -21,6 +21,7 @@ from ..pidlock import PidLock, running_pid
 from ..policy import HttpOutcome
 from ..relay import Relay
 from ..store import Store, open_store
+from ..terminal import escape_controls
 from .common import settings_and_logs
 from .state import format_duration
 
@@ -35,7 +36,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     width = max(len(c.name) for c in checks)
     for check in checks:
         mark = "–" if check.skipped else ("✓" if check.ok else "✗")
-        print(f"{mark} {check.name:<{width}}  {check.detail}")
+        print(f"{mark} {check.name:<{width}}  {escape_controls(check.detail)}")
         if not check.ok and check.fix:
             print(f"  {'':<{width}}  fix: {check.fix}")
     code = doctor.exit_code(checks)
@@ -165,7 +166,7 @@ def cmd_test_message(args: argparse.Namespace) -> int:
         return _test_failed("test message", outcome)
     print(f"✅ test message accepted: {outcome.summary()} (health check {health.summary()})")
     if outcome.body:
-        print(f"   backend answered: {outcome.body[:300]}")
+        print(f"   backend answered: {escape_controls(outcome.body[:300])}")
     return EXIT_OK
 
 

@@ -267,7 +267,7 @@ def cmd_skip_head(args: argparse.Namespace) -> int:
         )
         return 1
     print(
-        f"moved {skipped} to the dead letters; its chat goes on with the next message "
+        f"moved {escape_controls(skipped)} to the dead letters; its chat goes on with the next message "
         "(`archety-relay retry-dead` puts it back in its place)"
     )
     return 0
