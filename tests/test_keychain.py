@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keyring
 import pytest
-from conftest import run_cli
+from conftest import run_cli, write_env_file
 from keyring_backends import HangingKeyring, unstick
 
 from archety_relay import keychain
@@ -153,4 +153,29 @@ def test_set_secret_with_a_keyring_that_keeps_nothing_falls_back_to_env(
     assert env_file.stat().st_mode & 0o777 == 0o600
     assert secret not in result.stdout + result.stderr
     once = run_cli(["--once"], kenv, cwd=Path(env["ARCHETY_STATE_DIR"]))
+    assert once.returncode == 0, once.stdout + once.stderr
+
+
+def test_set_secret_updates_an_env_file_the_agent_reads_before_the_keychain(
+    env: dict[str, str], tmp_path: Path, secret: str
+) -> None:
+    """An old secret in <state dir>/.env would win over the new one in the Keychain: set-secret
+    notices on read-back and updates the .env too, so the daemon gets the new secret."""
+    state = Path(env["ARCHETY_STATE_DIR"])
+    state.mkdir(parents=True)
+    old = write_env_file(state / ".env", "0" * 32)
+    kenv = {
+        **{k: v for k, v in env.items() if k != "RELAY_WEBHOOK_SECRET"},
+        "PYTHON_KEYRING_BACKEND": "keyring_backends.FileKeyring",
+        "TEST_KEYRING_FILE": str(tmp_path / "keyring.json"),
+        "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
+    }
+    result = run_cli(["set-secret", "--no-verify"], kenv, cwd=tmp_path, input=secret + "\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stored in the Keychain" in result.stdout and "updated there too" in result.stdout
+    assert json.loads((tmp_path / "keyring.json").read_text()) == {
+        "relay-webhook-secret/archety-relay": secret
+    }
+    assert f"RELAY_WEBHOOK_SECRET={secret}" in old.read_text()
+    once = run_cli(["--once"], kenv, cwd=state)
     assert once.returncode == 0, once.stdout + once.stderr

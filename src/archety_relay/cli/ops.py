@@ -65,10 +65,10 @@ def _write_env_file(settings: Settings, value: str) -> str:
     return str(path)
 
 
-def _daemon_reads(agent: dict[str, str], settings: Settings) -> str | None:
-    """The secret `run` would load under launchd (its environment, its working directory)."""
+def _daemon_reads(agent: dict[str, str], settings: Settings) -> Settings | None:
+    """What `run` would load under launchd (its environment, its working directory)."""
     try:
-        return config.load(agent, cwd=settings.state_dir).secret.reveal()
+        return config.load(agent, cwd=settings.state_dir)
     except ConfigError:
         return None
 
@@ -106,16 +106,21 @@ def cmd_set_secret(args: argparse.Namespace) -> int:
     # What the daemon will read: the agent's environment (never the secret), in the state dir.
     agent = config.agent_environment(os.environ, settings.env_file)
     problem = keychain.set_secret(value)
-    if problem is None and _daemon_reads(agent, settings) == value:
-        print(
-            f"✅ stored in the Keychain (service {keychain.KEYCHAIN_SERVICE}, "
-            f"account {keychain.KEYCHAIN_ACCOUNT}), ends …{secret.last4() or '****'}"
-        )
+    reads = _daemon_reads(agent, settings)
+    stored = f"service {keychain.KEYCHAIN_SERVICE}, account {keychain.KEYCHAIN_ACCOUNT}"
+    if problem is None and reads is not None and reads.secret.reveal() == value:
+        print(f"✅ stored in the Keychain ({stored}), ends …{secret.last4() or '****'}")
+    elif problem is None and reads is not None and reads.secret_source == ".env":
+        # The Keychain has it, but the agent reads its .env first: that one must change too.
+        where = _write_env_file(settings, value)
+        print(f"✅ stored in the Keychain ({stored}); the relay reads {where} before the")
+        print("   Keychain, so it was updated there too (mode 0600).")
     else:
-        # A keyring can accept a value and keep nothing, and a .env is read before it.
+        # A keyring can accept a value and keep nothing.
         why = problem or "the relay would not read it back from the Keychain"
         where = _write_env_file(settings, value)
-        if _daemon_reads(agent, settings) != value:
+        again = _daemon_reads(agent, settings)
+        if again is None or again.secret.reveal() != value:
             print(f"❌ {why}; wrote {where}, but the relay would still not read this secret.")
             print(f"   Check ARCHETY_ENV_FILE and {settings.state_dir}/.env, then try again.")
             return EXIT_CONFIG
