@@ -176,3 +176,16 @@ def test_a_send_interrupted_before_an_hour_long_outage_is_not_reported_missed(
     (missed,) = _events(relay, "message_failed")
     assert missed["command_id"] == "s8" and missed["details"]["error"].startswith("missed")
     assert len(osascript.calls()) == 1
+
+
+def test_an_osascript_error_never_carries_the_message_text(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AppleScript quotes the value it choked on; the error logged and reported says
+    <message text> instead of the text itself."""
+    writer.direct_chat(ALICE)
+    failure = "execution error: Can’t make “my secret plan” into type number (-1700)"
+    monkeypatch.setenv("FAKE_OSASCRIPT_FAIL", failure)
+    result = messages_app.send(send_target(f"iMessage;-;{ALICE}", None), "my secret plan")
+    assert not result.ok and "my secret plan" not in (result.error or "")
+    assert "<message text>" in (result.error or "")

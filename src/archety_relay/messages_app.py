@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .chat_guid import Target, is_chat_guid
 
@@ -120,7 +120,11 @@ def send(target: Target, text: str, timeout: float = SEND_TIMEOUT_SECONDS) -> Se
     refused = next((r for g in target.chat_guids if (r := refusal(g, text)) is not None), None)
     if refused is not None:
         return SendResult(False, refused, retryable=False)
-    return _run(lambda osascript: send_argv(target, text, osascript), timeout)
+    result = _run(lambda osascript: send_argv(target, text, osascript), timeout)
+    if result.error and text.strip() and text.strip() in result.error:
+        # AppleScript quotes the value it could not handle: never the message text in a log.
+        result = replace(result, error=result.error.replace(text.strip(), "<message text>"))
+    return result
 
 
 def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
