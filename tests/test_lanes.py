@@ -442,3 +442,31 @@ def test_a_retry_after_is_honoured_across_a_restart(
     assert restarted.deliver_step(time.monotonic()).kind == "delivered"
     assert restarted.deliver_step(time.monotonic()).kind == "waiting"
     assert texts(backend.messages()) == ["bob"]
+
+
+def test_an_outage_after_one_success_never_dead_letters_the_waiting_message(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Alice's message meets the first 503 of an outage while Bob's, a moment earlier at the
+    backend, still gets through; then the backend answers 503 to everything for as long as
+    it takes Alice's message to fail ARCHETY_POISON_ATTEMPTS times and more. That one old
+    success is no evidence the message is at fault: it stays queued and is delivered when
+    the backend is back, not moved to the dead letters."""
+    relay = make_relay(ARCHETY_POISON_ATTEMPTS="8", ARCHETY_MAX_BACKOFF="1")
+    relay.capture_step(time.time())
+    write(writer, ALICE, "alice 1", "alice 2")
+    write(writer, BOB, "bob 1")
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(503), Behaviour(200))
+    backend.set_default(MSG, Behaviour(503))
+    now, kinds = 0.0, []
+    for _ in range(40):
+        now += 5.0
+        kinds.append(relay.deliver_step(now).kind)
+    assert kinds[1] == "delivered" and "dead_lettered" not in kinds
+    assert relay.store.dead_letters() == []
+    backend.set_default(MSG, None)
+    while relay.deliver_step(now := now + 5.0).kind in ("delivered", "retry", "waiting"):
+        if not relay.store.stats().depth:
+            break
+    assert texts(backend.messages()) == ["bob 1", "alice 1", "alice 2"]

@@ -206,7 +206,7 @@ class Lanes:
         self.failures += 1
         if is_backend_down(outcome):
             # Nobody answered: the message is not the problem; every lane waits the same.
-            self.down = True
+            self._judged_down()
             wait = backoff_seconds(self.failures, None, self.max_backoff, self.rng)
             self.retry_at = max(self.retry_at, now + wait)
             return Decision("retry", wait)
@@ -220,12 +220,19 @@ class Lanes:
         wait = backoff_seconds(attempts, outcome.retry_after, self.max_backoff, self.rng)
         self.chat_retry_at[chat_guid] = now + wait
         if self.failures >= DOWN_AFTER_FAILURES:
-            self.down = True
+            self._judged_down()
             shared = backoff_seconds(
                 self.failures - DOWN_AFTER_FAILURES + 1, None, self.max_backoff, self.rng
             )
             self.retry_at = max(self.retry_at, now + shared)
         return Decision("retry", wait)
+
+    def _judged_down(self) -> None:
+        # A success before the outage says nothing about a message failing during it: only
+        # deliveries after the backend is back count as evidence against a message, or one
+        # lucky answer at the start of a long outage would dead-letter whatever waits.
+        self.down = True
+        self._failing_since.clear()
 
     def hold_chat(self, chat_guid: str, now: float, seconds: float) -> None:
         """An attempt broke off with an error of ours (a full disk): the chat waits a little."""
