@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from doc_section import write_section
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -202,13 +203,7 @@ def beside_lines(r: dict[str, Any] | None) -> list[str]:
 
 def write_doc(r: dict[str, Any]) -> None:
     """Put the section into docs/benchmarks.md (bench/report.py keeps it when it rewrites)."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = section(r)
-    if BEGIN in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc, flags=re.S)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    write_section(DOC, BEGIN, END, section(r))
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import shutil
 import statistics
 import sys
@@ -25,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from doc_section import write_section
 
 from archety_relay import logs
 from archety_relay.changes import Changes
@@ -152,17 +153,6 @@ def section(r: dict[str, Any]) -> str:
     )
 
 
-def write_doc(r: dict[str, Any]) -> None:
-    """Put the section into docs/benchmarks.md (bench/report.py keeps it when it rewrites)."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = section(r)
-    if BEGIN in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc, flags=re.S)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
@@ -175,7 +165,7 @@ def main() -> int:
     (args.out / "window.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if not args.smoke:
-        write_doc(result)
+        write_section(DOC, BEGIN, END, section(result))
     return 0
 
 

@@ -92,6 +92,19 @@ def relay(settings: Settings, store: Store) -> Iterator[Relay]:
     chatdb.close()
 
 
+def relay_life(settings: Settings, work: Callable[[Relay], object]) -> None:
+    """One life of a relay, in-process: open the state, run `work`, close everything (a restart
+    is two calls)."""
+    store = open_store(settings.state_dir)
+    relay = Relay(settings, ChatDb(settings.chat_db), store)
+    try:
+        work(relay)
+    finally:
+        relay.backend.close()
+        relay.chatdb.close()
+        store.close()
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -12,17 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import ALICE, BOB, FakeOsascript, run_cli
+from conftest import ALICE, BOB, FakeOsascript, relay_life, run_cli
 
 from archety_relay import lateness
-from archety_relay.chatdb import ChatDb
 from archety_relay.commands import SendNow
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.events import URL_BALLOON
 from archety_relay.relay import Relay
-from archety_relay.store import open_store
 
 
 def relay_all(relay: Relay, now: float | None = None) -> Any:
@@ -334,21 +332,13 @@ def test_reaction_survives_a_restart_before_its_sync_and_is_reported_once(
     target = writer.message("hi", sender=ALICE, chat=chat)
     backend.ack_events = True
 
-    def run(work: Any) -> None:
-        store = open_store(settings.state_dir)
-        relay = Relay(settings, ChatDb(settings.chat_db), store)
-        try:
-            work(relay)
-        finally:
-            relay.backend.close()
-            relay.chatdb.close()
-            store.close()
-
-    run(lambda r: r.capture_step(time.time()))  # cursor placed after "hi"
+    relay_life(settings, lambda r: r.capture_step(time.time()))  # cursor placed after "hi"
     writer.reaction(target, 2001, sender=ALICE, chat=chat)
-    run(lambda r: r.capture_step(time.time()))  # event stored; stopped before any sync
-    run(lambda r: (r.capture_step(time.time()), r.sync_step(time.time())))
-    run(lambda r: (r.capture_step(time.time()), r.sync_step(time.time())))
+    relay_life(
+        settings, lambda r: r.capture_step(time.time())
+    )  # event stored; stopped before any sync
+    relay_life(settings, lambda r: (r.capture_step(time.time()), r.sync_step(time.time())))
+    relay_life(settings, lambda r: (r.capture_step(time.time()), r.sync_step(time.time())))
     reactions = [e for e in backend.sync_events() if e["event_type"] == "reaction_added"]
     assert len(reactions) == 1
     assert reactions[0]["details"]["kind"] == "like"

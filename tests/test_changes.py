@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALICE, BOB, run_cli
+from conftest import ALICE, BOB, relay_life, run_cli
 
 from archety_relay.chatdb import ChatDb
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.relay import Relay
-from archety_relay.store import Store, open_store
 
 
 def look(relay: Relay) -> None:
@@ -66,24 +65,18 @@ def test_edit_with_null_text_reports_new_and_previous_text(
 
 
 def test_previous_text_comes_from_apples_edit_history(
-    settings: Settings, writer: MessagesWriter, backend: StubBackend
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
 ) -> None:
     """Edited twice, the second time after the relay first looked: `previous_text` is the
     version before the last, from Apple's edit history in message_summary_info."""
     chat = writer.direct_chat(ALICE)
     rowid = writer.message("first", sender=ALICE, chat=chat)
     writer.edit(rowid, "second")
-    store = open_store(settings.state_dir)
-    relay = Relay(settings, ChatDb(settings.chat_db), store)
-    try:
-        look(relay)  # first sight: fingerprinted as it is, already edited
-        writer.edit(rowid, "third")
-        look(relay)
-        [event] = of_type(synced(relay, backend), "message_edited")
-        assert (event["details"]["text"], event["details"]["previous_text"]) == ("third", "second")
-    finally:
-        relay.backend.close()
-        store.close()
+    look(relay)  # first sight: fingerprinted as it is, already edited
+    writer.edit(rowid, "third")
+    look(relay)
+    [event] = of_type(synced(relay, backend), "message_edited")
+    assert (event["details"]["text"], event["details"]["previous_text"]) == ("third", "second")
 
 
 def test_unsend_reports_parts_and_fully_unsent(
@@ -163,22 +156,14 @@ def test_restart_between_change_and_sync_loses_nothing_and_repeats_nothing(
     second = writer.message("two", sender=ALICE, chat=chat)
     backend.ack_events = True
 
-    def run(work: Any) -> None:
-        store: Store = open_store(settings.state_dir)
-        relay = Relay(settings, ChatDb(settings.chat_db), store)
-        try:
-            work(relay)
-        finally:
-            relay.backend.close()
-            relay.chatdb.close()
-            store.close()
-
-    run(look)  # fingerprints taken
+    relay_life(settings, look)  # fingerprints taken
     writer.edit(first, "one, edited")
-    run(look)  # event stored, relay stops before any sync
+    relay_life(settings, look)  # event stored, relay stops before any sync
     writer.edit(second, "two, edited")  # changed while the relay is down
-    run(lambda r: (look(r), r.sync_step(time.time()), look(r), r.sync_step(time.time())))
-    run(lambda r: (look(r), r.sync_step(time.time())))
+    relay_life(
+        settings, lambda r: (look(r), r.sync_step(time.time()), look(r), r.sync_step(time.time()))
+    )
+    relay_life(settings, lambda r: (look(r), r.sync_step(time.time())))
     edits = of_type(backend.sync_events(), "message_edited")
     assert sorted(e["details"]["text"] for e in edits) == ["one, edited", "two, edited"]
     assert len({e["event_id"] for e in edits}) == 2
