@@ -80,7 +80,13 @@ class Arrivals:
         rest of a bunch: iCloud may commit a back-fill a row at a time, and judged at once
         the first rows of a bunch would each look alone."""
         first_seen = self._old_seen.get(raw.rowid)
-        return first_seen is not None and 0 <= now - first_seen < lateness.BUNCH_WAIT_SECONDS
+        sent_at = rows.unix_seconds(raw.date)
+        # Younger rows are never judged by the bunch: nothing to wait for.
+        if first_seen is None or sent_at is None:
+            return False
+        if now - sent_at < lateness.BUNCH_MIN_AGE_SECONDS:
+            return False
+        return 0 <= now - first_seen < lateness.BUNCH_WAIT_SECONDS
 
     def judge(self, raw: rows.RawMessage, message: Message, now: float) -> Skipped | dict[str, Any]:
         """Skip the message with a reason, or the fields it carries beyond chat.db's row."""

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import lateness
 from .errors import EXIT_AUTH, EXIT_BACKEND, EXIT_OK
 from .policy import HttpOutcome
 from .relay import Relay
@@ -83,6 +84,14 @@ def run_once(relay: Relay) -> OnceReport:
     report = OnceReport()
     report.health = relay.heartbeat_step()
     captured = relay.capture_step(time.time())
+    if captured.holding:
+        # A row waits for its chat join or for the rest of a back-fill bunch; a daemon looks
+        # again a moment later, and so does this one run (once), or the row would wait forever.
+        time.sleep(max(relay.settings.chat_join_wait, lateness.BUNCH_WAIT_SECONDS) + 0.1)
+        again = relay.capture_step(time.time())
+        captured.read += again.read
+        captured.enqueued += again.enqueued
+        captured.skipped += again.skipped
     # Edits, unsends and reads of the last 20 minutes go out in this run's sync.
     relay.changes_step(time.time())
     report.read, report.enqueued, report.skipped = (
