@@ -295,3 +295,22 @@ def test_one_event_with_a_long_text_does_not_make_every_sync_fail(
     edited = [e for e in sent if e["event_type"] == "message_edited"]
     assert edited and all(len(e["details"]["text"]) < 100_000 for e in edited)
     assert "c1" in {e.get("command_id") for e in sent if e["event_type"] == "command_completed"}
+
+
+def test_one_value_nested_too_deep_spoils_only_its_own_command(
+    relay: Relay, backend: StubBackend
+) -> None:
+    """A sync answer where one command's plan_data is nested 990 deep (the answer as a whole
+    past the parser's stack): that command fails, the command beside it still runs."""
+    deep = "[" * 990 + "]" * 990
+    body = (
+        '{"commands": [{"command_id": "c-deep", "command_type": "update_plan", "params": '
+        f'{{"thread_id": "iMessage;-;{ALICE}", "plan_data": {deep}}}}}, '
+        '{"command_id": "c-list", "command_type": "list_scheduled", "params": {}}]}'
+    )
+    backend.script(SYNC, Behaviour(200, body=body.encode()))
+    relay.sync_step(time.time())
+    relay.sync_step(time.time())
+    events = backend.requests_to(SYNC)[-1].body["events"]
+    outcome = {e["command_id"]: e["event_type"] for e in events}
+    assert outcome == {"c-deep": "command_failed", "c-list": "command_completed"}
