@@ -193,7 +193,7 @@ def test_attachment_placeholder_removed_and_attachment_listed(
     not on disk and the relay is told not to wait for them: they go as pending.)"""
     chat = writer.direct_chat(ALICE)
     no_wait = dataclasses.replace(relay.settings, attachment_wait=0.0)
-    relay.photos = Photos(no_wait, relay.chatdb, relay.store, relay.backend)
+    relay.photos = relay.delivery.photos = Photos(no_wait, relay.chatdb, relay.store, relay.backend)
     start(relay)
     writer.message(
         "\ufffclook at this",
