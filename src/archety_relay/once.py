@@ -7,11 +7,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import lateness
 from .errors import EXIT_AUTH, EXIT_BACKEND, EXIT_OK
 from .policy import HttpOutcome
 from .relay import Relay
 
+# How long `--once` waits for rows capture holds back (chat join, bunch detection), at most.
+MAX_HOLD_WAIT_SECONDS = 15.0
+HOLD_RECHECK_SECONDS = 0.1
 # Enough to drain any realistic queue in one manual run, but never an endless loop.
 MAX_DELIVERIES = 100_000
 
@@ -84,14 +86,18 @@ def run_once(relay: Relay) -> OnceReport:
     report = OnceReport()
     report.health = relay.heartbeat_step()
     captured = relay.capture_step(time.time())
-    if captured.holding:
-        # A row waits for its chat join or for the rest of a back-fill bunch; a daemon looks
-        # again a moment later, and so does this one run (once), or the row would wait forever.
-        time.sleep(max(relay.settings.chat_join_wait, lateness.BUNCH_WAIT_SECONDS) + 0.1)
-        again = relay.capture_step(time.time())
-        captured.read += again.read
-        captured.enqueued += again.enqueued
-        captured.skipped += again.skipped
+    # A row may be held for a moment (its chat join or text still to come, an old row waiting
+    # to see whether it is part of an iCloud bunch). A foreground run waits it out, within a
+    # bound, instead of leaving it - and everything behind it - for a run that would hold it
+    # again from the start.
+    deadline = time.monotonic() + MAX_HOLD_WAIT_SECONDS
+    while captured.holding and time.monotonic() < deadline:
+        time.sleep(HOLD_RECHECK_SECONDS)
+        more = relay.capture_step(time.time())
+        more.read += captured.read
+        more.enqueued += captured.enqueued
+        more.skipped.update(captured.skipped)
+        captured = more
     # Edits, unsends and reads of the last 20 minutes go out in this run's sync.
     relay.changes_step(time.time())
     report.read, report.enqueued, report.skipped = (
