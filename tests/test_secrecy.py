@@ -250,3 +250,31 @@ def test_test_message_escapes_what_the_backend_answers(
     assert result.returncode == 0, result.stdout + result.stderr
     assert not any(ch in result.stdout for ch in "\x1b\x9b")
     assert "backend answered: \\x1b[2J\\x1b[H✅ all fine\\x9b31m" in result.stdout
+
+
+def test_status_shows_the_newest_dead_letters_not_thousands(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """5,000 dead letters (a long 422 storm): `status` counts them all and lists the newest 20
+    with a note, so the lines after them (last delivery, auth) stay on the screen; `--json`
+    still lists every one."""
+    chat = writer.direct_chat(ALICE)
+    run_cli(["--once"], env, cwd=tmp_path)
+    writer.message("hello", sender=ALICE, chat=chat)
+    backend.script(MSG, Behaviour(400, body={"error": "bad"}))
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    with sqlite3.connect(Path(env["ARCHETY_STATE_DIR"]) / OUTBOX_FILE) as db:
+        db.executemany(
+            "INSERT INTO dead_letter (message_guid, source_rowid, body, enqueued_at, attempts,"
+            " status, response, dead_at) VALUES (?, 1, x'7b7d', 0, 1, 422, 'no', ?)",
+            [(f"guid-{i:05d}", 1.0 + i) for i in range(4999)],
+        )
+    db.close()
+    human = run_cli(["status"], env, cwd=tmp_path).stdout
+    listed = [ln for ln in human.splitlines() if ln.startswith("  - ")]
+    assert "dead letters  : 5000" in human and len(listed) == 20
+    assert "4980 older not shown" in human and "guid-04998" in listed[-1]
+    assert (
+        len(json.loads(run_cli(["status", "--json"], env, cwd=tmp_path).stdout)["dead_letters"])
+        == 5000
+    )

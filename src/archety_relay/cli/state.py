@@ -21,6 +21,7 @@ from ..terminal import escape_controls
 from .common import settings_and_logs
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+DEAD_LETTERS_SHOWN = 20
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -192,7 +193,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  - {flying['chat_guid']} {flying['message_guid']} for {flying['for_s']:.0f}s"
         )
     lines += [f"dead letters  : {len(report['dead_letters'])}"]
-    for dead in report["dead_letters"]:
+    # The newest few: thousands of lines would push everything else off the screen.
+    shown = report["dead_letters"][-DEAD_LETTERS_SHOWN:]
+    if len(report["dead_letters"]) > len(shown):
+        hidden = len(report["dead_letters"]) - len(shown)
+        lines.append(f"  ({hidden} older not shown; `status --json` lists them all)")
+    for dead in shown:
         lines.append(
             f"  - {dead['message_guid']} HTTP {dead['status']} at {dead['dead_at']}: "
             f"{dead['response'][:80]}"
