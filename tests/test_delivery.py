@@ -6,9 +6,11 @@ sleeping through them.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from conftest import ALICE, write_env_file
 
 from archety_relay import config
+from archety_relay.backend import MAX_BODY_BYTES
 from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
@@ -320,3 +323,26 @@ def test_tls_certificates_are_verified(
         assert delivery.outcome is not None and delivery.outcome.error == "tls"
         assert impostor.received == []
         assert relay.store.stats().depth == 1
+
+
+def test_a_gzip_bomb_is_cut_at_the_size_cap_before_it_is_decompressed(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A 2xx whose `Content-Encoding: gzip` body is 200 KB on the wire and 200 MiB unpacked:
+    the message counts as delivered (posting again would bring the same answer), the body
+    kept is at most MAX_BODY_BYTES, and no more than a few MiB are ever unpacked in memory
+    (the size cap applies to the decoded bytes as they come, not after the whole answer)."""
+    relay = make_relay()
+    queue(relay, writer, "hello")
+    bomb = gzip.compress(b"\0" * (200 * 1024 * 1024), 9)
+    backend.script(MSG, Behaviour(200, body=bomb, headers={"Content-Encoding": "gzip"}))
+    tracemalloc.start()
+    try:
+        delivery = relay.deliver_step(1.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert delivery.kind == "delivered" and delivery.outcome is not None
+    assert delivery.outcome.error == "too_large"
+    assert len(delivery.outcome.body) <= MAX_BODY_BYTES
+    assert peak < 8 * MAX_BODY_BYTES
