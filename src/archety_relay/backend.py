@@ -114,6 +114,7 @@ class Backend:
         headers = {
             "Authorization": f"Bearer {self._secret().reveal()}",
             "Content-Type": "application/json",
+            "Accept-Encoding": "identity",  # answers are small; see _read_bounded
             "User-Agent": f"Archety-Edge-Client/{self.agent_id}",
             "X-Edge-Agent-Id": self.agent_id,
             "X-Relay-Version": __version__,
@@ -218,7 +219,10 @@ def _read_bounded(response: requests.Response) -> tuple[bytes, str | None]:
     size = 0
     try:
         while True:
-            chunk = raw.read1(_READ_SIZE, decode_content=True)
+            # Never unpacked: we ask for identity, and a compressed answer sent anyway could
+            # unpack past the size cap, or trickle blocks that unpack to nothing so this
+            # loop never reaches the clock. Its bytes are kept as they came (unreadable).
+            chunk = raw.read1(_READ_SIZE, decode_content=False)
             if not chunk:
                 return b"".join(parts), None
             parts.append(chunk)
