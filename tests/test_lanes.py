@@ -470,3 +470,31 @@ def test_an_outage_after_one_success_never_dead_letters_the_waiting_message(
         if not relay.store.stats().depth:
             break
     assert texts(backend.messages()) == ["bob 1", "alice 1", "alice 2"]
+
+
+def test_a_message_skipped_while_in_flight_and_then_delivered_is_not_sent_again(
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+    tmp_path: Path,
+    make_relay: Callable[..., Relay],
+) -> None:
+    """The operator runs `skip-head --chat` while that chat's message is already at the
+    backend, and the backend then accepts it. The message went out: it is no longer listed
+    as a dead letter, so a later `retry-dead` does not post it (and get a reply) twice."""
+    relay = make_relay()
+    relay.capture_step(time.time())
+    write(writer, ALICE, "in flight", "next")
+    relay.capture_step(time.time())
+    (flying,), _ = relay.next_deliveries(1.0, limit=1)
+    skipped = run_cli(["skip-head", "--chat", flying.chat_guid], env, cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    try:
+        assert relay.deliver_item(flying, 1.0).kind == "delivered"
+    finally:
+        relay.lanes.finish(flying.chat_guid)
+    assert relay.store.dead_letters() == []
+    assert run_cli(["retry-dead"], env, cwd=tmp_path).returncode == 0
+    while relay.deliver_step(2.0).kind == "delivered":
+        pass
+    assert texts(backend.messages()) == ["in flight", "next"]

@@ -164,6 +164,9 @@ class OutboxQueries(Transactional):
         a crash can lose neither the reply nor the fact that the message went out."""
         with self._tx() as db:
             db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
+            # Skipped by hand (`skip-head`) while it was at the backend: it went out after
+            # all, so it is no dead letter, and `retry-dead` must not post it again.
+            db.execute("DELETE FROM dead_letter WHERE message_guid = ?", (item.message_guid,))
             db.execute(
                 "INSERT OR REPLACE INTO delivered (message_guid, delivered_at) VALUES (?, ?)",
                 (item.message_guid, now),
