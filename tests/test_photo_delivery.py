@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ALICE, RelayProcess, wait_until
+from conftest import ALICE, RelayProcess, relay_life, wait_until
 from PIL import Image
 
+from archety_relay import config
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.relay import Relay
@@ -202,3 +203,33 @@ def test_only_the_chat_with_a_downloading_picture_waits(
         relay.deliver_step(later)
     assert [m.body["text"] for m in backend.messages()] == ["another chat", "pic", "after the pic"]
     assert attachment_of(backend.messages()[1].body)["status"] == "uploaded"
+
+
+def test_picture_the_backend_keeps_failing_is_given_up_not_the_message(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """When uploads of one picture keep failing (500) while other messages are delivered, the
+    picture is skipped as upload_failed_500 after ARCHETY_POISON_ATTEMPTS and its message, text
+    and all, is delivered: not dead-lettered for a picture."""
+    settings = config.load(environ={**env, "ARCHETY_POISON_ATTEMPTS": "2"}, cwd=tmp_path)
+    alice, bob = writer.direct_chat(ALICE), writer.direct_chat("+15555550102")
+
+    def work(relay: Relay) -> None:
+        relay.capture_step(time.time())
+        spec = picture(tmp_path / "x.jpeg")
+        writer.message("see this", sender=ALICE, chat=alice, attachments=[spec])
+        writer.message("meanwhile", sender="+15555550102", chat=bob)
+        writer.message("and again", sender="+15555550102", chat=bob)
+        relay.capture_step(time.time())
+        backend.set_default("/photo/upload", Behaviour(500))
+        now = time.monotonic()
+        for step in range(12):
+            relay.deliver_step(now + step * 5.0)  # each step past any backoff (max 0.5 s here)
+        assert relay.store.dead_letters() == []
+
+    relay_life(settings, work)
+    texts = [m.body["text"] for m in backend.messages()]
+    assert sorted(texts) == ["and again", "meanwhile", "see this"]
+    pictured = next(m.body for m in backend.messages() if m.body["text"] == "see this")
+    entry = attachment_of(pictured)
+    assert (entry["status"], entry["skip_reason"]) == ("skipped", "upload_failed_500")

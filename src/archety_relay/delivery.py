@@ -174,6 +174,12 @@ class Deliverer:
             self._recovered(item.message_guid, paused_for)
             return Delivery("delivered", 0.0, outcome)
         if decision.action == "dead_letter":
+            if settled.attachment_guid is not None:
+                # It is one picture the backend keeps failing, not the message: give up on the
+                # picture and let the message (its text) go at the next attempt.
+                self.photos.give_up(settled.attachment_guid, outcome, time.time())
+                self.store.record_attempt(item.id, outcome.status, outcome.error)
+                return Delivery("retry", 0.0, outcome)
             return self._dead_letter(item, outcome, decision.reason)
         asked = time.time() + outcome.retry_after if outcome.retry_after else None
         self.store.record_attempt(item.id, outcome.status, outcome.error, asked)

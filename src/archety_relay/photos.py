@@ -56,6 +56,7 @@ class Settle:
     body: bytes | None = None  # ready: what to post
     wait: float | None = None  # waiting: seconds until worth asking again
     outcome: HttpOutcome | None = None  # failed: an upload's outcome, handled like a message's
+    attachment_guid: str | None = None  # failed: the picture whose upload failed
 
 
 class Photos:
@@ -110,7 +111,8 @@ class Photos:
                     record = replace(record, path=state.path)
                     record, failed = self._upload(record, now)
                     if failed is not None:
-                        return Settle("failed", outcome=failed)
+                        self.store.save_upload(record, now)  # its attempts, and that it exists
+                        return Settle("failed", outcome=failed, attachment_guid=guid)
             if record != records.get(guid):
                 self.store.save_upload(record, now)
             records[guid] = record
@@ -138,6 +140,23 @@ class Photos:
         final = rules.settled_body(body, {g: r.as_dict() for g, r in records.items()})
         self.store.settle(message_guid, final, pending, now)
         return Settle("ready", self.store.settled_body(message_guid) or final)
+
+    def give_up(self, attachment_guid: str, outcome: HttpOutcome, now: float) -> None:
+        """The backend keeps failing this one picture while it takes other messages: skip the
+        picture (`upload_failed_<status>`), so its message, text and all, can still go."""
+        record = self.store.upload_records([attachment_guid]).get(attachment_guid)
+        if record is None or record.status != WAITING:
+            return
+        reason = f"upload_failed_{outcome.status or outcome.error}"
+        self.store.save_upload(replace(record, status=SKIPPED, skip_reason=reason), now)
+        log.warning(
+            "photo_given_up",
+            attachment_guid=attachment_guid,
+            message_guid=record.message_guid,
+            reason=reason,
+            hint="uploads of this picture kept failing while other messages went through; its "
+            "message goes on without it, listing it as skipped; upload_retry can send it later",
+        )
 
     def _new_record(self, entry: dict[str, Any], message_guid: str, body: bytes) -> UploadRecord:
         guid = str(entry["guid"])
