@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getopt
 import json
 import os
@@ -21,6 +22,7 @@ from archety_relay.chatdb import ChatDb
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
+from archety_relay.photos import Photos
 from archety_relay.relay import Relay
 from archety_relay.store import Store, open_store
 
@@ -103,6 +105,13 @@ def relay_life(settings: Settings, work: Callable[[Relay], object]) -> None:
         relay.backend.close()
         relay.chatdb.close()
         store.close()
+
+
+def no_picture_wait(relay: Relay) -> None:
+    """For tests whose attachments are paths with no file behind them: the relay does not wait
+    ARCHETY_ATTACHMENT_WAIT for them to download; they go at once as `pending`."""
+    no_wait = dataclasses.replace(relay.settings, attachment_wait=0.0)
+    relay.photos = relay.delivery.photos = Photos(no_wait, relay.chatdb, relay.store, relay.backend)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

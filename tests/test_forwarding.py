@@ -6,7 +6,6 @@ the loopback backend received.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sqlite3
 import time
@@ -14,13 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ALICE, BOB
+from conftest import ALICE, BOB, no_picture_wait
 
 from archety_relay import config
 from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
-from archety_relay.photos import Photos
 from archety_relay.relay import Relay
 from archety_relay.rows import APPLE_EPOCH
 from archety_relay.store import open_store
@@ -192,8 +190,7 @@ def test_attachment_placeholder_removed_and_attachment_listed(
     """U+FFFC leaves the text; the attachment's fields go out with ~ expanded. (The files are
     not on disk and the relay is told not to wait for them: they go as pending.)"""
     chat = writer.direct_chat(ALICE)
-    no_wait = dataclasses.replace(relay.settings, attachment_wait=0.0)
-    relay.photos = relay.delivery.photos = Photos(no_wait, relay.chatdb, relay.store, relay.backend)
+    no_picture_wait(relay)
     start(relay)
     writer.message(
         "\ufffclook at this",
