@@ -498,3 +498,34 @@ def test_a_message_skipped_while_in_flight_and_then_delivered_is_not_sent_again(
     while relay.deliver_step(2.0).kind == "delivered":
         pass
     assert texts(backend.messages()) == ["in flight", "next"]
+
+
+def test_one_round_of_failures_in_every_lane_is_one_failure_for_the_shared_backoff(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Sixteen chats are at the backend when it answers 503 to all of them at once (a blip):
+    that is one failed round, not sixteen in a row. The relay is judged down and probes once,
+    after the first step of the backoff (under a second), not after the 60 s cap that sixteen
+    consecutive failures would mean. Failures of requests sent after that round still add up."""
+    relay = make_relay(ARCHETY_MAX_BACKOFF="60")
+    relay.capture_step(time.time())
+    for person in PEOPLE:
+        write(writer, person, "hello")
+    relay.capture_step(time.time())
+    backend.set_default(MSG, Behaviour(503))
+    started, _ = relay.next_deliveries(10.0)
+    assert len(started) == 16
+    for item in started:
+        try:
+            assert relay.deliver_item(item, 10.0).kind == "retry"
+        finally:
+            relay.lanes.finish(item.chat_guid)
+    chosen, wait = relay.next_deliveries(10.0)
+    assert chosen == [] and wait is not None and wait <= 1.0
+    (probe,), _ = relay.next_deliveries(20.0)
+    try:
+        relay.deliver_item(probe, 20.0)
+    finally:
+        relay.lanes.finish(probe.chat_guid)
+    _, second = relay.next_deliveries(20.1)
+    assert second is not None and 0.5 <= second + 0.1 <= 2.0

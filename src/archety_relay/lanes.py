@@ -84,6 +84,12 @@ class Lanes:
         self.busy: dict[str, InFlight] = {}
         self.chat_retry_at: dict[str, float] = {}
         self.failures = 0  # consecutive, across lanes, with no success between
+        # The shared backoff grows per round, not per failure: sixteen lanes failing at once
+        # are one failed try of the backend, not sixteen (a blip must not mean the cap).
+        # A failure starts a new round only if its request went after the last round's answer.
+        self._rounds = 0
+        self._round_at = float("-inf")
+        self._down_round = 0  # the round in which the backend was judged down
         self.down = False  # the backend is out: one probe at a time, everyone backs off
         self.retry_at = 0.0  # shared backoff while the backend is down
         self.paused_until: float | None = None
@@ -167,6 +173,8 @@ class Lanes:
     def _delivered_now(self, chat_guid: str, message_guid: str) -> Decision:
         self._delivered += 1
         self.failures = 0
+        self._rounds = 0
+        self._round_at = float("-inf")
         self.down = False
         self.retry_at = 0.0
         self.paused_until = self.pause_reason = None
@@ -204,10 +212,13 @@ class Lanes:
             self.chat_retry_at[chat_guid] = now + wait
             return Decision("retry", wait)
         self.failures += 1
+        if now - outcome.elapsed_ms / 1000 >= self._round_at:
+            self._rounds += 1
+            self._round_at = now
         if is_backend_down(outcome):
             # Nobody answered: the message is not the problem; every lane waits the same.
             self._judged_down()
-            wait = backoff_seconds(self.failures, None, self.max_backoff, self.rng)
+            wait = backoff_seconds(self._rounds, None, self.max_backoff, self.rng)
             self.retry_at = max(self.retry_at, now + wait)
             return Decision("retry", wait)
         first = self._failing_since.setdefault(message_guid, self._delivered)
@@ -221,9 +232,8 @@ class Lanes:
         self.chat_retry_at[chat_guid] = now + wait
         if self.failures >= DOWN_AFTER_FAILURES:
             self._judged_down()
-            shared = backoff_seconds(
-                self.failures - DOWN_AFTER_FAILURES + 1, None, self.max_backoff, self.rng
-            )
+            step = self._rounds - self._down_round + 1
+            shared = backoff_seconds(step, None, self.max_backoff, self.rng)
             self.retry_at = max(self.retry_at, now + shared)
         return Decision("retry", wait)
 
@@ -231,6 +241,8 @@ class Lanes:
         # A success before the outage says nothing about a message failing during it: only
         # deliveries after the backend is back count as evidence against a message, or one
         # lucky answer at the start of a long outage would dead-letter whatever waits.
+        if not self.down:
+            self._down_round = self._rounds
         self.down = True
         self._failing_since.clear()
 
