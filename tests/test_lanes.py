@@ -171,6 +171,35 @@ def test_status_shows_what_is_in_flight(
     assert "in flight     : 1" in human and "+1555***0101" in human and ALICE not in human
 
 
+def test_status_shows_nothing_in_flight_from_a_run_that_was_killed(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The relay is killed (-9) while Alice's message waits on the backend; the operator
+    moves that message aside with `skip-head` and starts the relay again. The new run has
+    nothing at the backend, so `status` must not go on listing the old run's request."""
+    writer.direct_chat(ALICE)
+    backend.respond_with(MSG, lambda body: Behaviour(hang=True))
+    first = start_relay({"ARCHETY_READ_TIMEOUT": "60"})
+    write(writer, ALICE, "thinking…")
+
+    def in_flight() -> list[dict[str, Any]]:
+        done = run_cli(["status", "--json"], env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout)["in_flight"])
+
+    assert wait_until(lambda: bool(in_flight()), 20)
+    first.kill9()
+    assert (
+        run_cli(["skip-head", "--chat", "iMessage;-;" + ALICE], env, cwd=tmp_path).returncode == 0
+    )
+    start_relay()
+    assert wait_until(lambda: in_flight() == [], 10)
+
+
 # -- step by step ----------------------------------------------------------------------------
 
 

@@ -72,7 +72,9 @@ class Deliverer:
         self._unrecorded: dict[int, tuple[float, list[NewOutgoing]]] = {}
         self._scheduling = threading.Lock()
         self._outage_logged_at: float | None = None
-        self._published: list[dict[str, Any]] = []
+        # None: not written by this run yet. A run killed with requests in flight left them
+        # in the state file; the first publish replaces them even when nothing is in flight.
+        self._published: list[dict[str, Any]] | None = None
         self._published_at = 0.0
 
     def next_deliveries(
