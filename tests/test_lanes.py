@@ -245,7 +245,9 @@ def test_a_message_the_backend_keeps_failing_becomes_a_dead_letter_while_others_
         kinds.append(delivery.kind)
         if delivery.kind == "idle":
             break
-    assert texts(backend.messages()) == ["bob 1", "bob 2", "bob 3", "alice after"]
+    delivered = texts(backend.messages())
+    assert sorted(delivered) == ["alice after", "bob 1", "bob 2", "bob 3"]
+    assert [t for t in delivered if t.startswith("bob")] == ["bob 1", "bob 2", "bob 3"]
     assert [r.status for r in backend.messages(accepted_only=False) if r.status == 500] == [500] * 3
     (dead,) = relay.store.dead_letters()
     assert dead.status == 500 and "failed 3 times" in (dead.response or "")
@@ -558,3 +560,25 @@ def test_one_round_of_failures_in_every_lane_is_one_failure_for_the_shared_backo
         relay.lanes.finish(probe.chat_guid)
     _, second = relay.next_deliveries(20.1)
     assert second is not None and 0.5 <= second + 0.1 <= 2.0
+
+
+def test_a_chat_whose_message_failed_once_is_not_put_behind_another_chats_backlog(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Alice's message meets one 503; Bob then has a backlog of twenty. Once Alice's short
+    backoff is over and the backend answers again, Alice's message (the oldest waiting) goes
+    as soon as a slot is free, not after all of Bob's: one failed try is no reason to wait
+    behind every message that has never been tried."""
+    relay = make_relay(ARCHETY_MAX_BACKOFF="1")
+    relay.capture_step(time.time())
+    write(writer, ALICE, "alice")
+    relay.capture_step(time.time())
+    backend.script(MSG, Behaviour(503))
+    assert relay.deliver_step(1.0).kind == "retry"
+    write(writer, BOB, *(f"bob {i}" for i in range(20)))
+    relay.capture_step(time.time())
+    for _ in range(21):
+        assert relay.deliver_step(10.0).kind == "delivered"
+    order = texts(backend.messages())
+    assert order.index("alice") <= 1
+    assert [t for t in order if t != "alice"] == [f"bob {i}" for i in range(20)]

@@ -124,13 +124,17 @@ class Lanes:
             return max(0, self.max_in_flight - len(self.busy))
 
     def choose(self, heads: Sequence[Q], slots: int) -> list[Q]:
-        """The heads to start: messages that have not failed before first, then by age (the
-        chat whose oldest message is oldest). So when slots are few — one probe while the
-        backend looks sick, or a foreground run — a message that keeps failing cannot pass
-        for an outage and hold every chat behind it."""
+        """The heads to start, by age (the chat whose oldest message is oldest). While the
+        last answer was a failure, messages that have not failed before go first: so when
+        slots are few — one probe while the backend looks sick, a lane going on to the next
+        head, a foreground run — a message that keeps failing cannot pass for an outage and
+        hold every chat behind it. Once anything went through, age alone decides again: a
+        chat whose message failed once must not wait behind every untried backlog."""
         if slots <= 0:
             return []
-        return sorted(heads, key=lambda h: (h.attempts > 0, h.id))[:slots]
+        with self._lock:
+            streak = self.failures > 0 or self.down or self.paused_until is not None
+        return sorted(heads, key=lambda h: (streak and h.attempts > 0, h.id))[:slots]
 
     def next_wake(self, now: float) -> float | None:
         """Seconds until a waiting chat may go again (None: nothing is waiting)."""
