@@ -114,6 +114,30 @@ def no_picture_wait(relay: Relay) -> None:
     relay.photos = relay.delivery.photos = Photos(no_wait, relay.chatdb, relay.store, relay.backend)
 
 
+@pytest.fixture
+def make_relay(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Relay]]:
+    """Relays built in-process from `env` plus overrides, each re-reading its secret from the
+    same settings (as SIGHUP does); all closed at the end."""
+    made: list[Relay] = []
+
+    def make(**overrides: str) -> Relay:
+        settings = config.load(environ={**env, **overrides}, cwd=tmp_path)
+        relay = Relay(
+            settings,
+            ChatDb(settings.chat_db),
+            open_store(settings.state_dir),
+            reload_secret=lambda: config.load(environ={**env, **overrides}).secret,
+        )
+        made.append(relay)
+        return relay
+
+    yield make
+    for relay in made:
+        relay.backend.close()
+        relay.chatdb.close()
+        relay.store.close()
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -12,44 +12,19 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import ALICE, write_env_file
 
 from archety_relay import backend as backend_module
-from archety_relay import config
 from archety_relay.backend import MAX_BODY_BYTES
-from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.relay import Relay
-from archety_relay.store import open_store
 
 MSG = "/orchestrator/message"
-
-
-@pytest.fixture
-def make_relay(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Relay]]:
-    made: list[Relay] = []
-
-    def make(**overrides: str) -> Relay:
-        settings = config.load(environ={**env, **overrides}, cwd=tmp_path)
-        relay = Relay(
-            settings,
-            ChatDb(settings.chat_db),
-            open_store(settings.state_dir),
-            reload_secret=lambda: config.load(environ={**env, **overrides}).secret,
-        )
-        made.append(relay)
-        return relay
-
-    yield make
-    for relay in made:
-        relay.backend.close()
-        relay.chatdb.close()
-        relay.store.close()
 
 
 def queue(relay: Relay, writer: MessagesWriter, *texts: str) -> None:

@@ -12,15 +12,13 @@ import json
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ALICE, BOB, RelayProcess, log_events, run_cli, wait_until
 
-from archety_relay import config
-from archety_relay.chatdb import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, Received, StubBackend
 from archety_relay.relay import Relay
@@ -28,23 +26,6 @@ from archety_relay.store import open_store
 
 MSG = "/orchestrator/message"
 PEOPLE = [f"+1555555{n:04d}" for n in range(200, 216)]
-
-
-@pytest.fixture
-def make_relay(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Relay]]:
-    made: list[Relay] = []
-
-    def make(**overrides: str) -> Relay:
-        settings = config.load(environ={**env, **overrides}, cwd=tmp_path)
-        relay = Relay(settings, ChatDb(settings.chat_db), open_store(settings.state_dir))
-        made.append(relay)
-        return relay
-
-    yield make
-    for relay in made:
-        relay.backend.close()
-        relay.chatdb.close()
-        relay.store.close()
 
 
 def write(writer: MessagesWriter, sender: str, *texts: str) -> None:
