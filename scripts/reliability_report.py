@@ -72,7 +72,7 @@ CASES = {
     ),
     "test_state_disk_full_holds_the_cursor_until_space_returns": (
         "12. State disk full",
-        "state dir on a 1 MB tmpfs filled by a filler file",
+        "state dir on a 2 MB tmpfs filled by a filler file",
         "`capture_failed` with hint; cursor held; all delivered once space returns",
     ),
     "test_corrupt_outbox_is_moved_aside_and_the_relay_starts_fresh": (
@@ -81,7 +81,8 @@ CASES = {
         "messages and a scheduled send",
         "moved aside by `run`/`--once` only (`status`, `doctor`, `retry-dead`, `purge-dead` exit 6 "
         "and change nothing); readable rows carried into the fresh file (header rebuilt if "
-        "needed), `state_reset` in `status`; garbage: fresh start at MAX(ROWID)",
+        "needed), `state_reset` in `status`; garbage: nothing to carry, capture resumes from the "
+        "rows dated since the file's last write (not MAX(ROWID))",
     ),
     "test_wal_checkpoints_are_never_blocked": (
         "14. WAL checkpoints",
@@ -137,34 +138,66 @@ STEP_CASES = [
         "max_page_count reached: StateError, cursor unchanged, all 50 messages delivered after",
     ),
     (
-        "17. One chat's message keeps failing (5xx)",
+        "16. Clock jumps",
+        "test_delivery",
+        "a leap of hours sends one request, not a storm; a wall "
+        "clock stepping back does not strand a row waiting for its chat join",
+    ),
+    (
+        "17. Poison in chat.db",
+        "test_faults_chatdb",
+        "TEXT that is not UTF-8 in `message.text` (daemon, review #1), `handle.id`, `chat.guid`, "
+        "`chat.chat_identifier`, `attachment.transfer_name`; a BLOB where text belongs; odd "
+        "from-me rows in the send checks: nothing lost, nothing stopped, no text in the log, "
+        "Full Disk Access not blamed",
+    ),
+    (
+        "18. Rows filled in late",
+        "test_faults_chatdb",
+        "text or attachment written after the row; a group row whose chat join is late or "
+        "never comes; an RCS row without its join on macOS 26 (`any;-;`): held, then forwarded "
+        "to the real chat or skipped with a warning, never sent to an invented chat",
+    ),
+    (
+        "19. chat.db rewritten or rebuilt",
+        "test_faults_chatdb",
+        "same identifier, new inode: the cursor is kept; a rebuilt database with new rows below "
+        "the old MAX(ROWID): the rows since the last one seen go out, delivered ones not again",
+    ),
+    (
+        "20. Damaged state file",
+        "test_state",
+        "header damaged under a queue: lookers exit 6 and change nothing; `--once` salvages the "
+        "queue, scheduled send and cursor and delivers everything",
+    ),
+    (
+        "21b. Backend never acks events, sync always fails",
+        "test_state",
+        "newer events still go out (paging); old state still pruned on its own timer",
+    ),
+    (
+        "24. One chat's message keeps failing (5xx)",
         "test_lanes",
         "only that chat waits; after ARCHETY_POISON_ATTEMPTS it is a dead letter and the chat goes "
         "on; every other chat delivered meanwhile; `skip-head` does it by hand",
     ),
     (
-        "18. A hung answer / 429 in one chat",
+        "25. A hung answer / 429 in one chat",
         "test_lanes",
         "the other chats flow; the hung chat's next message never overtakes; 429 holds only its "
         "chat, never shorter than Retry-After",
     ),
     (
-        "19. 404 storm (a redeploy)",
+        "26. 404 storm (a redeploy)",
         "test_lanes",
         "different messages refused alike: pause and probe, the dead-lettered one put back, "
         "all delivered in chat order once the backend answers",
     ),
     (
-        "20. 2xx that cannot be recorded",
+        "27. 2xx that cannot be recorded",
         "test_lanes",
         "the state file is locked after the backend accepted: only the write is retried, the "
         "backend sees the message once",
-    ),
-    (
-        "16. Clock jumps",
-        "test_delivery",
-        "a leap of hours sends one request, not a storm; a wall "
-        "clock stepping back does not strand a row waiting for its chat join",
     ),
 ]
 
