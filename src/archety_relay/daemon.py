@@ -19,6 +19,7 @@ repeating error, plus a "recovered" line), backs off, and waits with `stop.wait(
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -355,6 +356,10 @@ class Daemon:
             except Exception:
                 chosen = []
             if chosen:
+                # The sender thread may sleep while lanes go from one message to the next:
+                # keep `status`'s view of what is in flight current (at most once a second).
+                with contextlib.suppress(Exception):
+                    self.relay.publish_in_flight(time.time())
                 return chosen[0]
         self.outbox_ready.set()  # the sender decides what happens next
         return None

@@ -71,6 +71,7 @@ class Deliverer:
         # disk, a locked file): by outbox id, with what is to be stored.
         self._unrecorded: dict[int, tuple[float, list[NewOutgoing]]] = {}
         self._scheduling = threading.Lock()
+        self._publishing = threading.Lock()
         self._outage_logged_at: float | None = None
         # None: not written by this run yet. A run killed with requests in flight left them
         # in the state file; the first publish replaces them even when nothing is in flight.
@@ -193,7 +194,16 @@ class Deliverer:
 
     def publish_in_flight(self, wall: float) -> bool:
         """Write what is at the backend now into the state file for `status` (another
-        process), at most once a second. True while a change is still to be written."""
+        process), at most once a second. True while a change is still to be written.
+        The sender and the lanes both call it; one writes at a time, the others skip."""
+        if not self._publishing.acquire(blocking=False):
+            return True
+        try:
+            return self._publish(wall)
+        finally:
+            self._publishing.release()
+
+    def _publish(self, wall: float) -> bool:
         current = [
             {"chat_guid": f.chat_guid, "message_guid": f.message_guid, "since": f.started_wall}
             for f in self.lanes.in_flight()
