@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALICE, BOB, relay_life, run_cli
+from conftest import ALICE, BOB, relay_life, run_cli, wait_until
 
 from archety_relay.chatdb import ChatDb
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.relay import Relay
+from archety_relay.store import open_store
 
 
 def look(relay: Relay) -> None:
@@ -192,7 +193,11 @@ def test_daemon_syncs_soon_after_an_edit_instead_of_waiting_for_the_interval(
     relay = start_relay({"ARCHETY_SYNC_INTERVAL": "3600"})
     assert backend.wait_for(lambda b: len(b.requests_to("/edge/sync")) >= 1, 10)
     rowid = writer.message("at 7pm", sender=ALICE, chat=chat)
-    assert backend.wait_for_messages(1)
+    (posted,) = backend.wait_for_messages(1)
+    # A person edits seconds later; wait until the relay has looked at the row once (its
+    # first fingerprint), as it does right after capturing it, before editing.
+    guid = posted.body["message_guid"]
+    assert wait_until(lambda: guid in _watched(Path(relay.env["ARCHETY_STATE_DIR"]), guid), 10)
     writer.edit(rowid, "at 8pm")
     assert backend.wait_for(lambda b: bool(of_type(b.sync_events(), "message_edited")), 10)
     relay.terminate()
@@ -246,3 +251,11 @@ def test_partial_unsend_names_the_part_and_is_not_fully_unsent(
     [event] = of_type(synced(relay, backend), "message_unsent")
     assert event["details"]["parts"] == [1]
     assert event["details"]["fully_unsent"] is False
+
+
+def _watched(state_dir: Path, guid: str) -> set[str]:
+    store = open_store(state_dir)
+    try:
+        return set(store.watched([guid]))
+    finally:
+        store.close()
