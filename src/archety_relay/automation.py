@@ -9,11 +9,10 @@ fails with -1743, and stores the answer in `<state dir>/automation.json` for doc
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from . import jsonfile
 from .messages_app import SendResult
 from .model import utc_iso
 
@@ -22,18 +21,8 @@ FILE = "automation.json"
 
 def record(state_dir: Path, result: SendResult, now: float, pid: int) -> None:
     data = {"ok": result.ok, "error": result.error, "checked_at": utc_iso(now), "pid": pid}
-    tmp = state_dir / (FILE + ".tmp")
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, state_dir / FILE)
-    except OSError:
-        pass  # for the operator's doctor; never worth stopping the sender for
+    jsonfile.write(state_dir / FILE, data)
 
 
 def read(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((state_dir / FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return jsonfile.read(state_dir / FILE)

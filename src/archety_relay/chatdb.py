@@ -283,17 +283,7 @@ class ChatDb:
 
     def was_sent(self, chat_guid: str, text: str, since_unix: float) -> bool:
         """Whether Messages recorded an outgoing message with this text in this chat lately."""
-        with self._snapshot() as conn:
-            rows = conn.execute(
-                "SELECT m.text, m.attributedBody FROM chat AS c "
-                "JOIN chat_message_join AS j ON j.chat_id = c.ROWID "
-                "JOIN message AS m ON m.ROWID = j.message_id "
-                "WHERE c.guid = ? AND m.is_from_me = 1 AND m.date >= ? "
-                "ORDER BY m.ROWID DESC LIMIT 200",
-                (chat_guid, apple_date(since_unix)),
-            ).fetchall()
-        wanted = text.strip()
-        return any(_row_text(t, b) == wanted for t, b in rows)
+        return self.find_sent([chat_guid], "", text, since_unix) is not None
 
     def chat_guid_for(self, identifier: str) -> str | None:
         """The guid of the chat the previous edge client called `identifier`

@@ -10,13 +10,13 @@ interval. The recent figures go to `<state dir>/detection.json` (atomically repl
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any
+
+from . import jsonfile
 
 FILE = "detection.json"
 RECENT = 200
@@ -68,17 +68,8 @@ class Recorder:
             self._dirty = False
             self._written_at = now
         data = {"watcher": self.watcher, "recent": recent, **summary(recent)}
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # figures for the operator; never worth failing a capture for
+        jsonfile.write(self.path, data)
 
 
 def read(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((state_dir / FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return jsonfile.read(state_dir / FILE)
