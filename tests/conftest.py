@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from archety_relay import config
-from archety_relay.chatdb import ChatDb
+from archety_relay.chatdb.reader import ChatDb
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
-from archety_relay.photos import Photos
+from archety_relay.pictures.upload import Photos
 from archety_relay.relay import Relay
 from archety_relay.store import Store, open_store
 

@@ -8,8 +8,9 @@ import keyring
 import pytest
 from keyring_backends import FileKeyring, HangingKeyring, unstick
 
-from archety_relay import config, keychain
+from archety_relay import config
 from archety_relay.errors import ConfigError
+from archety_relay.macos import keychain
 
 BASE = {"HOME": "/nonexistent"}
 

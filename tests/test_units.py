@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_FIXTURES
 
-from archety_relay import launchd
 from archety_relay.demo.messages_writer import schema_sql
+from archety_relay.macos import launchd
 from archety_relay.policy import HttpOutcome, Verdict, backoff_seconds, verdict
 from archety_relay.redact import Redactor
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from . import keychain
 from .errors import ConfigError
+from .macos import keychain
 
 DEFAULT_BACKEND_URL = "https://archety-backend-prod.up.railway.app"
 DEFAULT_AGENT_ID = "mac-mini-primary"

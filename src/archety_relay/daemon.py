@@ -28,11 +28,12 @@ from typing import Any
 
 import structlog
 
-from . import detection, watcher
-from .chatdb import ChatDb
+from .capture import detection
+from .chatdb import watcher
+from .chatdb.reader import ChatDb
 from .config import Secret, Settings
 from .errors import ChatDbUnavailable, RelayError
-from .outbound import Sender
+from .outbound.dispatch import Sender
 from .relay import Relay
 from .store import QueuedItem, Store
 

@@ -123,3 +123,40 @@ class Skipped:
     rowid: int
     guid: str | None
     reason: str
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    """One conversation event for `/edge/sync` `events`; `key` makes its id deterministic, so
+    the same change seen twice (a crash between reading and storing) is stored once."""
+
+    event_type: str
+    key: str
+    chat_guid: str | None
+    message_guid: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event_id(self) -> str:
+        return f"evt-{self.event_type}-{self.key}"
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "chat_guid": self.chat_guid,
+            "message_guid": self.message_guid,
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What is compared between two looks at a recent row (all cheap, unindexed-safe columns)."""
+
+    guid: str
+    rowid: int
+    date: int  # Apple date of the message (what the window is keyed on)
+    from_me: bool
+    date_edited: int
+    unsent: tuple[int, ...]
+    is_empty: bool
+    read_at: int  # Apple date_read of a persona message (0: unread)

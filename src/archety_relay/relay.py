@@ -17,20 +17,20 @@ from typing import Any
 
 import structlog
 
-from .backend import Backend
-from .capture import Capture, CaptureResult
-from .changes import Changes, ChangesResult
-from .chatdb import ChatDb
+from .backend.client import Backend
+from .capture.changes import Changes, ChangesResult
+from .capture.inbound import Inbound
+from .capture.new_rows import Capture, CaptureResult
+from .chatdb.reader import ChatDb
 from .config import Secret, Settings
-from .delivery import Deliverer, Delivery
+from .delivery.attempt import Deliverer, Delivery
+from .delivery.lanes import Lanes
 from .errors import ChatDbUnavailable
-from .inbound import Inbound
-from .lanes import Lanes
-from .outbound import Outbound, Sender
-from .photos import Photos
+from .outbound.dispatch import Outbound, Sender
+from .outbound.sync import Sync
+from .pictures.upload import Photos
 from .policy import HttpOutcome
 from .store import QueuedItem, Store
-from .sync import Sync
 
 log = structlog.get_logger("archety_relay.relay")
 

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from .. import config, logs
-from ..chat_guid import Target
+from ..chatdb.guids import Target
 from ..daemon import Daemon
 from ..demo.camera import iphone_photo
 from ..demo.messages_writer import AttachmentSpec, MessagesWriter
 from ..demo.stub_backend import Behaviour, Received, StubBackend
-from ..messages_app import SendResult
+from ..macos.messages_app import SendResult
 from ..store import open_store
 
 ALICE = "+15555550101"
@@ -50,7 +50,7 @@ def _show_upload(received: Received) -> None:
     part = received.files.get("file")
     if part is None:
         return
-    from ..pictures import describe
+    from ..pictures.conversion import describe
 
     print(
         f"  backend ← /photo/upload {part.filename} {part.content_type} {describe(part.data)}, "

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from .. import config, logview
+from .. import config
 from ..logs import LOG_BACKUPS
+from ..tools import logview
 
 
 def _files(log_file: Path) -> list[Path]:

@@ -11,26 +11,29 @@ import sys
 import time
 import uuid
 
-from .. import backfill, config, doctor, keychain
-from ..backend import Backend
-from ..chatdb import ChatDb
+from .. import config
+from ..backend.client import Backend
+from ..capture import backfill
+from ..chatdb.reader import ChatDb
 from ..config import Secret, Settings
 from ..errors import EXIT_AUTH, EXIT_BACKEND, EXIT_CONFIG, EXIT_OK, ConfigError
-from ..once import drain
+from ..macos import keychain
 from ..pidlock import PidLock, running_pid
 from ..policy import HttpOutcome
 from ..relay import Relay
 from ..store import Store, open_store
 from ..terminal import escape_controls
+from ..tools import doctor
+from ..tools.once import drain
 from .common import settings_and_logs
 from .state import format_duration
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     if args.live:
-        from .. import doctor_live
+        from ..tools.doctor import live
 
-        doctor_live.report(args.wait, say=lambda line: print(line, flush=True))
+        live.report(args.wait, say=lambda line: print(line, flush=True))
         return EXIT_OK
     checks = doctor.run_checks()
     width = max(len(c.name) for c in checks)

@@ -10,12 +10,12 @@ from types import FrameType
 
 import structlog
 
-from ..chatdb import ChatDb
-from ..once import OnceReport, run_once
+from ..chatdb.reader import ChatDb
 from ..pidlock import PidLock
 from ..policy import HttpOutcome
 from ..relay import Relay
 from ..store import open_store
+from ..tools.once import OnceReport, run_once
 from .common import reload_secret, settings_and_logs
 
 log = structlog.get_logger("archety_relay.cli")

@@ -7,10 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from .. import config, launchd, macos
-from ..doctor import real_interpreter
+from .. import config, macos
 from ..errors import EXIT_CONFIG, RelayError
-from ..macos import interpreter, launchagent
+from ..macos import interpreter, launchctl, launchd
+from ..macos.interpreter import real_interpreter
 
 AGENT_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -58,7 +58,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         )
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.log_file.parent.mkdir(parents=True, exist_ok=True)
-    installed = launchagent.install(uid, target, launchd.render(plist))
+    installed = launchctl.install(uid, target, launchd.render(plist))
     print(f"✅ installed and started {launchd.LABEL} ({target}), pid {installed.pid}")
     print(
         f"   Full Disk Access must be granted to {real_interpreter()}; "
@@ -75,6 +75,6 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         print(f"$ rm {target}")
         return 0
     _refuse_off_macos("uninstall-service")
-    launchagent.uninstall(os.getuid(), target)
+    launchctl.uninstall(os.getuid(), target)
     print(f"✅ stopped and removed {launchd.LABEL}; the outbox and logs are kept")
     return 0

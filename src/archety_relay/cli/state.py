@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from .. import detection
-from ..chatdb import ChatDb
+from ..capture import detection
+from ..chatdb.reader import ChatDb
 from ..config import Settings
 from ..errors import RelayError
 from ..model import utc_iso

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .. import typedstream
-from ..rows import APPLE_EPOCH, apple_date
+from ..chatdb import typedstream
+from ..chatdb.rows import APPLE_EPOCH, apple_date
 
 # Functions only Messages.app registers; the schema's triggers call them.
 _STAND_INS: tuple[tuple[str, int, object], ...] = (

@@ -1,10 +1,17 @@
-"""The seams to macOS-only tools, gathered in one package. Elsewhere every call says it is not
-macOS, unless a test passes `platform="darwin"` with a fake tool first on PATH.
+"""The seams to macOS-only tools: every call to launchctl, osascript, `security` and the
+Keychain goes through this package, and no other package runs them. Elsewhere every call says it
+is not macOS, unless a test passes `platform="darwin"` with a fake tool first on PATH.
 
-    macos.run            runs one command line (launchctl …) with a deadline, as a value
-    macos.launchagent    install / uninstall procedure around launchctl (waits, retries)
+    macos.run             runs one command line with a deadline, as a value (`Ran`)
+    macos.launchd         the LaunchAgent's plist and launchctl's argv, built as values
+    macos.launchctl       install / uninstall procedure around launchctl (waits, retries)
+    macos.interpreter     which binary Full Disk Access must be granted to
+    macos.keychain        the secret in the login Keychain (`security`, or keyring elsewhere)
+    macos.messages_app    the only caller of osascript: sending through Messages.app
+    macos.automation      whether the relay may control Messages, as the daemon found it
 
-Command lines are built by `launchd` as argv lists; this package is the only one that runs them.
+May import: chatdb (the pure `guids`), jsonfile and the top-level values; never config (config
+reads the Keychain through here).
 """
 
 from __future__ import annotations

@@ -108,3 +108,9 @@ def cannot_run_relay(python: str, timeout: float = 60.0) -> str | None:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
         return f"{python} cannot import archety_relay: {last}"
     return None
+
+
+def real_interpreter() -> str:
+    """What to grant Full Disk Access: the image this Python runs (for a framework build, the
+    enclosing Python.app; `realpath(sys.executable)` would name the stub that execs it)."""
+    return fda_target(running_image())

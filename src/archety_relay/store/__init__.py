@@ -6,6 +6,8 @@ outgoing  replies and sends waiting for Messages.app, events for the backend, se
 uploads   pictures on their way to /photo/upload, message bodies frozen once settled
 watch     fingerprints of recent chat.db rows, and the events their changes produced
 commands  one sync command's work in one transaction; rules and per-chat context it keeps
+
+Owns the state database's file and SQL. May import: the top-level values (`model`, `errors`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..events import ChatEvent
+from ..model import ChatEvent
 from .db import Transactional
 from .outgoing import NewOutgoing, insert_outgoing
 from .watch import add_counts, insert_chat_event

@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 
-from ..events import ChatEvent, Fingerprint
+from ..model import ChatEvent, Fingerprint
 from .db import Transactional
 
 # The persona's unread messages are watched for a read receipt this many at most.

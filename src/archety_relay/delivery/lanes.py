@@ -1,0 +1,269 @@
+"""Which chats may have a message at the backend now, and what one answer means for the others.
+
+The orchestrator answers a message with the persona's reply, so one request can last as long as
+a model takes to think. Each chat is a lane: its messages go one at a time, the next only after
+the backend answered the one before (and its reply was stored); different chats are in flight
+side by side, up to `max_in_flight`. This module only decides; `relay` makes the attempts and
+`daemon` runs the lanes on threads.
+
+What an outcome does:
+
+  2xx                      the chat goes on; every shared backoff and pause ends
+  429                      only that chat waits (the backend limits per sender), at least as
+                           long as Retry-After asked
+  5xx, timeout, reset      that chat waits (its message's own backoff). Several failures in a
+                           row with no success anywhere mean the backend is down: all lanes
+                           back off together and probe one at a time
+  connection refused, TLS  the backend is down, at once
+  the same message keeps   after `poison_attempts` failures while other messages went through,
+  failing alone            it is the message, not the backend: it becomes a dead letter
+  401, 403                 everything pauses; one probe per `auth_probe_interval`
+  other 4xx                that message becomes a dead letter — unless different messages are
+                           refused alike in a row (a 404 storm while the backend redeploys):
+                           then it is the backend's problem, everything pauses and probes like
+                           401, and the messages already moved aside are put back
+Every time here is monotonic, passed in as `now`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from ..policy import HttpOutcome, Verdict, backoff_seconds, is_backend_down
+
+# Consecutive failures (of any chats, with no success between) that mean the backend is down.
+DOWN_AFTER_FAILURES = 3
+# Different messages refused with the same status in a row before it is the backend's fault.
+# A 404/405/410 is what a platform edge says while the app redeploys; a 400 or 422 is usually
+# about the message, so it takes more of them.
+STORM_THRESHOLD = {404: 2, 405: 2, 410: 2}
+DEFAULT_STORM_THRESHOLD = 5
+
+
+class _Queued(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+
+
+Q = TypeVar("Q", bound=_Queued)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    chat_guid: str
+    message_guid: str
+    started_wall: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the relay should do with the message after this outcome."""
+
+    action: str  # "delivered" | "retry" | "auth_paused" | "paused" | "dead_letter"
+    wait: float | None = None  # until this chat (or everything, when paused) may go again
+    restore: tuple[str, ...] = ()  # dead letters to put back: the storm was not their fault
+    reason: str | None = None
+
+
+@dataclass
+class Lanes:
+    max_in_flight: int
+    max_backoff: float
+    probe_interval: float
+    poison_attempts: int
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.busy: dict[str, InFlight] = {}
+        self.chat_retry_at: dict[str, float] = {}
+        self.failures = 0  # consecutive, across lanes, with no success between
+        # The shared backoff grows per round, not per failure: sixteen lanes failing at once
+        # are one failed try of the backend, not sixteen (a blip must not mean the cap).
+        # A failure starts a new round only if its request went after the last round's answer.
+        self._rounds = 0
+        self._round_at = float("-inf")
+        self._down_round = 0  # the round in which the backend was judged down
+        self.down = False  # the backend is out: one probe at a time, everyone backs off
+        self.retry_at = 0.0  # shared backoff while the backend is down
+        self.paused_until: float | None = None
+        self.pause_reason: str | None = None  # "auth_401" | "rejected_404" ...
+        self._delivered = 0
+        self._failing_since: dict[str, int] = {}  # message guid -> deliveries at 1st failure
+        self._storm: list[tuple[str, int]] = []  # (guid, status) refused since the last 2xx
+
+    # -- choosing ---------------------------------------------------------------------------
+    def gate(self, now: float) -> float | None:
+        """Seconds until anything may be sent (a pause or the shared backoff), or None."""
+        with self._lock:
+            if self.paused_until is not None and now < self.paused_until:
+                return self.paused_until - now
+            if now < self.retry_at:
+                return self.retry_at - now
+            return None
+
+    def blocked_chats(self, now: float) -> set[str]:
+        """Chats that must not start a message now: one in flight, or waiting out a backoff."""
+        with self._lock:
+            waiting = {c for c, t in self.chat_retry_at.items() if t > now}
+            return waiting | set(self.busy)
+
+    def free_slots(self, now: float) -> int:
+        """How many more messages may start. While paused or down: one probe at a time."""
+        if self.gate(now) is not None:
+            return 0
+        with self._lock:
+            if self.paused_until is not None or self.down:
+                return 0 if self.busy else 1
+            return max(0, self.max_in_flight - len(self.busy))
+
+    def choose(self, heads: Sequence[Q], slots: int) -> list[Q]:
+        """The heads to start, by age (the chat whose oldest message is oldest). While the
+        last answer was a failure, messages that have not failed before go first: so when
+        slots are few — one probe while the backend looks sick, a lane going on to the next
+        head, a foreground run — a message that keeps failing cannot pass for an outage and
+        hold every chat behind it. Once anything went through, age alone decides again: a
+        chat whose message failed once must not wait behind every untried backlog."""
+        if slots <= 0:
+            return []
+        with self._lock:
+            streak = self.failures > 0 or self.down or self.paused_until is not None
+        return sorted(heads, key=lambda h: (streak and h.attempts > 0, h.id))[:slots]
+
+    def next_wake(self, now: float) -> float | None:
+        """Seconds until a waiting chat may go again (None: nothing is waiting)."""
+        with self._lock:
+            later = [t - now for t in self.chat_retry_at.values() if t > now]
+        return min(later) if later else None
+
+    def start(self, chat_guid: str, message_guid: str, wall: float) -> None:
+        with self._lock:
+            self.busy[chat_guid] = InFlight(chat_guid, message_guid, wall)
+
+    def finish(self, chat_guid: str) -> None:
+        with self._lock:
+            self.busy.pop(chat_guid, None)
+
+    def in_flight(self) -> list[InFlight]:
+        with self._lock:
+            return sorted(self.busy.values(), key=lambda f: f.started_wall)
+
+    # -- learning from an answer --------------------------------------------------------------
+    def decide(
+        self,
+        chat_guid: str,
+        message_guid: str,
+        attempts: int,
+        outcome: HttpOutcome,
+        decided: Verdict,
+        now: float,
+    ) -> Decision:
+        """Record one answer; `attempts` counts this one. Returns what to do with the message."""
+        with self._lock:
+            if decided is Verdict.DELIVERED:
+                return self._delivered_now(chat_guid, message_guid)
+            if decided is Verdict.AUTH_PAUSED:
+                return self._pause(f"auth_{outcome.status}", now, "auth_paused")
+            if decided is Verdict.DEAD_LETTER:
+                return self._refused(message_guid, outcome, now)
+            return self._failed(chat_guid, message_guid, attempts, outcome, now)
+
+    def _delivered_now(self, chat_guid: str, message_guid: str) -> Decision:
+        self._delivered += 1
+        self.failures = 0
+        self._rounds = 0
+        self._round_at = float("-inf")
+        self.down = False
+        self.retry_at = 0.0
+        self.paused_until = self.pause_reason = None
+        self._storm.clear()
+        self.chat_retry_at.pop(chat_guid, None)
+        self._failing_since.pop(message_guid, None)
+        return Decision("delivered")
+
+    def _pause(self, reason: str, now: float, action: str) -> Decision:
+        self.paused_until = now + self.probe_interval
+        self.pause_reason = reason
+        return Decision(action, self.probe_interval, reason=reason)
+
+    def _refused(self, message_guid: str, outcome: HttpOutcome, now: float) -> Decision:
+        status = outcome.status or 0
+        if self.paused_until is not None and self.pause_reason == f"rejected_{status}":
+            return self._pause(f"rejected_{status}", now, "paused")  # the probe: still refused
+        if any(s != status for _, s in self._storm):
+            self._storm.clear()
+        if all(g != message_guid for g, _ in self._storm):
+            self._storm.append((message_guid, status))
+        if len(self._storm) >= STORM_THRESHOLD.get(status, DEFAULT_STORM_THRESHOLD):
+            earlier = tuple(g for g, _ in self._storm if g != message_guid)
+            decision = self._pause(f"rejected_{status}", now, "paused")
+            return Decision("paused", decision.wait, earlier, decision.reason)
+        return Decision("dead_letter")
+
+    def _failed(
+        self, chat_guid: str, message_guid: str, attempts: int, outcome: HttpOutcome, now: float
+    ) -> Decision:
+        if outcome.status == 429:
+            # Rate limited per sender: this chat waits, nobody else does, and it is no sign
+            # of an outage or of a bad message.
+            wait = backoff_seconds(attempts, outcome.retry_after, self.max_backoff, self.rng)
+            self.chat_retry_at[chat_guid] = now + wait
+            return Decision("retry", wait)
+        self.failures += 1
+        if now - outcome.elapsed_ms / 1000 >= self._round_at:
+            self._rounds += 1
+            self._round_at = now
+        if is_backend_down(outcome):
+            # Nobody answered: the message is not the problem; every lane waits the same.
+            self._judged_down()
+            wait = backoff_seconds(self._rounds, None, self.max_backoff, self.rng)
+            self.retry_at = max(self.retry_at, now + wait)
+            return Decision("retry", wait)
+        first = self._failing_since.setdefault(message_guid, self._delivered)
+        if attempts >= self.poison_attempts and self._delivered > first:
+            self._failing_since.pop(message_guid, None)
+            return Decision(
+                "dead_letter",
+                reason=f"failed {attempts} times while other messages were delivered",
+            )
+        wait = backoff_seconds(attempts, outcome.retry_after, self.max_backoff, self.rng)
+        self.chat_retry_at[chat_guid] = now + wait
+        if self.failures >= DOWN_AFTER_FAILURES:
+            self._judged_down()
+            step = self._rounds - self._down_round + 1
+            shared = backoff_seconds(step, None, self.max_backoff, self.rng)
+            self.retry_at = max(self.retry_at, now + shared)
+        return Decision("retry", wait)
+
+    def _judged_down(self) -> None:
+        # A success before the outage says nothing about a message failing during it: only
+        # deliveries after the backend is back count as evidence against a message, or one
+        # lucky answer at the start of a long outage would dead-letter whatever waits.
+        if not self.down:
+            self._down_round = self._rounds
+        self.down = True
+        self._failing_since.clear()
+
+    def hold_chat(self, chat_guid: str, now: float, seconds: float) -> None:
+        """An attempt broke off with an error of ours (a full disk): the chat waits a little."""
+        with self._lock:
+            self.chat_retry_at[chat_guid] = max(
+                self.chat_retry_at.get(chat_guid, 0.0), now + seconds
+            )
+
+    def probe_now(self) -> None:
+        """SIGHUP: a paused relay probes at once (the secret may have just been fixed)."""
+        with self._lock:
+            if self.paused_until is not None:
+                self.paused_until = 0.0
+
+    def forget_chat(self, chat_guid: str) -> None:
+        """The chat's head left the queue (dead-lettered): its next message need not wait."""
+        with self._lock:
+            self.chat_retry_at.pop(chat_guid, None)

@@ -1,0 +1,282 @@
+"""Talking back: replies and backend commands, carried out through Messages.app, durably.
+
+Everything outgoing is stored before it is acted on (see store.outgoing). `dispatch_step(now)`
+sends what is due, the earliest bubble of each chat first, and reports each outcome as an event
+that the next sync carries to the backend. `execute(action, now)` turns one sync command into
+stored work plus an event (see executor).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from ..backend import commands, replies
+from ..backend.commands import Action
+from ..chatdb.guids import Target, is_chat_guid, send_target, service_of
+from ..chatdb.reader import ChatDb
+from ..config import Settings
+from ..macos import automation, messages_app
+from ..macos.messages_app import SendResult
+from ..model import utc_iso
+from ..store import NewOutgoing, Outgoing, QueuedItem, Store
+from ..store.outgoing import FAILED, MISSED, SENT
+from . import executor
+
+log = structlog.get_logger("archety_relay.outbound")
+
+MAX_SEND_ATTEMPTS = 3
+SEND_RETRY_SECONDS = (2.0, 10.0)
+# A send due longer ago than this (the Mac was off, sending was disabled) is reported, not sent.
+MISSED_AFTER_SECONDS = 3600.0
+# How far back to look in chat.db for a send that a crash interrupted (clocks, Messages' date).
+RECOVERY_SLACK_SECONDS = 5.0
+# How long Messages has to record a send osascript reported (imsg waits about as long).
+CONFIRM_SECONDS = 3.0
+CONFIRM_POLL_SECONDS = 0.05
+# Automation is probed again after a refusal at most this often (the probe can take 10 s).
+AUTOMATION_REPROBE_SECONDS = 300.0
+IDLE_SECONDS = 30.0
+
+Sender = Callable[[Target, str], SendResult]
+
+
+class Outbound:
+    def __init__(
+        self, settings: Settings, store: Store, chatdb: ChatDb, send: Sender = messages_app.send
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.chatdb = chatdb
+        self.send = send
+        self.notify: Callable[[], None] = lambda: None
+        self._last_sent: dict[str, float] = {}
+        self.confirm_seconds = CONFIRM_SECONDS
+        self._disabled_logged = False
+        self.probe: Callable[[], SendResult] = messages_app.automation_allowed
+        self._probe_due = True  # at start, and again after a send is refused with -1743
+        self._probed_at = float("-inf")
+
+    # -- replies ----------------------------------------------------------------------------
+    def replies_for(
+        self, item: QueuedItem, response_body: str, now: float
+    ) -> tuple[list[NewOutgoing], str]:
+        """The bubbles the orchestrator's answer to `item` asks for (stored with the delivery),
+        and the reply shape read or why there is none, for the delivery's log line."""
+        planned = replies.plan(response_body)
+        if not planned.bubbles:
+            return [], planned.reason
+        chat_guid = json.loads(item.body)["chat_guid"]
+        if not is_chat_guid(chat_guid):
+            return [], "invalid_chat_guid"
+        log.info(
+            "reply_planned",
+            message_guid=item.message_guid,
+            shape=planned.reason,
+            bubbles=len(planned.bubbles),
+            chat_guid=chat_guid,
+        )
+        return [
+            NewOutgoing(chat_guid, b.text, now + b.delay, "reply", reply_to=item.message_guid)
+            for b in planned.bubbles
+        ], planned.reason
+
+    # -- commands ---------------------------------------------------------------------------
+    def execute(self, action: Action, now: float) -> None:
+        """Carry out one sync command (see executor); wake the dispatcher if it stored a send."""
+        # A chat named by the previous client's chat_identifier is looked up in chat.db first.
+        action = commands.with_chat(action, self.chatdb.chat_guid_for)
+        if executor.execute(self.store, action, now):
+            self.notify()
+
+    # -- sending ----------------------------------------------------------------------------
+    def dispatch_step(self, now: float) -> float | None:
+        """Send every chat's due head once. Returns seconds until something is due (None: idle)."""
+        if not self.settings.send_enabled:
+            if not self._disabled_logged and self.store.next_due_at() is not None:
+                log.warning(
+                    "sending_disabled",
+                    hint="ARCHETY_SEND_ENABLED=0: replies and commands are stored, not sent",
+                )
+                self._disabled_logged = True
+            return None
+        gap = 1.0 / self.settings.send_rate_per_chat
+        for item in self.store.heads_due(now):
+            try:
+                self._step_one(item, now, gap)
+            except Exception as exc:
+                # One row that cannot be sent or recorded never holds up other chats'.
+                self._last_sent[item.chat_guid] = now
+                log.exception("send_step_failed", outgoing_id=item.id, error=str(exc))
+        # Next wake-up: each chat's head when it is due and its rate limit allows.
+        ready = [
+            max(head.send_at, self._last_sent.get(head.chat_guid, float("-inf")) + gap)
+            for head in self.store.heads_due(float("inf"))
+        ]
+        return max(0.0, min(ready) - now) if ready else None
+
+    def _step_one(self, item: Outgoing, now: float, gap: float) -> None:
+        if now - item.send_at > MISSED_AFTER_SECONDS:
+            # Tried before the Mac went down for an hour? Then it may well have gone out.
+            if item.attempts and self._already_sent(item, self._target(item.chat_guid), now):
+                return
+            self._finish(
+                item,
+                MISSED,
+                now,
+                "message_failed",
+                f"missed: due {utc_iso(item.send_at)}, more than an hour ago",
+            )
+        elif (
+            item.origin == executor.REFLEX_ORIGIN
+            or now >= self._last_sent.get(item.chat_guid, float("-inf")) + gap
+        ):
+            self._send_one(item, now)
+
+    def _send_one(self, item: Outgoing, now: float) -> None:
+        target = self._target(item.chat_guid)
+        if item.attempts:
+            if self._already_sent(item, target, now):
+                return
+            log.info("send_recovered_for_retry", outgoing_id=item.id, attempts=item.attempts)
+        self.store.mark_sending(item, now)
+        result = self.send(target, item.text)
+        self._last_sent[item.chat_guid] = now
+        if result.ok:
+            result = self._confirm(target, item.text, now - RECOVERY_SLACK_SECONDS, result)
+        attempt = item.attempts + 1
+        log.info(
+            "message_send_attempt",
+            outgoing_id=item.id,
+            chat_guid=item.chat_guid,
+            origin=item.origin,
+            attempt=attempt,
+            ok=result.ok,
+            via=result.via,
+            error=result.error,
+        )
+        if (result.error or "").startswith(messages_app.AUTOMATION_DENIED):
+            self._probe_due = True  # record the new state for doctor
+        if result.ok:
+            self._finish(item, SENT, now, "message_sent", None, result.message_guid)
+        elif result.retryable and attempt < MAX_SEND_ATTEMPTS:
+            delay = SEND_RETRY_SECONDS[min(attempt, len(SEND_RETRY_SECONDS)) - 1]
+            self.store.retry_later(item, now + delay, result.error or "", now)
+        else:
+            self._finish(item, FAILED, now, "message_failed", result.error)
+            log.error(
+                "message_send_failed",
+                outgoing_id=item.id,
+                chat_guid=item.chat_guid,
+                attempts=attempt,
+                error=result.error,
+            )
+
+    def automation_step(self, now: float) -> SendResult | None:
+        """Probe Automation with a real Apple event from this process (the agent's identity),
+        at start and after a -1743, at most every few minutes; store it for doctor."""
+        if not self._probe_due or not self.settings.send_enabled:
+            return None
+        if now - self._probed_at < AUTOMATION_REPROBE_SECONDS:
+            return None
+        self._probe_due, self._probed_at = False, now
+        result = self.probe()
+        automation.record(self.settings.state_dir, result, now, os.getpid())
+        if result.ok:
+            log.info("automation_checked", allowed=True)
+        else:
+            log.warning("automation_checked", allowed=False, error=result.error)
+        return result
+
+    def _target(self, chat_guid: str) -> Target:
+        if not is_chat_guid(chat_guid):  # refused by the sender, with the reason
+            return Target(chat_guid, "", "", "iMessage")
+        service = None if service_of(chat_guid) else self.chatdb.chat_service_name(chat_guid)
+        return send_target(chat_guid, service)
+
+    def _already_sent(self, item: Outgoing, target: Target, now: float) -> bool:
+        """A row tried before (a crash mid-send, a timeout, an error after osascript) may have
+        gone out: if Messages recorded it, it did, and sending it again would double it."""
+        since = (item.sending_since or item.send_at) - RECOVERY_SLACK_SECONDS
+        found = self.chatdb.find_sent(target.chat_guids, target.handle, item.text, since)
+        if found is not None and found.error == 0:
+            log.info("send_recovered_as_sent", outgoing_id=item.id, attempts=item.attempts)
+            self._finish(item, SENT, now, "message_sent", None, found.guid)
+            return True
+        return False
+
+    def _confirm(self, target: Target, text: str, since: float, sent: SendResult) -> SendResult:
+        """osascript said yes; Messages has the last word. A send is done only when an outgoing
+        row with this text is joined to the chat with error 0 (macOS 26 can exit 0 and write
+        nothing, or an empty row in no chat). Not found in time is a failure, never retried:
+        a late row would make a retry a duplicate."""
+        deadline = time.monotonic() + self.confirm_seconds
+        while True:
+            found = self.chatdb.find_sent(target.chat_guids, target.handle, text, since)
+            if found is not None and found.error == 0:
+                return replace(sent, message_guid=found.guid)
+            if found is not None:
+                return SendResult(
+                    False,
+                    f"messages_error: Messages recorded the send with error {found.error}",
+                    retryable=False,
+                    via=sent.via,
+                )
+            if time.monotonic() >= deadline:
+                return SendResult(
+                    False,
+                    f"not_recorded: osascript reported success but Messages recorded no sent "
+                    f"message in this chat within {self.confirm_seconds:g}s",
+                    retryable=False,
+                    via=sent.via,
+                )
+            time.sleep(CONFIRM_POLL_SECONDS)
+
+    def _finish(
+        self,
+        item: Outgoing,
+        status: str,
+        now: float,
+        event_type: str,
+        error: str | None,
+        message_guid: str | None = None,
+    ) -> None:
+        """Record the final state with its event; a sent message's event names the Apple guid
+        of the row Messages wrote, so reactions and replies to it can be matched."""
+        details: dict[str, Any] = {
+            "message_id": item.id,
+            "origin": item.origin,
+            "status": status,
+            "attempts": item.attempts + (0 if status == MISSED else 1),
+        }
+        if item.reply_to:
+            details["reply_to"] = item.reply_to
+        if error:
+            details["error"] = error
+        self.store.finish(
+            item,
+            status,
+            now,
+            event_type,
+            {
+                "command_id": item.command_id,
+                "chat_guid": item.chat_guid,
+                "thread_id": item.chat_guid,
+                **({"message_guid": message_guid} if message_guid else {}),
+                "details": details,
+            },
+            error,
+        )
+        if status == MISSED:
+            log.warning(
+                "message_missed",
+                outgoing_id=item.id,
+                chat_guid=item.chat_guid,
+                due=utc_iso(item.send_at),
+            )

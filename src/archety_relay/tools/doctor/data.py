@@ -1,0 +1,81 @@
+"""Checks of the two databases: Apple's chat.db (Full Disk Access, its WAL) and our state file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...chatdb.reader import ChatDb
+from ...config import Settings
+from ...errors import (
+    EXIT_CHATDB,
+    EXIT_STATE,
+    OutboxCorrupt,
+    RelayError,
+)
+from ...macos import interpreter
+from ...store import OUTBOX_FILE, open_store
+from .result import FDA_LOCATION, Check
+
+
+def chatdb_check(settings: Settings) -> Check:
+    fix = (
+        f"grant Full Disk Access to {interpreter.real_interpreter()} in {FDA_LOCATION} "
+        "(⇧⌘G to type the path), then restart the relay"
+    )
+    try:
+        with ChatDb(settings.chat_db) as chatdb:
+            top = chatdb.max_rowid()
+    except RelayError as exc:
+        # Full Disk Access only when the error is about access (chatdb decides which).
+        access = "Full Disk Access" in exc.hint or not exc.hint
+        return Check(
+            "chat.db readable", False, exc.message, fix if access else exc.hint, EXIT_CHATDB
+        )
+    return Check("chat.db readable", True, f"{settings.chat_db} (MAX(ROWID) {top})")
+
+
+def wal_check(settings: Settings) -> Check:
+    wal = Path(str(settings.chat_db) + "-wal")
+    if not wal.exists():
+        return Check("chat.db WAL", True, "no WAL right now (checkpointed)")
+    try:
+        with open(wal, "rb") as f:
+            f.read(32)
+    except OSError as exc:
+        return Check(
+            "chat.db WAL",
+            False,
+            f"{wal} cannot be read: {exc}",
+            f"grant Full Disk Access to {interpreter.real_interpreter()}",
+            EXIT_CHATDB,
+        )
+    return Check("chat.db WAL", True, f"{wal} readable ({wal.stat().st_size} bytes)")
+
+
+def state_check(settings: Settings) -> Check:
+    existed = (settings.state_dir / OUTBOX_FILE).exists()
+    try:
+        store = open_store(settings.state_dir)
+        try:
+            stats = store.stats()
+        finally:
+            store.close()
+        probe = settings.state_dir / ".doctor-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except (RelayError, OSError) as exc:
+        return Check(
+            "state directory",
+            False,
+            f"{settings.state_dir}: {exc}",
+            exc.hint
+            if isinstance(exc, OutboxCorrupt)  # damaged, not full: run/--once repairs it
+            else "make ARCHETY_STATE_DIR writable and free some space",
+            EXIT_STATE,
+        )
+    what = (
+        f"queue {stats.depth}, dead letters {stats.dead_letters}"
+        if existed
+        else "new outbox created"
+    )
+    return Check("state directory", True, f"{settings.state_dir} writable; {what}")

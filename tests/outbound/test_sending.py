@@ -1,0 +1,191 @@
+"""Sending through Messages.app counts only what Messages recorded (issue #12.2, review #14).
+
+osascript is the fake first on PATH (see conftest): it runs the send script's fallbacks against
+the test's real chat.db and writes the outgoing row as Messages does, or, when told, exits 0 and
+writes nothing, or cannot find a chat by `chat id` (-1728), as macOS 26 does.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ALICE, BOB, FakeOsascript
+
+from archety_relay.backend.commands import SendNow
+from archety_relay.chatdb.guids import Target, send_target
+from archety_relay.demo.messages_writer import MessagesWriter
+from archety_relay.macos import messages_app
+from archety_relay.outbound.dispatch import Outbound
+from archety_relay.relay import Relay
+
+
+def _events(relay: Relay, kind: str) -> list[dict]:
+    return [e.payload for e in relay.store.pending_events() if e.event_type == kind]
+
+
+def _sent_rows(writer: MessagesWriter, chat: int) -> int:
+    return int(
+        writer.conn.execute(
+            "SELECT COUNT(*) FROM message AS m JOIN chat_message_join AS j "
+            "ON j.message_id = m.ROWID WHERE m.is_from_me = 1 AND j.chat_id = ?",
+            (chat,),
+        ).fetchone()[0]
+    )
+
+
+def test_a_send_messages_recorded_is_reported_sent(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
+) -> None:
+    """Messages writes the outgoing row into the chat: message_sent, one osascript call."""
+    chat = writer.direct_chat(ALICE)
+    relay.outbound.execute(SendNow("s1", f"iMessage;-;{ALICE}", "hello"), 100.0)
+    relay.outbound.dispatch_step(100.0)
+    assert osascript.sent() == [(f"iMessage;-;{ALICE}", "hello")]
+    assert _sent_rows(writer, chat) == 1
+    assert [e["command_id"] for e in _events(relay, "message_sent")] == ["s1"]
+    assert _events(relay, "message_failed") == []
+
+
+def test_exit_0_with_nothing_recorded_is_a_failure_never_sent(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """osascript says yes but Messages wrote nothing (macOS 26 group sends): message_failed with
+    the reason, no message_sent, and no blind retry that could double a late bubble."""
+    writer.direct_chat(ALICE)
+    monkeypatch.setenv("FAKE_OSASCRIPT_MODE", "silent")
+    relay.outbound.confirm_seconds = 0.2
+    relay.outbound.execute(SendNow("s2", f"iMessage;-;{ALICE}", "into the void"), 100.0)
+    for step in range(5):
+        relay.outbound.dispatch_step(100.0 + 20 * step)
+    assert len(osascript.calls()) == 1
+    assert _events(relay, "message_sent") == []
+    (failed,) = _events(relay, "message_failed")
+    assert failed["details"]["error"].startswith("not_recorded")
+
+
+def test_macos_26_chat_id_refused_falls_back_to_the_participant(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tahoe stores `any;-;<handle>` and `chat id` of it fails with -1728: the script tries the
+    service's spelling, then the participant on the chat's service; the row Messages joins to
+    the chat (same handle, any guid) confirms it."""
+    chat = writer.chat(f"any;-;{ALICE}", 45, [ALICE], identifier=ALICE)
+    monkeypatch.setenv("FAKE_OSASCRIPT_UNKNOWN_CHAT_IDS", f"any;-;{ALICE},iMessage;-;{ALICE}")
+    relay.outbound.execute(SendNow("s3", f"any;-;{ALICE}", "made it"), 100.0)
+    relay.outbound.dispatch_step(100.0)
+    (call,) = osascript.calls()
+    assert call[-5:] == [f"any;-;{ALICE}", "made it", ALICE, "iMessage", f"iMessage;-;{ALICE}"]
+    assert _sent_rows(writer, chat) == 1
+    assert [e["command_id"] for e in _events(relay, "message_sent")] == ["s3"]
+
+
+def test_a_group_that_cannot_be_found_fails_once_with_the_reason(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group chat has no participant fallback: -1728 for every spelling is reported as
+    group_send_unsupported at once (retrying finds the same nothing)."""
+    writer.chat("any;+;chat42", 43, [ALICE, BOB], identifier="chat42")
+    monkeypatch.setenv("FAKE_OSASCRIPT_UNKNOWN_CHAT_IDS", "any;+;chat42,iMessage;+;chat42")
+    relay.outbound.execute(SendNow("s4", "any;+;chat42", "hi all"), 100.0)
+    for step in range(4):
+        relay.outbound.dispatch_step(100.0 + 20 * step)
+    assert len(osascript.calls()) == 1
+    (failed,) = _events(relay, "message_failed")
+    assert failed["details"]["error"].startswith("group_send_unsupported")
+
+
+def test_a_timed_out_send_is_looked_up_before_it_is_tried_again(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """osascript is killed at its timeout after Messages already sent (review #14): the retry
+    finds the row in chat.db and reports message_sent without a second bubble."""
+    chat = writer.direct_chat(ALICE)
+    monkeypatch.setenv("FAKE_OSASCRIPT_SLEEP_AFTER", "5")
+    outbound = Outbound(
+        relay.settings,
+        relay.store,
+        relay.chatdb,
+        send=lambda target, text: messages_app.send(target, text, timeout=1.0),
+    )
+    outbound.execute(SendNow("s5", f"iMessage;-;{ALICE}", "once only"), 100.0)
+    outbound.dispatch_step(100.0)
+    assert _events(relay, "message_sent") == []  # timed out: not known yet
+    outbound.dispatch_step(120.0)
+    assert len(osascript.calls()) == 1
+    assert _sent_rows(writer, chat) == 1
+    assert [e["command_id"] for e in _events(relay, "message_sent")] == ["s5"]
+
+
+def test_a_row_left_sending_by_an_error_after_osascript_is_not_sent_twice(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
+) -> None:
+    """Something fails after osascript sent (the outbox locked, say) and the row stays
+    `sending`: the next step finds the message in chat.db instead of sending it again."""
+    chat = writer.direct_chat(ALICE)
+    failures = [RuntimeError("database is locked")]
+
+    def send_then_fail(target: Target, text: str) -> messages_app.SendResult:
+        result = messages_app.send(target, text)
+        if failures:
+            raise failures.pop()
+        return result
+
+    outbound = Outbound(relay.settings, relay.store, relay.chatdb, send=send_then_fail)
+    outbound.execute(SendNow("s6", f"iMessage;-;{ALICE}", "just once"), 100.0)
+    outbound.dispatch_step(100.0)
+    assert relay.store.outgoing_counts() == {"sending": 1}
+    outbound.dispatch_step(110.0)
+    assert len(osascript.calls()) == 1 and _sent_rows(writer, chat) == 1
+    assert relay.store.outgoing_counts() == {"sent": 1}
+
+
+def test_send_targets_for_each_guid_spelling() -> None:
+    """What the script is given to find a chat: the guid, its other spelling, the handle of a
+    direct chat, and the service (chat.service_name when the guid says `any`)."""
+    assert send_target(f"any;-;{ALICE}", "SMS") == Target(
+        f"any;-;{ALICE}", f"SMS;-;{ALICE}", ALICE, "SMS"
+    )
+    assert send_target(f"iMessage;-;{ALICE}", None) == Target(
+        f"iMessage;-;{ALICE}", f"any;-;{ALICE}", ALICE, "iMessage"
+    )
+    assert send_target("SMS;+;chat7", None) == Target("SMS;+;chat7", "any;+;chat7", "", "SMS")
+    assert send_target("any;-;chat9", None).handle == ""  # a group spelled with `-`
+    assert send_target("iMessage;-;chatty@example.com", None).handle == "chatty@example.com"
+
+
+def test_a_send_interrupted_before_an_hour_long_outage_is_not_reported_missed(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
+) -> None:
+    """The relay died mid-send and the Mac stayed off for hours: if Messages recorded the
+    message it is reported sent, not missed; one it never recorded is reported missed."""
+    writer.direct_chat(ALICE)
+    writer.direct_chat(BOB)
+    failures = [RuntimeError("killed"), RuntimeError("killed")]
+
+    def send_then_die(target: Target, text: str) -> messages_app.SendResult:
+        if BOB not in target.chat_guid:
+            messages_app.send(target, text)  # Messages records this one
+        raise failures.pop()
+
+    outbound = Outbound(relay.settings, relay.store, relay.chatdb, send=send_then_die)
+    outbound.execute(SendNow("s7", f"iMessage;-;{ALICE}", "went out"), 100.0)
+    outbound.execute(SendNow("s8", f"iMessage;-;{BOB}", "never did"), 100.0)
+    outbound.dispatch_step(100.0)
+    assert relay.store.outgoing_counts() == {"sending": 2}
+    outbound.dispatch_step(100.0 + 5 * 3600)
+    assert [e["command_id"] for e in _events(relay, "message_sent")] == ["s7"]
+    (missed,) = _events(relay, "message_failed")
+    assert missed["command_id"] == "s8" and missed["details"]["error"].startswith("missed")
+    assert len(osascript.calls()) == 1
+
+
+def test_an_osascript_error_never_carries_the_message_text(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AppleScript quotes the value it choked on; the error logged and reported says
+    <message text> instead of the text itself."""
+    writer.direct_chat(ALICE)
+    failure = "execution error: Can’t make “my secret plan” into type number (-1700)"
+    monkeypatch.setenv("FAKE_OSASCRIPT_FAIL", failure)
+    result = messages_app.send(send_target(f"iMessage;-;{ALICE}", None), "my secret plan")
+    assert not result.ok and "my secret plan" not in (result.error or "")
+    assert "<message text>" in (result.error or "")
