@@ -32,7 +32,7 @@ from typing import Any
 
 from fast_backend import FastBackend
 
-from archety_relay import typedstream
+from archety_relay.chatdb import typedstream
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 

@@ -28,8 +28,8 @@ from typing import Any
 from doc_section import write_section
 
 from archety_relay import logs
-from archety_relay.changes import Changes
-from archety_relay.chatdb import ChatDb
+from archety_relay.capture.changes import Changes
+from archety_relay.chatdb.reader import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.store import open_store
 
