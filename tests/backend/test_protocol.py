@@ -417,6 +417,52 @@ def test_rules_the_relay_cannot_run_are_refused_with_the_reason(
     assert relay.store.rules() == []
 
 
+def test_a_filter_with_a_misspelt_or_missing_conditions_key_is_refused_not_run_on_everything(
+    make: Callable[..., Relay], backend: StubBackend, writer: MessagesWriter
+) -> None:
+    """Review 2026-12-04 #7: `"condition"` for `"conditions"` was read as no conditions, and a
+    filter with none held back every message. Now a misspelt key, an unknown key in a condition,
+    a filter without conditions and one with an empty list are each command_failed with the
+    reason, nothing is stored, and the next message still reaches the orchestrator. A rule
+    stored that way by an older version is skipped when the rules are loaded."""
+    chat = writer.direct_chat(ALICE)
+    relay = make()
+    relay.capture_step(time.time())
+    spam = {"field": "content", "operator": "contains", "value": "win a prize"}
+    answer(
+        backend,
+        cmd(
+            "r-typo", "set_rule", rule_type="filter", rule_config={"name": "s", "condition": [spam]}
+        ),
+        cmd("r-none", "set_rule", rule_type="filter", rule_config={"name": "s"}),
+        cmd("r-empty", "set_rule", rule_type="filter", rule_config={"name": "s", "conditions": []}),
+        cmd(
+            "r-ckey",
+            "set_rule",
+            rule_type="filter",
+            rule_config={"name": "s", "conditions": [{**spam, "negate": True}]},
+        ),
+    )
+    relay.sync_step(time.time())
+    events = events_of_next_sync(relay, backend)
+    reasons = {
+        c: events[c][0]["details"]["reason"] for c in ("r-typo", "r-none", "r-empty", "r-ckey")
+    }
+    assert {events[c][0]["event_type"] for c in reasons} == {"command_failed"}
+    assert "unknown key(s) in rule_config: condition" in reasons["r-typo"]
+    assert "conditions must be a list" in reasons["r-none"]
+    assert "at least one condition" in reasons["r-empty"]
+    assert "unknown key(s) in a condition: negate" in reasons["r-ckey"]
+    assert relay.store.rules() == []
+    with relay.store.command("c-old", time.time()) as tx:
+        assert tx is not None
+        tx.put_rule("old", {"rule_type": "filter", "rule_config": {"name": "old"}})
+    relay = make()  # an older version stored a filter with no conditions: not loaded
+    writer.message("hey are we still on for dinner?", sender=ALICE, chat=chat)
+    relay_all(relay)
+    assert [b["text"] for b in bodies(backend)] == ["hey are we still on for dinner?"]
+
+
 def test_a_catastrophic_pattern_is_cut_off_and_the_message_still_goes(
     make: Callable[..., Relay], backend: StubBackend, writer: MessagesWriter
 ) -> None:

@@ -9,7 +9,8 @@ locally. Pure functions over values; the store keeps the rules, `inbound` applie
 Conditions are those of the previous edge client: fields `sender`, `content`, `thread_id`
 (the chat's guid or its chat_identifier), `is_group`; operators `equals`, `contains`,
 `starts_with`, `ends_with` (case-insensitive) and `matches` (a regular expression). All the
-conditions of a rule must hold. A matching filter wins over an auto reply; among rules of one
+conditions of a rule must hold. A key the relay does not know is refused, not ignored, and so is
+a filter without conditions (it would hold back every message). A matching filter wins over an auto reply; among rules of one
 kind the oldest wins.
 
 `matches` is the one condition that could take unbounded time: a pattern like `(a|aa)+$` on a
@@ -43,6 +44,11 @@ MATCH_BUDGET_SECONDS = 0.2
 # The most a pattern may cost to compile (see pattern_cost): compiling has no timeout, and
 # `(?:a{65535}){65535}` (19 characters) takes over 12 GB in 12 s.
 MAX_PATTERN_COST = 10_000
+# What a rule_config and a condition may hold. Anything else is refused rather than ignored: a
+# misspelt key ("condition") silently read as "no conditions" made a filter hold back every
+# message (review 2026-12-04 #7), so a key we do not know is more likely a mistake than news.
+CONFIG_KEYS = frozenset({"name", "enabled", "conditions", "action", "rule_type"})
+CONDITION_KEYS = frozenset({"field", "operator", "value"})
 _COUNTED = re.compile(r"\{(\d*)(,?)(\d*)\}")
 
 
@@ -96,15 +102,21 @@ def parse(payload: dict[str, Any]) -> Rule | str:
         return f"unknown rule_type {str(rule_type)[:40]!r}"
     if rule_type not in SUPPORTED_TYPES:
         return f"rule_type {rule_type!r} is not supported by this relay (filter, auto_reply are)"
+    unknown = sorted(str(k)[:40] for k in config if k not in CONFIG_KEYS)
+    if unknown:
+        return f"unknown key(s) in rule_config: {', '.join(unknown[:5])}"
     name = config.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
         return "rule_config.name must be a non-empty string"
     enabled = config.get("enabled", True)
     if not isinstance(enabled, bool):
         return "rule_config.enabled must be true or false"
-    raw_conditions = config.get("conditions", [])
+    raw_conditions = config.get("conditions")
     if not isinstance(raw_conditions, list) or len(raw_conditions) > MAX_CONDITIONS:
         return f"rule_config.conditions must be a list of at most {MAX_CONDITIONS}"
+    if rule_type == "filter" and not raw_conditions:
+        # all([]) is true: a filter with no condition would hold back every message.
+        return "a filter needs at least one condition"
     conditions: list[Condition] = []
     for raw in raw_conditions:
         parsed = _condition(raw)
@@ -126,6 +138,9 @@ def parse(payload: dict[str, Any]) -> Rule | str:
 def _condition(raw: Any) -> Condition | str:
     if not isinstance(raw, dict):
         return "each condition must be an object {field, operator, value}"
+    unknown = sorted(str(k)[:40] for k in raw if k not in CONDITION_KEYS)
+    if unknown:
+        return f"unknown key(s) in a condition: {', '.join(unknown[:5])}"
     name, operator, value = raw.get("field"), raw.get("operator"), raw.get("value")
     if name not in FIELDS:
         return f"condition field must be one of {', '.join(FIELDS)}"
