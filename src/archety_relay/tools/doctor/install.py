@@ -39,7 +39,7 @@ def launchagent_check(home: Path) -> Check:
         return Check(
             "LaunchAgent", False, f"{plist} not installed", "archety-relay install-service", 1
         )
-    ran = macos.run(["launchctl", "print", f"gui/{os.getuid()}/{launchd.LABEL}"])
+    ran = macos.run(launchd.print_argv(os.getuid()))
     if ran.returncode != 0:
         return Check(
             "LaunchAgent",
