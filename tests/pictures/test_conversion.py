@@ -13,6 +13,7 @@ from pathlib import Path
 import pillow_heif
 import pytest
 from PIL import Image, ImageCms
+from structlog.testing import capture_logs
 
 from archety_relay.pictures import conversion
 from archety_relay.pictures.conversion import Limits
@@ -62,9 +63,10 @@ def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height: Pillow must refuse it before decoding."""
-    small = encoded(Image.new("1", (8, 8)), "PNG")
+def bomb_png(width: int, height: int, mode: str = "1") -> bytes:
+    """A PNG whose header claims width x height pixels of `mode` over the data of 8x8: any
+    decoding would fail, so a refusal for size is made from the header alone."""
+    small = encoded(Image.new(mode, (8, 8)), "PNG")
     ihdr = struct.pack(">II", width, height) + small[24:29]
     chunk = b"IHDR" + ihdr
     return (
@@ -301,3 +303,85 @@ def test_conversions_run_one_at_a_time(tmp_path: Path) -> None:
     for t in threads:
         t.join(10)
     assert overlapped == [False, False]
+
+
+def test_header_alone_refuses_a_picture_too_costly_to_decode(tmp_path: Path) -> None:
+    """A small file whose header says 9000x9000 RGBA (under Pillow's pixel limit, but ~650 MB
+    to shrink: Pillow keeps RGBA in 4 bytes a pixel and premultiplies a second copy) is refused
+    as too_large from its header, before a pixel is decoded (a decode would find no data and
+    say unreadable)."""
+    path = tmp_path / "wide.png"
+    path.write_bytes(bomb_png(9000, 9000, "RGBA"))
+    assert conversion.convert(path, LIMITS).reason == "too_large"
+
+
+def test_decode_budget_is_the_limit(tmp_path: Path) -> None:
+    """The memory budget decides: a real 600x400 transparent PNG (~1.9 MB to shrink) is
+    refused under a 1 MB budget and converted, transparency kept, under a 2 MB one."""
+    img = Image.new("RGBA", (600, 400), (20, 200, 20, 90))
+    path = tmp_path / "glass.png"
+    path.write_bytes(encoded(img, "PNG"))
+    assert conversion.convert(path, Limits(max_decode_bytes=1_000_000)).reason == "too_large"
+    result = conversion.convert(path, Limits(max_decode_bytes=2_000_000))
+    assert result.mime == "image/png" and open_result(result.data).mode == "RGBA"
+
+
+@pytest.mark.parametrize(
+    ("header", "fits"),
+    [
+        (("HEIF", "RGB", False, 8064, 6048), True),  # an iPhone's 48 MP HEIF Max photo
+        (("HEIF", "RGB", False, 4032, 3024), True),  # its 12 MP photo
+        (("PNG", "I;16", False, 9459, 9459), True),  # 16-bit grey shrinks as 8-bit grey
+        (("PNG", "RGBA", True, 9459, 9459), False),  # 0.37 MB on disk, 0.74 GB to convert
+        (("TIFF", "F", False, 9459, 9459), False),  # 0.67 MB on disk, 0.79 GB to convert
+    ],
+)
+def test_decode_cost_keeps_every_camera_photo_and_refuses_the_review_pictures(
+    header: tuple[str, str, bool, int, int], fits: bool
+) -> None:
+    """The budget lets through the largest photo an iPhone takes and stops the three small
+    files the review measured at 0.57-0.79 GB of RSS (review 2026-12-04, finding 11)."""
+    assert (conversion.decode_cost(*header) <= conversion.DECODE_BUDGET_BYTES) is fits
+
+
+def test_sixteen_bit_grey_comes_out_as_before(tmp_path: Path) -> None:
+    """16-bit grey is shrunk as 8-bit grey: the pixels are Pillow's own RGB conversion (values
+    past 255 clip), now without a full-size RGB copy."""
+    img = Image.new("I;16", (400, 100), 100)
+    img.paste(Image.new("I;16", (200, 100), 40000), (200, 0))
+    path = tmp_path / "depth.png"
+    path.write_bytes(encoded(img, "PNG"))
+    out = open_result(conversion.convert(path, LIMITS).data)
+    assert out.mode == "RGB"
+    assert near(out.getpixel((50, 50)), (100, 100, 100), tolerance=2)
+    assert near(out.getpixel((350, 50)), (255, 255, 255), tolerance=2)
+
+
+def test_a_pillow_heif_that_does_not_load_costs_no_jpeg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pillow-heif wheel that does not import (one built for another macOS) is said once,
+    and conversion goes on without it: a JPEG still converts, nothing raises."""
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # `import pillow_heif` fails
+    monkeypatch.setattr(conversion, "_heif_tried", False)
+    source = tmp_path / "IMG_1.jpeg"
+    source.write_bytes(encoded(two_halves(), "JPEG"))
+    with capture_logs() as logs:
+        first = conversion.convert(source, LIMITS)
+        second = conversion.convert(source, LIMITS)
+    assert first.mime == second.mime == "image/jpeg"
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["heif_unavailable"]
+
+
+def test_a_failure_outside_the_decoder_is_a_reason_not_an_exception(tmp_path: Path) -> None:
+    """Whatever breaks inside a conversion (here a fallback that raises), `convert` returns a
+    reason: the picture is skipped, its message and chat go on."""
+
+    def broken(_path: Path, _px: int) -> bytes | None:
+        raise RuntimeError("boom")
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a picture")
+    with capture_logs() as logs:
+        assert conversion.convert(bad, LIMITS, broken).reason == "unreadable"
+    assert [e["event"] for e in logs] == ["picture_conversion_failed"]
