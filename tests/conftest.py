@@ -114,19 +114,34 @@ def no_picture_wait(relay: Relay) -> None:
     relay.photos = relay.delivery.photos = Photos(no_wait, relay.chatdb, relay.store, relay.backend)
 
 
+# The top-level fields of every `/edge/sync` request (the backend's protocol, both dialects).
+SYNC_REQUEST_FIELDS = {
+    "edge_agent_id",
+    "version",
+    "capabilities",
+    "events",
+    "status",
+    "last_sync",
+    "last_command_id",
+    "stats",
+}
+
+
 @pytest.fixture
 def make_relay(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Relay]]:
     """Relays built in-process from `env` plus overrides, each re-reading its secret from the
-    same settings (as SIGHUP does); all closed at the end."""
+    same settings (as SIGHUP does), optionally with a stand-in `send` for Messages.app; a second
+    call on the same state is a restart. All closed at the end."""
     made: list[Relay] = []
 
-    def make(**overrides: str) -> Relay:
+    def make(*, send: Callable[..., Any] | None = None, **overrides: str) -> Relay:
         settings = config.load(environ={**env, **overrides}, cwd=tmp_path)
         relay = Relay(
             settings,
             ChatDb(settings.chat_db),
             open_store(settings.state_dir),
             reload_secret=lambda: config.load(environ={**env, **overrides}).secret,
+            **({"send": send} if send is not None else {}),
         )
         made.append(relay)
         return relay

@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog.testing
-from conftest import ALICE, BOB, FakeOsascript, RelayProcess, run_cli, wait_until
+from conftest import (
+    ALICE,
+    BOB,
+    SYNC_REQUEST_FIELDS,
+    FakeOsascript,
+    RelayProcess,
+    run_cli,
+    wait_until,
+)
 
-from archety_relay import config
 from archety_relay.backend import commands, rules
 from archety_relay.backend.commands import SendNow
-from archety_relay.chatdb.reader import ChatDb
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.errors import ChatDbUnavailable
 from archety_relay.macos.messages_app import SendResult
 from archety_relay.relay import Relay
-from archety_relay.store import open_store
 
 SYNC = "/edge/sync"
 MSG = "/orchestrator/message"
@@ -61,26 +66,9 @@ def sent(writer: MessagesWriter) -> Sent:
 
 
 @pytest.fixture
-def make(env: dict[str, str], tmp_path: Path, sent: Sent) -> Iterator[Callable[..., Relay]]:
+def make(make_relay: Callable[..., Relay], sent: Sent) -> Callable[..., Relay]:
     """A relay in this process, talking to the loopback backend; `make()` again = a restart."""
-    made: list[Relay] = []
-
-    def build(**overrides: str) -> Relay:
-        for old in made:
-            old.backend.close()
-            old.chatdb.close()
-            old.store.close()
-        made.clear()
-        settings = config.load(environ={**env, **overrides}, cwd=tmp_path)
-        relay = Relay(settings, ChatDb(settings.chat_db), open_store(settings.state_dir), send=sent)
-        made.append(relay)
-        return relay
-
-    yield build
-    for relay in made:
-        relay.backend.close()
-        relay.chatdb.close()
-        relay.store.close()
+    return lambda **overrides: make_relay(send=sent, **overrides)
 
 
 def answer(backend: StubBackend, *cmds: Any, **extra: Any) -> None:
@@ -123,16 +111,7 @@ def test_sync_request_has_the_integration_documents_fields(
     relay.sync_step(time.time())
     relay.sync_step(time.time())
     first, second = (r.body for r in backend.requests_to(SYNC))
-    assert set(first) == {
-        "edge_agent_id",
-        "version",
-        "capabilities",
-        "events",
-        "status",
-        "last_sync",
-        "last_command_id",
-        "stats",
-    }
+    assert set(first) == SYNC_REQUEST_FIELDS
     assert first["status"] == "active"
     assert {"schedule", "filter", "local_cache", "set_rule", "emit_event"} <= set(
         first["capabilities"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import (
     ALICE,
+    SYNC_REQUEST_FIELDS,
     RelayProcess,
     log_events,
     read_log,
@@ -37,16 +38,7 @@ def test_daemon_relays_a_new_message_and_stops_cleanly_on_sigterm(
     assert wait_until(lambda: len(backend.requests_to("/orchestrator/heartbeat")) >= 1)
     assert wait_until(lambda: len(backend.requests_to("/edge/sync")) >= 1)
     sync = backend.requests_to("/edge/sync")[0].body
-    assert set(sync) == {
-        "edge_agent_id",
-        "version",
-        "capabilities",
-        "events",
-        "status",
-        "last_sync",
-        "last_command_id",
-        "stats",
-    }
+    assert set(sync) == SYNC_REQUEST_FIELDS
     assert sync["status"] == "active"
     assert {"queue_depth", "dead_letters", "last_delivery_at", "uptime_s"} <= set(sync["stats"])
     rc, took = relay.terminate()

@@ -66,6 +66,20 @@ def write(
     writer.message(text, sender=ALICE, chat=chat, attachments=list(specs), guid="MSG-1", **kw)
 
 
+def two_pictures_queued(
+    writer: MessagesWriter, relay: Relay, store: Store, tmp_path: Path
+) -> QueuedItem:
+    """A message "two" with two JPEGs (AT-A, AT-B) on disk, captured and at the outbox's head."""
+    write(
+        writer,
+        relay,
+        "two",
+        photo_spec(picture(tmp_path / "a.jpeg"), "AT-A"),
+        photo_spec(picture(tmp_path / "b.jpeg"), "AT-B"),
+    )
+    return queued(relay, store)
+
+
 def entries(body: bytes | None) -> list[dict[str, Any]]:
     assert body is not None
     return json.loads(body)["attachments"]
@@ -252,14 +266,7 @@ def test_upload_5xx_is_retried_with_the_same_key_413_is_skipped(
 ) -> None:
     """A 503 makes the message wait like any delivery failure (its outcome comes back to the
     caller); the retry uploads with the same Idempotency-Key. A 413 skips only that picture."""
-    write(
-        writer,
-        relay,
-        "two",
-        photo_spec(picture(tmp_path / "a.jpeg"), "AT-A"),
-        photo_spec(picture(tmp_path / "b.jpeg"), "AT-B"),
-    )
-    item = queued(relay, store)
+    item = two_pictures_queued(writer, relay, store, tmp_path)
     backend.script("/photo/upload", Behaviour(503, headers={"Retry-After": "3"}))
     failed = photos.settle(item.message_guid, item.body, T0, T0)
     assert failed.kind == "failed" and failed.outcome is not None
@@ -283,14 +290,7 @@ def test_accepted_picture_not_uploaded_again_after_a_restart(
 ) -> None:
     """photo_id is stored when the backend gives it: a new process (fresh Photos) whose first
     attempt died after upload 1 of 2 uploads only the second picture, and posts both ids."""
-    write(
-        writer,
-        relay,
-        "two",
-        photo_spec(picture(tmp_path / "a.jpeg"), "AT-A"),
-        photo_spec(picture(tmp_path / "b.jpeg"), "AT-B"),
-    )
-    item = queued(relay, store)
+    item = two_pictures_queued(writer, relay, store, tmp_path)
     backend.script("/photo/upload", Behaviour(200), Behaviour(503))
     first = Photos(settings, relay.chatdb, store, relay.backend, fallback=None)
     assert first.settle(item.message_guid, item.body, T0, T0).kind == "failed"
