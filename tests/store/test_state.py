@@ -77,6 +77,50 @@ def test_heads_due_is_one_pass_not_a_subquery_per_pending_row(tmp_path: Path) ->
     store.close()
 
 
+def test_the_own_send_check_reads_only_recent_sends_of_its_chat(tmp_path: Path) -> None:
+    """Review 2026-12-04 #15: each own-account row chat.db gets was checked against every sent
+    row of the 30 days kept (20 ms at 100,000, under the store lock). The check now reads a
+    range of an index by status and time, and its work does not grow with older history; it
+    still finds the relay's echo however Messages spells the chat, and only in that chat."""
+    store = open_store(tmp_path)
+    now = 2_000_000_000.0
+    alice, bob = "iMessage;-;+15550000001", "iMessage;-;+15550000002"
+
+    def sent(chat: str, text: str, at: float) -> None:
+        (item_id,) = store.add_outgoing([NewOutgoing(chat, text, at, "reply")], at)
+        (item,) = [o for o in store.heads_due(at) if o.id == item_id]
+        store.finish(item, "sent", at, "message_sent", {})
+
+    sent(alice, "on my  way", now - 60)
+    assert store.is_own_send("any;-;+15550000001", "on my way", now - 600)
+    assert not store.is_own_send(bob, "on my way", now - 600)
+
+    def steps() -> int:
+        count = [0]
+
+        def tick() -> int:
+            count[0] += 1
+            return 0
+
+        store._conn.set_progress_handler(tick, 1)
+        try:
+            store.is_own_send(bob, "not sent", now - 600)
+        finally:
+            store._conn.set_progress_handler(None, 1)
+        return count[0]
+
+    before = steps()
+    store._conn.executemany(
+        "INSERT INTO outgoing (chat_guid, text, send_at, status, origin, created_at, updated_at) "
+        "VALUES (?, ?, ?, 'sent', 'reply', ?, ?)",
+        [(bob, f"old {i}", now - 86400 - i, now - 86400 - i, now - 86400 - i) for i in range(3000)],
+    )
+    assert steps() < before * 2  # 3,000 older sends cost (next to) nothing
+    plan = _plan_of(store, lambda: store.is_own_send(bob, "x", now - 600))
+    assert any("outgoing_status_updated" in step and "updated_at>" in step for step in plan), plan
+    store.close()
+
+
 def test_old_state_is_pruned_while_every_sync_fails(
     start_relay: Callable[..., RelayProcess],
     env: dict[str, str],

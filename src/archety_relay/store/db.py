@@ -84,6 +84,9 @@ CREATE TABLE IF NOT EXISTS outgoing (
 CREATE INDEX IF NOT EXISTS outgoing_status_due ON outgoing (status, send_at, id);
 CREATE INDEX IF NOT EXISTS outgoing_unsent_by_chat ON outgoing (chat_guid, send_at, id)
     WHERE status IN ('pending', 'sending');
+-- The own-send check (store.watch.is_own_send) looks at the last few minutes of sends; by
+-- outgoing_status_due it read every sent row of the 30 days kept, once per own-account row.
+CREATE INDEX IF NOT EXISTS outgoing_status_updated ON outgoing (status, updated_at);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,

@@ -17,6 +17,9 @@ from .db import Transactional
 
 # The persona's unread messages are watched for a read receipt this many at most.
 UNREAD_WATCH_LIMIT = 200
+# The own-send check compares at most this many of a chat's latest sends: the relay's echo
+# arrives seconds after its send, so it is always among them.
+OWN_SEND_SCAN_LIMIT = 200
 
 
 def insert_chat_event(db: sqlite3.Connection, event: ChatEvent, now: float) -> bool:
@@ -120,10 +123,14 @@ class WatchQueries(Transactional):
         by their last guid field (macOS 26 writes `any;-;+1555…` for `iMessage;-;+1555…`)."""
         wanted = (_chat_key(chat_guid), _words(text))
         with self._tx() as db:
+            # A range of outgoing_status_updated per status; only this chat's rows (LIKE
+            # narrows, the comparison below decides); the newest few.
             found = db.execute(
-                "SELECT chat_guid, text FROM outgoing WHERE status IN ('sending', 'sent') "
-                "AND updated_at >= ?",
-                (since,),
+                "SELECT chat_guid, text FROM outgoing "
+                "WHERE status IN ('sending', 'sent') AND updated_at >= ? "
+                "AND (chat_guid = ? OR chat_guid LIKE ? ESCAPE '\\') "
+                "ORDER BY updated_at DESC LIMIT ?",
+                (since, wanted[0], "%;" + _like_escaped(wanted[0]), OWN_SEND_SCAN_LIMIT),
             ).fetchall()
         return any((_chat_key(c), _words(t)) == wanted for c, t in found)
 
@@ -136,6 +143,10 @@ class WatchQueries(Transactional):
                 "AND date >= ?)",
                 (before_date, own_unread_before),
             ).rowcount
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _words(text: str) -> str:
