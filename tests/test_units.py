@@ -91,10 +91,13 @@ def test_repo_plist_is_valid_and_carries_no_secret() -> None:
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ThrottleInterval"] >= 10
-    assert plist["ProgramArguments"][1:] == ["-m", "archety_relay", "run"]
+    assert plist["ProgramArguments"][0].endswith(".app/Contents/MacOS/archety-relay")
+    assert plist["ProgramArguments"][2:] == ["-m", "archety_relay", "run"]
     assert all(Path(plist[k]).is_absolute() for k in ("StandardOutPath", "StandardErrorPath"))
     assert b"SECRET" not in raw.upper()
-    rendered = launchd.agent_plist("/x/python", Path("/s"), Path("/l"), {"PATH": "/usr/bin"})
+    rendered = launchd.agent_plist(
+        "/x/python", Path("/s"), Path("/l"), {"PATH": "/usr/bin"}, "/A.app", "com.archety.relay"
+    )
     assert set(rendered) == set(plist)
 
 

@@ -126,8 +126,10 @@ def test_install_service_dry_run_renders_this_installation(
     assert result.returncode == 0, result.stderr
     xml = "\n".join(ln for ln in result.stdout.splitlines() if not ln.startswith(("#", "$")))
     plist = plistlib.loads(xml.encode())
-    assert plist["ProgramArguments"][0] == str(Path(sys.executable).absolute())
-    assert plist["ProgramArguments"][1:] == ["-m", "archety_relay", "run"]
+    # The relay's app starts the venv's Python (issue #22; see tests/macos/test_app_identity.py).
+    assert plist["ProgramArguments"][0].endswith("/Archety Relay.app/Contents/MacOS/archety-relay")
+    assert plist["ProgramArguments"][1] == str(Path(sys.executable).absolute())
+    assert plist["ProgramArguments"][2:] == ["-m", "archety_relay", "run"]
     assert plist["KeepAlive"] == {"SuccessfulExit": False} and plist["RunAtLoad"] is True
     assert plist["EnvironmentVariables"]["EDGE_AGENT_ID"] == "mini-2"
     assert not any("SECRET" in k for k in plist["EnvironmentVariables"])

@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write and load the LaunchAgent for this installation (macOS)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plist and commands only")
+    p.add_argument(
+        "--identity",
+        choices=("app", "python"),
+        default="app",
+        help="what macOS grants Full Disk Access and Automation to: the relay's own app "
+        "'Archety Relay' (built here; needs the Command Line Tools), or the Python it runs",
+    )
     p.set_defaults(handler="service:cmd_install")
     p = sub.add_parser(
         "uninstall-service", parents=[common], help="stop and remove the LaunchAgent (macOS)"

@@ -29,17 +29,38 @@ NO_GUI_SESSION_HINT = (
 )
 
 
+# launchd.plist(5): Umask is "what value should be passed to umask(2) before running the job",
+# an integer in decimal: 63 = 0o077, so what the job creates is private to the user.
+UMASK = 0o077
+# A LaunchAgent starts without the login shell's locale; osascript and Python then fall back to
+# ASCII/C for argv and output (../shared/notes/macos.md, "Paper check": add LANG to the agent).
+LOCALE = "en_US.UTF-8"
+
+
 def agent_plist(
-    python: str, state_dir: Path, log_dir: Path, environment: dict[str, str] | None = None
+    python: str,
+    state_dir: Path,
+    log_dir: Path,
+    environment: dict[str, str] | None = None,
+    launcher: str | None = None,
+    bundle_id: str | None = None,
 ) -> dict[str, Any]:
-    """The agent for this installation. `python` is the venv's interpreter (it finds our package);
-    Full Disk Access is granted to the image behind it, which macOS checks (see doctor)."""
-    env = {"PYTHONUNBUFFERED": "1", **(environment or {})}
+    """The agent for this installation. `python` is the venv's interpreter (it finds our
+    package). With `launcher` (the executable of the relay's app, see app_bundle) launchd starts
+    that, and it spawns `python` as its child: macOS then attributes Full Disk Access and
+    Automation to the app (`bundle_id`), not to Python.app."""
+    env = {"PYTHONUNBUFFERED": "1", "LANG": LOCALE, **(environment or {})}
     if any("SECRET" in key.upper() for key in env):
         raise ValueError("the LaunchAgent plist must never carry the secret")
-    return {
+    plist: dict[str, Any] = {
         "Label": LABEL,
-        "ProgramArguments": [python, "-m", "archety_relay", "run"],
+        "ProgramArguments": [
+            *([launcher] if launcher else []),
+            python,
+            "-m",
+            "archety_relay",
+            "run",
+        ],
         "WorkingDirectory": str(state_dir),
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
@@ -49,10 +70,18 @@ def agent_plist(
         "ProcessType": "Interactive",
         # Messages, Automation and the login keychain exist only in the user's GUI session.
         "LimitLoadToSessionType": "Aqua",
+        # launchd.{out,err}.log and anything else the job creates: 0600, not launchd's 0644
+        # (review 2026-12-04, "Log directory mode").
+        "Umask": UMASK,
         "StandardOutPath": str(log_dir / "launchd.out.log"),
         "StandardErrorPath": str(log_dir / "launchd.err.log"),
         "EnvironmentVariables": env,
     }
+    if bundle_id:
+        # Login Items (macOS 13+) then lists the agent under the app's name (BlueBubbles does
+        # the same), not as an unknown item.
+        plist["AssociatedBundleIdentifiers"] = [bundle_id]
+    return plist
 
 
 def render(plist: dict[str, Any]) -> bytes:

@@ -18,7 +18,14 @@ from ... import config
 from ...errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from .automation import automation_check
 from .data import chatdb_check, state_check, wal_check
-from .install import agent_settings_check, launchagent_check, log_check, python_check
+from .install import (
+    agent_settings_check,
+    identity_check,
+    launchagent_check,
+    log_check,
+    python_check,
+    relay_identity,
+)
 from .network import backend_check, dns_check, url_check
 from .result import FDA_LOCATION, Check
 
@@ -77,8 +84,9 @@ def run_checks(
         else:
             checks.append(Check("configuration", False, exc.message, "", EXIT_CONFIG))
     has_secret = bool(settings.secret.reveal())
+    who = relay_identity(home or Path.home())
     for check in (
-        python_check(),
+        python_check(who),
         url_check(settings),
         dns_check(settings),
         backend_check(settings)
@@ -90,12 +98,13 @@ def run_checks(
             "archety-relay set-secret",
             EXIT_CONFIG,
         ),
-        chatdb_check(settings),
-        wal_check(settings),
+        chatdb_check(settings, who),
+        wal_check(settings, who),
         state_check(settings),
+        identity_check(who, home or Path.home()),
         launchagent_check(home or Path.home()),
         agent_settings_check(settings, home or Path.home()),
-        automation_check(settings),
+        automation_check(settings, who),
         log_check(settings),
     ):
         checks.append(check)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from ... import macos
 from ...config import Settings
 from ...macos import automation, messages_app
+from ...macos.identity import Identity
 from .result import Check
 
 
-def automation_check(settings: Settings, platform: str | None = None) -> Check:
+def automation_check(
+    settings: Settings, who: Identity | None = None, platform: str | None = None
+) -> Check:
     if not macos.is_macos(platform):
         return Check("Messages automation", True, "skipped (not macOS)", skipped=True)
     if not settings.send_enabled:
@@ -19,15 +22,14 @@ def automation_check(settings: Settings, platform: str | None = None) -> Check:
     # Terminal's answer.
     found = automation.read(settings.state_dir)
     if found is not None:
-        who = f"the relay (pid {found.get('pid')}) found at {found.get('checked_at')}"
+        by = f"the relay (pid {found.get('pid')}) found at {found.get('checked_at')}"
         if found.get("ok"):
-            return Check("Messages automation", True, f"{who}: allowed (count of accounts)")
+            return Check("Messages automation", True, f"{by}: allowed (count of accounts)")
         return Check(
             "Messages automation",
             False,
-            f"{who}: {found.get('error') or 'not allowed'}",
-            messages_app.AUTOMATION_HINT
-            + "; the first send asks on the Mac's screen: answer it once (Screen Sharing)",
+            f"{by}: {found.get('error') or 'not allowed'}",
+            who.automation_hint() if who is not None else messages_app.AUTOMATION_HINT,
             1,
         )
     result = messages_app.automation_allowed()
@@ -38,6 +40,6 @@ def automation_check(settings: Settings, platform: str | None = None) -> Check:
         "Messages automation",
         False,
         f"{result.error or 'not allowed'} ({here})",
-        messages_app.AUTOMATION_HINT,
+        who.automation_hint() if who is not None else messages_app.AUTOMATION_HINT,
         1,
     )

@@ -13,15 +13,22 @@ from ...errors import (
     RelayError,
 )
 from ...macos import interpreter
+from ...macos.identity import Identity
 from ...store import OUTBOX_FILE, open_store
 from .result import FDA_LOCATION, Check
 
 
-def chatdb_check(settings: Settings) -> Check:
-    fix = (
+def _fda_fix(who: Identity | None) -> str:
+    if who is not None:
+        return who.fda_hint() + " (⇧⌘G to type the path)"
+    return (
         f"grant Full Disk Access to {interpreter.real_interpreter()} in {FDA_LOCATION} "
         "(⇧⌘G to type the path), then restart the relay"
     )
+
+
+def chatdb_check(settings: Settings, who: Identity | None = None) -> Check:
+    fix = _fda_fix(who)
     try:
         with ChatDb(settings.chat_db) as chatdb:
             top = chatdb.max_rowid()
@@ -34,7 +41,7 @@ def chatdb_check(settings: Settings) -> Check:
     return Check("chat.db readable", True, f"{settings.chat_db} (MAX(ROWID) {top})")
 
 
-def wal_check(settings: Settings) -> Check:
+def wal_check(settings: Settings, who: Identity | None = None) -> Check:
     wal = Path(str(settings.chat_db) + "-wal")
     if not wal.exists():
         return Check("chat.db WAL", True, "no WAL right now (checkpointed)")
@@ -46,7 +53,7 @@ def wal_check(settings: Settings) -> Check:
             "chat.db WAL",
             False,
             f"{wal} cannot be read: {exc}",
-            f"grant Full Disk Access to {interpreter.real_interpreter()}",
+            _fda_fix(who),
             EXIT_CHATDB,
         )
     return Check("chat.db WAL", True, f"{wal} readable ({wal.stat().st_size} bytes)")

@@ -14,21 +14,58 @@ from ...errors import (
     EXIT_STATE,
     ConfigError,
 )
-from ...macos import interpreter, launchd
+from ...macos import app_bundle, identity, interpreter, launchd
 from .result import Check
 
 
-def python_check() -> Check:
+def relay_identity(home: Path) -> identity.Identity:
+    """What macOS grants for the relay: the installed LaunchAgent's identity (its app, or the
+    Python it starts), else this Python's."""
+    fallback = interpreter.real_interpreter()
+    return identity.installed(home, fallback) or identity.of_python(fallback)
+
+
+def python_check(who: identity.Identity | None = None) -> Check:
     version = (sys.version_info[0], sys.version_info[1])
     image = interpreter.running_image()
     problem = interpreter.python_problem(version)
     if problem is not None:
         return Check("Python", False, problem, interpreter.PYTHON_ORG_HINT, EXIT_CONFIG)
-    detail = f"{version[0]}.{version[1]} running {image}; Full Disk Access goes to {interpreter.real_interpreter()}"
+    grant = who.grant if who is not None else interpreter.real_interpreter()
+    detail = f"{version[0]}.{version[1]} running {image}; Full Disk Access goes to {grant}"
     advice = interpreter.python_advice(image)
     if advice:
         detail += f" (note: {advice}; {interpreter.RECOMMENDED} keeps its grants)"
     return Check("Python", True, detail)
+
+
+def identity_check(who: identity.Identity, home: Path) -> Check:
+    """The identity macOS asks about, and whether the app the LaunchAgent starts is there."""
+    name = "app identity"
+    if not launchd.agent_path(home).exists() and not macos.IS_MACOS:
+        return Check(name, True, "skipped (not macOS, no LaunchAgent)", skipped=True)
+    if who.kind == identity.PYTHON:
+        return Check(
+            name,
+            True,
+            f"{who.name} ({who.bundle_id}, {who.grant}): it has no "
+            "NSAppleEventsUsageDescription, so Automation may be denied without a prompt",
+            "archety-relay install-service (its own app 'Archety Relay' is the default)",
+        )
+    app = Path(who.grant)
+    try:
+        info = plistlib.loads((app / "Contents" / "Info.plist").read_bytes())
+    except (OSError, ValueError):
+        info = {}
+    if not app_bundle.executable(app).is_file() or info.get("CFBundleIdentifier") != who.bundle_id:
+        return Check(
+            name,
+            False,
+            f"the LaunchAgent starts {app_bundle.executable(app)}, which is missing or damaged",
+            "archety-relay install-service (builds it again)",
+            1,
+        )
+    return Check(name, True, f"{who.name} ({who.bundle_id}) at {app}: grants go to it")
 
 
 def launchagent_check(home: Path) -> Check:

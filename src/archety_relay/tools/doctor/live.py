@@ -25,6 +25,7 @@ from ...chatdb.reader import ChatDb
 from ...errors import RelayError
 from ...macos import automation, interpreter, launchd, messages_app
 from ...model import utc_iso
+from .install import relay_identity
 
 Line = tuple[str, str]
 # After a file event the commit becomes visible a moment later: look again quickly this long.
@@ -50,7 +51,13 @@ def report(
     add("macOS", _first_line(["sw_vers", "-productVersion"], platform))
     image = interpreter.running_image(platform=platform)
     add("python", f"{sys.version.split()[0]} running {image}")
-    add("FDA target", interpreter.fda_target(image))
+    add("FDA target", interpreter.fda_target(image) + " (this shell's Python)")
+    who = relay_identity(Path.home())
+    add(
+        "identity",
+        f"the relay runs as {who.name} ({who.bundle_id}): Full Disk Access > {who.grant}; "
+        f"Automation > {who.name} > Messages",
+    )
     try:
         with ChatDb(settings.chat_db) as chatdb:
             top = chatdb.max_rowid()
