@@ -119,6 +119,12 @@ CASES = {
         "each command id answered by exactly one event; good ones complete once; syncs go on; "
         "messages keep flowing",
     ),
+    "test_quick_edits_are_never_taken_for_the_original": (
+        "28. Quick edits",
+        "20 messages, each edited 0–40 ms after it was written, while the daemon runs",
+        "every edited text reaches the backend, in the message (edited before capture read it) "
+        "or in one `message_edited` event (edited after); none taken for the original",
+    ),
 }
 STEP_CASES = [
     (
@@ -208,7 +214,15 @@ def main() -> int:
     env = {**os.environ, "ARCHETY_RELIABILITY_OUT": str(out)}
     started = datetime.now(timezone.utc)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/delivery/test_faults.py",
+        ],
         cwd=ROOT,
         env=env,
     )
@@ -221,8 +235,9 @@ def main() -> int:
         "",
         "Every fault below is injected for real: a loopback backend that misbehaves on command,",
         "the relay in a subprocess as launchd runs it, a chat.db written the way Messages.app",
-        "writes it. Each row is a test in `tests/test_faults.py` (or the steps-level tests named)",
-        "that passes in CI; the figures come from one run of `scripts/reliability_report.py`.",
+        "writes it. Each row is a test in `tests/delivery/test_faults.py` (or the steps-level",
+        "tests named) that passes in CI; the figures come from one run of",
+        "`scripts/reliability_report.py`.",
         "",
         f"Run: {started:%Y-%m-%d %H:%M} UTC on {platform.system()} {platform.machine()}, "
         f"Python {platform.python_version()}, {os.cpu_count()} cores; "

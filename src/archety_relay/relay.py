@@ -60,7 +60,7 @@ class Relay:
         self.inbound.notify = lambda: self.outbound.notify()
         self.capture = Capture(settings, chatdb, store, self.inbound.admit)
         self.chatdb_ok = True
-        self.changes = Changes(chatdb, store)
+        self.changes = Changes(chatdb, store, lambda: self.capture.captured_to)
         self.lanes = Lanes(
             max_in_flight=settings.max_in_flight,
             max_backoff=settings.max_backoff,

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALICE, BOB, relay_life, run_cli, wait_until
+from conftest import ALICE, BOB, relay_life, run_cli
 
 from archety_relay.chatdb.reader import ChatDb
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.relay import Relay
-from archety_relay.store import open_store
 
 
 def look(relay: Relay) -> None:
@@ -63,6 +62,48 @@ def test_edit_with_null_text_reports_new_and_previous_text(
     assert event["details"]["previous_text"] == "see you at 7pm"
     assert event["details"]["edited_at"].endswith("+00:00")
     assert event["event_id"] and event["timestamp"]
+
+
+def test_an_edit_made_between_capture_and_the_first_look_is_reported(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """The quick-edit race: the row is captured (and posted) as first written, then edited
+    before the change watch has looked at it. The watch compares with what was captured, so
+    the edit is one `message_edited` event, not taken for the original."""
+    chat = writer.direct_chat(ALICE)
+    look(relay)
+    rowid = writer.message("meet at the station", sender=ALICE, chat=chat)
+    now = time.time()
+    relay.capture_step(now)
+    writer.edit(rowid, "meet at the bridge")
+    relay.changes_step(now)
+    relay.deliver_step(time.monotonic())
+    assert [m.body["text"] for m in backend.messages()] == ["meet at the station"]
+    [event] = of_type(synced(relay, backend), "message_edited")
+    assert event["message_guid"] == writer.guid_of(rowid)
+    assert event["details"]["text"] == "meet at the bridge"
+    assert event["details"]["previous_text"] == "meet at the station"
+
+
+def test_a_row_edited_before_capture_is_posted_edited_with_no_event(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Edited before the relay read it at all: the message itself carries the new text, and
+    no `message_edited` repeats it, even when the watch looked at the row before capture
+    did (a row held for its chat join)."""
+    chat = writer.direct_chat(ALICE)
+    look(relay)
+    rowid = writer.message("on my way", sender=ALICE, chat=chat, join_chat=False)
+    now = time.time()
+    relay.capture_step(now)  # held: no chat join yet
+    relay.changes_step(now)
+    writer.edit(rowid, "on my way, 5 min")
+    writer.join(rowid, chat)
+    look(relay)
+    look(relay)
+    relay.deliver_step(time.monotonic())
+    assert [m.body["text"] for m in backend.messages()] == ["on my way, 5 min"]
+    assert of_type(synced(relay, backend), "message_edited") == []
 
 
 def test_previous_text_comes_from_apples_edit_history(
@@ -193,12 +234,8 @@ def test_daemon_syncs_soon_after_an_edit_instead_of_waiting_for_the_interval(
     relay = start_relay({"ARCHETY_SYNC_INTERVAL": "3600"})
     assert backend.wait_for(lambda b: len(b.requests_to("/edge/sync")) >= 1, 10)
     rowid = writer.message("at 7pm", sender=ALICE, chat=chat)
-    (posted,) = backend.wait_for_messages(1)
-    # A person edits seconds later; wait until the relay has looked at the row once (its
-    # first fingerprint), as it does right after capturing it, before editing.
-    guid = posted.body["message_guid"]
-    assert wait_until(lambda: guid in _watched(Path(relay.env["ARCHETY_STATE_DIR"]), guid), 10)
-    writer.edit(rowid, "at 8pm")
+    assert backend.wait_for_messages(1)
+    writer.edit(rowid, "at 8pm")  # at once: the row's first fingerprint came with its capture
     assert backend.wait_for(lambda b: bool(of_type(b.sync_events(), "message_edited")), 10)
     relay.terminate()
     [event] = of_type(backend.sync_events(), "message_edited")
@@ -251,11 +288,3 @@ def test_partial_unsend_names_the_part_and_is_not_fully_unsent(
     [event] = of_type(synced(relay, backend), "message_unsent")
     assert event["details"]["parts"] == [1]
     assert event["details"]["fully_unsent"] is False
-
-
-def _watched(state_dir: Path, guid: str) -> set[str]:
-    store = open_store(state_dir)
-    try:
-        return set(store.watched([guid]))
-    finally:
-        store.close()

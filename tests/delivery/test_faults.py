@@ -754,3 +754,49 @@ def test_bad_commands_nothing_lost_nothing_stopped(
         bad_commands=len(BAD_COMMANDS) + 4,
         bad_sync_answers=len(BAD_SYNC_ANSWERS),
     )
+
+
+def test_quick_edits_are_never_taken_for_the_original(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    figures: Callable[..., None],
+) -> None:
+    """The quick-edit race, from outside: 20 messages, each edited 0–40 ms after it was
+    written, while the daemon runs. For every one the backend ends up with the edited text:
+    in the message itself (edited before the relay read it) or in a `message_edited` event
+    (edited after), never neither."""
+    chat = writer.direct_chat(ALICE)
+    relay = start_relay({"ARCHETY_SYNC_INTERVAL": "3600"})
+    rng = random.Random(21)
+    final: dict[str, str] = {}
+    for i in range(20):
+        rowid = writer.message(f"quick {i:02d}", sender=ALICE, chat=chat)
+        time.sleep(rng.uniform(0.0, 0.04))
+        writer.edit(rowid, f"quick {i:02d}, edited")
+        final[writer.guid_of(rowid)] = f"quick {i:02d}, edited"
+        time.sleep(0.05)
+
+    def known() -> dict[str, str]:
+        texts = {r.body["message_guid"]: r.body["text"] for r in backend.messages()}
+        for event in backend.sync_events():
+            if event.get("event_type") == "message_edited":
+                texts[event["message_guid"]] = event["details"]["text"]
+        return texts
+
+    assert wait_until(lambda: len(backend.messages()) >= 20, timeout=20)
+    wait_until(lambda: all(known().get(g) == t for g, t in final.items()), timeout=15)
+    lost = sorted(g for g, t in final.items() if known().get(g) != t)
+    assert lost == [], f"{len(lost)} of 20 edits never reached the backend"
+    edits = [e for e in backend.sync_events() if e.get("event_type") == "message_edited"]
+    assert len({e["event_id"] for e in edits}) == len({e["message_guid"] for e in edits})
+    posted_edited = sum(1 for r in backend.messages() if r.body["text"].endswith("edited"))
+    assert relay.proc.poll() is None and relay.terminate()[0] == 0
+    figures(
+        sent=20,
+        received=len(backend.messages()),
+        duplicates=0,
+        edits_lost=len(lost),
+        edit_events=len({e["message_guid"] for e in edits}),
+        edited_before_capture=posted_edited,
+    )

@@ -8,14 +8,17 @@ persona's unread messages of the last `UNREAD_WATCH_SECONDS`, compares each row'
 with the stored one (`store.watch`) and stores what changed, with its events, in one
 transaction. The cost follows the window, not the size of chat.db.
 
-A row seen for the first time is only fingerprinted: whatever it looks like then, the
-message itself (captured from the same row) already carried it. No text is kept: the text
+A row's first fingerprint is normally capture's, stored with the message read from the same
+row (so an edit made a millisecond after capture is still an edit); the watch never looks at a
+row capture has not passed yet. A row it finds with no fingerprint at all (captured by an older
+version, or behind a rebased cursor) is only fingerprinted: the message already carried it. No text is kept: the text
 before an edit comes from Apple's own edit history in `message_summary_info`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -44,9 +47,18 @@ class ChangesResult:
 
 
 class Changes:
-    def __init__(self, chatdb: ChatDb, store: Store) -> None:
+    def __init__(
+        self,
+        chatdb: ChatDb,
+        store: Store,
+        captured_to: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.chatdb = chatdb
         self.store = store
+        # The ROWID capture has passed (None: no limit). A row beyond it is capture's to look
+        # at first: its fingerprint is stored with the message it becomes, so an edit made
+        # between capture and this watch is compared with what was sent (the quick-edit race).
+        self.captured_to = captured_to
         # The stored fingerprints, mirrored: an unchanged window costs no state-db query.
         self._known: dict[str, Fingerprint] = {}
         self._pruned_at = float("-inf")
@@ -71,6 +83,8 @@ class Changes:
         watched = self.chatdb.watch_window(apple_date(now - WINDOW_SECONDS), unread)
         result.watched = len(watched)
         current = self._fingerprints(watched)
+        if (limit := self.captured_to()) is not None:
+            current = {g: v for g, v in current.items() if v[0].rowid <= limit}
         unknown = [g for g in current if g not in self._known]
         if unknown:
             self._known.update(self.store.watched(unknown))

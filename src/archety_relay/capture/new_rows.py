@@ -18,10 +18,11 @@ from ..chatdb import rows
 from ..chatdb.reader import ChatDb
 from ..config import Settings
 from ..errors import RelayError
-from ..model import Message, Skipped
+from ..model import Fingerprint, Message, Skipped
 from ..store import Cursor, Store
 from . import events
 from .arrivals import Arrivals
+from .changes import WINDOW_SECONDS
 from .placement import Placement
 
 log = structlog.get_logger("archety_relay.capture")
@@ -61,6 +62,9 @@ class Capture:
         self._held_since: dict[int, float] = {}
         self.arrivals = Arrivals(chatdb, store, settings.max_message_age)
         self.placement = Placement(chatdb, store, settings.max_message_age)
+        # The ROWID capture has passed: the change watch takes no first look beyond it, so the
+        # first fingerprint of a row is the one capture stored with its message (None: not yet).
+        self.captured_to: int | None = None
 
     def step(self, now: float) -> CaptureResult:
         """Move every new chat.db row into the outbox (or past it, with a reason)."""
@@ -81,6 +85,7 @@ class Capture:
             self.arrivals.note_batch(batch, now)
             items: list[tuple[str, int, bytes]] = []
             found: list[events.ChatEvent] = []
+            fingerprints: list[Fingerprint] = []
             skipped = result.skipped.copy()
             last, last_row = cursor.rowid, None
             for raw in batch:
@@ -101,18 +106,21 @@ class Capture:
                     if (date := rows.unix_time(raw.date)) is not None:
                         result.dates.append(date)
                     _log_captured(outcome[0])
+                if (fp := _fingerprint(raw, now)) is not None:
+                    fingerprints.append(fp)
                 last, last_row = raw.rowid, raw
             if last_row is not None:
                 cursor = Cursor(last, cursor.fingerprint, last_row.guid, last_row.date)
                 backfilled = result.skipped["backfill"] - skipped["backfill"]
                 result.enqueued += self.store.enqueue(
-                    items, cursor, time.time(), found, {"backfill": backfilled}
+                    items, cursor, time.time(), found, {"backfill": backfilled}, fingerprints
                 )
                 result.events += len(found)
                 for rowid in [r for r in self._held_since if r <= last]:
                     del self._held_since[rowid]
             if result.holding or len(batch) < READ_BATCH:
                 break
+        self.captured_to = cursor.rowid
         return result
 
     def _rebased(self, result: CaptureResult) -> None:
@@ -227,6 +235,18 @@ class Capture:
         if first_seen > now:  # the clock went backwards: start the wait again
             self._held_since[rowid] = first_seen = now
         return round(now - first_seen, 2)
+
+
+def _fingerprint(raw: rows.RawMessage, now: float) -> Fingerprint | None:
+    """The row's fingerprint as capture read it, for rows the change watch will look at (its
+    recent window); None for the others, or for a row too odd to fingerprint (the watch warns
+    about that one at its own look)."""
+    if raw.watch is None or raw.date is None or raw.date < rows.apple_date(now - WINDOW_SECONDS):
+        return None
+    try:
+        return events.fingerprint(raw.watch)
+    except Exception:
+        return None
 
 
 def _log_captured(message: Message) -> None:

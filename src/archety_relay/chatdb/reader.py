@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ChatDbUnavailable
 from . import typedstream
@@ -59,6 +60,11 @@ _EXTRA_COLUMNS = (
     "thread_originator_part",
     "balloon_bundle_id",
     "is_read",
+    # The change watch's columns (see _WATCH_COLUMNS), so capture fingerprints the row it read.
+    "date_edited",
+    "is_empty",
+    "message_summary_info",
+    "date_read",
 )
 _MESSAGES_SQL = """
 SELECT m.ROWID, m.guid, m.text, m.attributedBody, h.id, m.service, m.is_from_me, m.item_type,
@@ -501,6 +507,20 @@ def _participants(people: list[tuple]) -> dict[int, tuple[str, ...]]:
     return {chat_id: tuple(handles) for chat_id, handles in found.items()}
 
 
+def _watched(
+    rowid: int, guid: Any, date: Any, is_from_me: Any, item_type: Any, assoc: Any, extra: list[Any]
+) -> WatchedRow | None:
+    """The row as the change watch reads it (`watch_window`): the same raw values, so capture's
+    fingerprint and the watch's agree, damaged columns included. None for rows the watch never
+    looks at (its WHERE: ordinary items, associated type 0/2/3, a text guid)."""
+    if not isinstance(guid, str) or item_type != 0 or assoc not in (0, 2, 3):
+        return None
+    date_edited, is_empty, summary, date_read = extra[8:12]
+    return WatchedRow(
+        rowid, guid, date, is_from_me, date_edited, is_empty, summary, extra[7], date_read
+    )
+
+
 def _assemble(
     rows: list[tuple], chats: list[tuple], people: list[tuple], files: list[tuple]
 ) -> list[RawMessage]:
@@ -545,6 +565,7 @@ def _assemble(
             thread_originator_part=_str(extra[5]),
             balloon_bundle_id=_str(extra[6]),
             is_read=_int(extra[7]),
+            watch=_watched(rowid, guid, date, is_from_me, item_type, assoc, extra),
         )
         for rowid, guid, text, body, sender, service, is_from_me, item_type, assoc, date, other, *extra in rows
     ]

@@ -72,6 +72,9 @@ class RawMessage:
     thread_originator_part: str | None = None
     balloon_bundle_id: str | None = None
     is_read: int | None = None
+    # The columns the change watch compares, as read with the row (None: a row it never
+    # watches): capture stores their fingerprint with the message, see capture.changes.
+    watch: WatchedRow | None = None
 
 
 class WatchedRow(NamedTuple):

@@ -11,10 +11,10 @@ import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..model import ChatEvent
+from ..model import ChatEvent, Fingerprint
 from .db import Transactional
 from .outgoing import NewOutgoing, insert_outgoing
-from .watch import add_counts, insert_chat_event
+from .watch import add_counts, insert_chat_event, write_fingerprint
 
 # Delivered guids are remembered this long so an iCloud re-insert is not sent again.
 DELIVERED_MEMORY_SECONDS = 7 * 86400
@@ -78,12 +78,14 @@ class OutboxQueries(Transactional):
         now: float,
         events: Sequence[ChatEvent] = (),
         counts: Mapping[str, int] | None = None,
+        fingerprints: Sequence[Fingerprint] = (),
     ) -> int:
         """Store (guid, rowid, body) items and move the cursor, atomically. Returns how many were new.
 
         `cursor=None` (a backfill of rows behind the cursor) leaves the cursor where it is.
         The conversation events and skip counts of the same rows are stored in the same
-        transaction, so a crash never reports one twice or loses it.
+        transaction, so a crash never reports one twice or loses it; so are the rows'
+        fingerprints as read, what the change watch compares its first look with.
         """
         added = 0
         with self._tx() as db:
@@ -98,6 +100,8 @@ class OutboxQueries(Transactional):
             for event in events:
                 insert_chat_event(db, event, now)
             add_counts(db, counts or {})
+            for fp in fingerprints:
+                write_fingerprint(db, fp)
             if cursor is not None:
                 _write_cursor(db, cursor, now)
         return added

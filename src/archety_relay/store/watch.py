@@ -4,6 +4,10 @@ A fingerprint is stored in the same transaction as the events its change produce
 either loses both (the change is found again on the next look) or keeps both (never reported
 twice). Event ids are deterministic as well (`events.ChatEvent.event_id`): the same change can
 only be stored once while the backend has not acknowledged it.
+
+A row's first fingerprint is written by capture, in the transaction that queues the message
+read from that same row (`outbox.enqueue`): an edit made a moment after capture is then compared
+with what was sent, never taken for the original.
 """
 
 from __future__ import annotations
@@ -47,6 +51,28 @@ def add_counts(db: sqlite3.Connection, counts: Mapping[str, int]) -> None:
                 "SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT)",
                 (f"count_{name}", str(n), n),
             )
+
+
+def write_fingerprint(db: sqlite3.Connection, fp: Fingerprint) -> None:
+    """Store a row's fingerprint: what the next look at the row is compared with."""
+    db.execute(
+        "INSERT INTO watched (guid, rowid, date, from_me, date_edited, unsent, "
+        "is_empty, read_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (guid) DO UPDATE SET rowid = excluded.rowid, "
+        "date = excluded.date, from_me = excluded.from_me, "
+        "date_edited = excluded.date_edited, unsent = excluded.unsent, "
+        "is_empty = excluded.is_empty, read_at = excluded.read_at",
+        (
+            fp.guid,
+            fp.rowid,
+            fp.date,
+            int(fp.from_me),
+            fp.date_edited,
+            ",".join(map(str, fp.unsent)),
+            int(fp.is_empty),
+            fp.read_at,
+        ),
+    )
 
 
 def _fingerprint(row: tuple) -> Fingerprint:
@@ -96,24 +122,7 @@ class WatchQueries(Transactional):
         added = 0
         with self._tx() as db:
             for fp in fingerprints:
-                db.execute(
-                    "INSERT INTO watched (guid, rowid, date, from_me, date_edited, unsent, "
-                    "is_empty, read_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (guid) DO UPDATE SET rowid = excluded.rowid, "
-                    "date = excluded.date, from_me = excluded.from_me, "
-                    "date_edited = excluded.date_edited, unsent = excluded.unsent, "
-                    "is_empty = excluded.is_empty, read_at = excluded.read_at",
-                    (
-                        fp.guid,
-                        fp.rowid,
-                        fp.date,
-                        int(fp.from_me),
-                        fp.date_edited,
-                        ",".join(map(str, fp.unsent)),
-                        int(fp.is_empty),
-                        fp.read_at,
-                    ),
-                )
+                write_fingerprint(db, fp)
             added = sum(insert_chat_event(db, e, now) for e in events)
         return added
 
