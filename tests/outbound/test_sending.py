@@ -115,6 +115,57 @@ def test_a_timed_out_send_is_looked_up_before_it_is_tried_again(
     assert [e["command_id"] for e in _events(relay, "message_sent")] == ["s5"]
 
 
+def test_a_repeated_bubble_is_confirmed_only_by_a_row_of_its_own(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 2026-12-04 #6: two bubbles "ok", "ok"; Messages records the first, the second
+    "succeeds" in osascript but writes nothing. The first bubble's row no longer confirms the
+    second: it is message_failed (not_recorded), and no Apple guid is reported twice."""
+    chat = writer.direct_chat(ALICE)
+    relay.outbound.confirm_seconds = 0.2
+    relay.outbound.execute(SendNow("ok-1", f"iMessage;-;{ALICE}", "ok"), 100.0)
+    relay.outbound.execute(SendNow("ok-2", f"iMessage;-;{ALICE}", "ok"), 100.0)
+    relay.outbound.dispatch_step(100.0)
+    monkeypatch.setenv("FAKE_OSASCRIPT_MODE", "silent")
+    relay.outbound.dispatch_step(110.0)
+    assert osascript.sent() == [(f"iMessage;-;{ALICE}", "ok")] * 2
+    assert _sent_rows(writer, chat) == 1
+    (sent,) = _events(relay, "message_sent")
+    assert sent["command_id"] == "ok-1" and sent["message_guid"]
+    (failed,) = _events(relay, "message_failed")
+    assert failed["command_id"] == "ok-2"
+    assert failed["details"]["error"].startswith("not_recorded")
+
+
+def test_a_repeated_bubble_that_timed_out_is_tried_again_not_taken_for_the_first(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 2026-12-04 #6: the second "ok" times out without Messages writing anything. Before
+    the retry, the look-up in chat.db must not take the first bubble's row for it: the retry is
+    made, and each bubble is reported with the guid of its own row."""
+    chat = writer.direct_chat(ALICE)
+    outbound = Outbound(
+        relay.settings,
+        relay.store,
+        relay.chatdb,
+        send=lambda target, text: messages_app.send(target, text, timeout=1.0),
+    )
+    outbound.execute(SendNow("ok-1", f"iMessage;-;{ALICE}", "ok"), 100.0)
+    outbound.execute(SendNow("ok-2", f"iMessage;-;{ALICE}", "ok"), 100.0)
+    outbound.dispatch_step(100.0)
+    monkeypatch.setenv("FAKE_OSASCRIPT_MODE", "silent")
+    monkeypatch.setenv("FAKE_OSASCRIPT_SLEEP_AFTER", "5")
+    outbound.dispatch_step(110.0)  # times out, retryable
+    monkeypatch.delenv("FAKE_OSASCRIPT_MODE")
+    monkeypatch.delenv("FAKE_OSASCRIPT_SLEEP_AFTER")
+    outbound.dispatch_step(130.0)
+    assert len(osascript.calls()) == 3
+    assert _sent_rows(writer, chat) == 2
+    sent = _events(relay, "message_sent")
+    assert [e["command_id"] for e in sent] == ["ok-1", "ok-2"]
+    assert len({e["message_guid"] for e in sent}) == 2
+
+
 def test_a_row_left_sending_by_an_error_after_osascript_is_not_sent_twice(
     relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
 ) -> None:

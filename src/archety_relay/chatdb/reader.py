@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,10 +312,17 @@ class ChatDb:
         return row[0] if row and isinstance(row[0], str) else None
 
     def find_sent(
-        self, chat_guids: Sequence[str], handle: str, text: str, since_unix: float
+        self,
+        chat_guids: Sequence[str],
+        handle: str,
+        text: str,
+        since_unix: float,
+        after_rowid: int = 0,
+        exclude: Collection[str] = (),
     ) -> SentRow | None:
         """The newest outgoing row with this text that Messages joined to one of these chats
-        (or, for a direct chat, to the chat with this handle, however its guid is spelled)."""
+        (or, for a direct chat, to the chat with this handle, however its guid is spelled),
+        above ROWID `after_rowid` and not one of the guids in `exclude`."""
         guids = list(chat_guids)
         with self._snapshot() as conn:
             rows = conn.execute(
@@ -324,12 +331,13 @@ class ChatDb:
                 "JOIN message AS m ON m.ROWID = j.message_id "
                 f"WHERE (c.guid IN ({_placeholders(guids)}) "
                 "OR (? != '' AND c.chat_identifier = ? AND c.style = 45)) "
-                "AND m.is_from_me = 1 AND m.date >= ? ORDER BY m.ROWID DESC LIMIT 200",
-                (*guids, handle, handle, apple_date(since_unix)),
+                "AND m.is_from_me = 1 AND m.date >= ? AND m.ROWID > ? "
+                "ORDER BY m.ROWID DESC LIMIT 200",
+                (*guids, handle, handle, apple_date(since_unix), after_rowid),
             ).fetchall()
         wanted = text.strip()
         for rowid, error, t, b, guid in rows:
-            if _row_text(t, b) == wanted:
+            if _row_text(t, b) == wanted and _str(guid) not in exclude:
                 return SentRow(int(rowid), _int(error) or 0, _str(guid))
         return None
 

@@ -20,7 +20,7 @@ import structlog
 from ..backend import commands, replies
 from ..backend.commands import Action
 from ..chatdb.guids import Target, is_chat_guid, send_target, service_of
-from ..chatdb.reader import ChatDb
+from ..chatdb.reader import ChatDb, SentRow
 from ..config import Settings
 from ..macos import automation, messages_app
 from ..macos.messages_app import SendResult
@@ -145,11 +145,16 @@ class Outbound:
             if self._already_sent(item, target, now):
                 return
             log.info("send_recovered_for_retry", outgoing_id=item.id, attempts=item.attempts)
-        self.store.mark_sending(item, now)
+        # Only a row newer than this can be this send's: an earlier bubble with the same text
+        # ("ok", "ok") is already in the chat, and must never confirm a send that wrote nothing.
+        floor = self.chatdb.max_rowid()
+        self.store.mark_sending(item, now, floor)
+        if item.rowid_floor is not None:  # kept from the first attempt (see mark_sending)
+            floor = item.rowid_floor
         result = self.send(target, item.text)
         self._last_sent[item.chat_guid] = now
         if result.ok:
-            result = self._confirm(target, item.text, now - RECOVERY_SLACK_SECONDS, result)
+            result = self._confirm(item, target, now - RECOVERY_SLACK_SECONDS, floor, result)
         attempt = item.attempts + 1
         log.info(
             "message_send_attempt",
@@ -204,21 +209,32 @@ class Outbound:
         """A row tried before (a crash mid-send, a timeout, an error after osascript) may have
         gone out: if Messages recorded it, it did, and sending it again would double it."""
         since = (item.sending_since or item.send_at) - RECOVERY_SLACK_SECONDS
-        found = self.chatdb.find_sent(target.chat_guids, target.handle, item.text, since)
+        found = self._find_row(item, target, since, item.rowid_floor or 0)
         if found is not None and found.error == 0:
             log.info("send_recovered_as_sent", outgoing_id=item.id, attempts=item.attempts)
             self._finish(item, SENT, now, "message_sent", None, found.guid)
             return True
         return False
 
-    def _confirm(self, target: Target, text: str, since: float, sent: SendResult) -> SendResult:
+    def _find_row(self, item: Outgoing, target: Target, since: float, floor: int) -> SentRow | None:
+        """The chat.db row that records this send: from-me, this text, in this chat, newer than
+        `floor`, and not a row already credited to another send (one row, one send)."""
+        chats = list(dict.fromkeys([item.chat_guid, *target.chat_guids]))
+        credited = self.store.credited_guids(chats, since - RECOVERY_SLACK_SECONDS)
+        return self.chatdb.find_sent(
+            target.chat_guids, target.handle, item.text, since, floor, credited
+        )
+
+    def _confirm(
+        self, item: Outgoing, target: Target, since: float, floor: int, sent: SendResult
+    ) -> SendResult:
         """osascript said yes; Messages has the last word. A send is done only when an outgoing
-        row with this text is joined to the chat with error 0 (macOS 26 can exit 0 and write
-        nothing, or an empty row in no chat). Not found in time is a failure, never retried:
-        a late row would make a retry a duplicate."""
+        row with this text, newer than the send, is joined to the chat with error 0 (macOS 26
+        can exit 0 and write nothing, or an empty row in no chat). Not found in time is a
+        failure, never retried: a late row would make a retry a duplicate."""
         deadline = time.monotonic() + self.confirm_seconds
         while True:
-            found = self.chatdb.find_sent(target.chat_guids, target.handle, text, since)
+            found = self._find_row(item, target, since, floor)
             if found is not None and found.error == 0:
                 return replace(sent, message_guid=found.guid)
             if found is not None:
@@ -272,6 +288,7 @@ class Outbound:
                 "details": details,
             },
             error,
+            message_guid,
         )
         if status == MISSED:
             log.warning(

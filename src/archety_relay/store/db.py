@@ -79,7 +79,9 @@ CREATE TABLE IF NOT EXISTS outgoing (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     sending_since REAL,
-    last_error TEXT
+    last_error TEXT,
+    rowid_floor INTEGER,
+    apple_guid TEXT
 );
 CREATE INDEX IF NOT EXISTS outgoing_status_due ON outgoing (status, send_at, id);
 CREATE INDEX IF NOT EXISTS outgoing_unsent_by_chat ON outgoing (chat_guid, send_at, id)
@@ -142,6 +144,10 @@ _ADDED_COLUMNS = (
     # history is recognised by them, and a replaced one resumes from that date.
     ("cursor", "guid", "TEXT"),
     ("cursor", "date", "INTEGER"),
+    # chat.db's MAX(ROWID) just before a send, and the Apple guid of the row credited to it:
+    # a send is confirmed only by a newer row no other send was credited with.
+    ("outgoing", "rowid_floor", "INTEGER"),
+    ("outgoing", "apple_guid", "TEXT"),
 )
 _AFTER_MIGRATION = """
 UPDATE outbox SET chat_guid = COALESCE(json_extract(CAST(body AS TEXT), '$.chat_guid'), '')

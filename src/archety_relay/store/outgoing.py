@@ -57,6 +57,8 @@ class Outgoing:
     command_id: str | None
     reply_to: str | None
     sending_since: float | None
+    # chat.db's MAX(ROWID) before the first attempt: only a newer row can be this send's.
+    rowid_floor: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class Event:
 
 
 _COLUMNS = (
-    "id, chat_guid, text, send_at, status, attempts, origin, command_id, reply_to, sending_since"
+    "id, chat_guid, text, send_at, status, attempts, origin, command_id, reply_to, sending_since, "
+    "rowid_floor"
 )
 
 
@@ -171,13 +174,28 @@ class OutgoingQueries(Transactional):
             ).fetchone()[0]
         return float(value) if value is not None else None
 
-    def mark_sending(self, item: Outgoing, now: float) -> None:
+    def mark_sending(self, item: Outgoing, now: float, rowid_floor: int) -> None:
+        """Committed before osascript runs. The floor of the first attempt is kept: a row a
+        timed-out attempt made late is still this send's."""
         with self._tx() as db:
             db.execute(
                 "UPDATE outgoing SET status = 'sending', attempts = attempts + 1, "
-                "sending_since = ?, updated_at = ? WHERE id = ?",
-                (now, now, item.id),
+                "sending_since = ?, updated_at = ?, rowid_floor = COALESCE(rowid_floor, ?) "
+                "WHERE id = ?",
+                (now, now, rowid_floor, item.id),
             )
+
+    def credited_guids(self, chat_guids: Sequence[str], since: float) -> set[str]:
+        """Apple guids of chat.db rows already credited to sends in these chats since `since`:
+        one row confirms one send only (two "ok" bubbles are two rows)."""
+        guids = list(chat_guids)
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT apple_guid FROM outgoing WHERE status = 'sent' AND updated_at >= ? "
+                f"AND apple_guid IS NOT NULL AND chat_guid IN ({','.join('?' * len(guids))})",
+                (since, *guids),
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def finish(
         self,
@@ -187,12 +205,15 @@ class OutgoingQueries(Transactional):
         event_type: str,
         details: dict[str, Any],
         error: str | None = None,
+        apple_guid: str | None = None,
     ) -> None:
-        """Final state of a row plus the event that reports it, together."""
+        """Final state of a row plus the event that reports it, together; a sent row keeps the
+        Apple guid of the chat.db row that confirmed it."""
         with self._tx() as db:
             db.execute(
-                "UPDATE outgoing SET status = ?, last_error = ?, updated_at = ? WHERE id = ?",
-                (status, error, now, item.id),
+                "UPDATE outgoing SET status = ?, last_error = ?, updated_at = ?, "
+                "apple_guid = COALESCE(?, apple_guid) WHERE id = ?",
+                (status, error, now, apple_guid, item.id),
             )
             insert_event(db, event_type, details, now)
 
