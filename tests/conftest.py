@@ -68,6 +68,9 @@ def env(
         "ARCHETY_MAX_BACKOFF": "0.5",
         "ARCHETY_AUTH_PROBE_INTERVAL": "1",
         "ARCHETY_CHAT_JOIN_WAIT": "1",
+        # Off unless a test turns it on with a port of its own: relays under test run side by
+        # side (and beside other checkouts' tests on one machine) and must not share a port.
+        "ARCHETY_METRICS_PORT": "0",
         "HOME": str(home),
         "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
     }

@@ -24,6 +24,9 @@ DEFAULT_AGENT_ID = "mac-mini-primary"
 DEFAULT_CHAT_DB = "~/Library/Messages/chat.db"
 DEFAULT_STATE_DIR = "~/Library/Application Support/archety-relay"
 DEFAULT_LOG_FILE = "~/Library/Logs/archety-relay/relay.log"
+# Outside 9100-9999, which the Prometheus wiki's exporter port list has fully handed out (so any
+# pick there collides with some exporter), and away from the usual development ports.
+DEFAULT_METRICS_PORT = 18520
 SECRET_VARIABLE = "RELAY_WEBHOOK_SECRET"
 KEYCHAIN_PROBLEM = "Keychain lookup: "
 
@@ -94,6 +97,8 @@ class Settings:
     max_in_flight: int = 16  # chats whose message is at the backend at the same time
     poison_attempts: int = 8  # failures of one message, while others go through, before it
     #                           is moved to the dead letters
+    metrics_port: int = DEFAULT_METRICS_PORT  # /metrics and /healthz on 127.0.0.1; 0: off
+    silence_alert: float = 21600.0  # no incoming message this long → an alert; 0: never
     notes: tuple[str, ...] = field(default=())  # things worth a log line once logging is up
 
     def persona_fields(self) -> dict[str, str]:
@@ -247,6 +252,8 @@ def load(
         attachment_wait=_seconds(get, "ARCHETY_ATTACHMENT_WAIT", 60.0, low=0.0, high=3600.0),
         max_in_flight=_integer(get, "ARCHETY_MAX_IN_FLIGHT", 16, low=1, high=64),
         poison_attempts=_integer(get, "ARCHETY_POISON_ATTEMPTS", 8, low=1, high=1000),
+        metrics_port=_integer(get, "ARCHETY_METRICS_PORT", DEFAULT_METRICS_PORT, low=0, high=65535),
+        silence_alert=_duration(get, "ARCHETY_SILENCE_ALERT", 21600.0),
         notes=tuple(notes),
     )
 
@@ -319,6 +326,27 @@ def _seconds(
     if value != value or value < low or (high is not None and value > high):
         bounds = f"at least {low:g}" + (f" and at most {high:g}" if high is not None else "")
         raise ConfigError(f"{name} must be {bounds} seconds, got {raw!r}")
+    return value
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(get: Callable[[str], str | None], name: str, default: float) -> float:
+    """Seconds, or a number with one unit (`90s`, `30m`, `6h`, `2d`); 0 means off."""
+    raw = get(name)
+    if raw is None:
+        return default
+    text = raw.strip().lower()
+    unit = _UNITS.get(text[-1:], 0.0) if text else 0.0
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1.0)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be seconds or a duration such as 6h, 30m or 2d (0: off), got {raw!r}"
+        ) from None
+    if value != value or value < 0 or (0 < value < 60) or value > 30 * 86400:
+        raise ConfigError(f"{name} must be 0 (off) or between 1m and 30d, got {raw!r}")
     return value
 
 

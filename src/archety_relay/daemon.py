@@ -11,6 +11,8 @@
     dispatch thread  sends due replies and commanded messages through Messages.app
     photos thread    uploads pictures that landed after their message went (`photos_step`);
                      what it reports also asks for a prompt sync (`sync_soon`)
+    metrics thread   `/metrics` and `/healthz` on 127.0.0.1:ARCHETY_METRICS_PORT (health.server);
+                     its handlers only read `relay.health_snapshot()`
     watchdog         sets the capture thread's wake event (see watcher)
 
 No thread dies silently or holds up shutdown: each catches, logs (at most once a minute for a
@@ -33,6 +35,7 @@ from .chatdb import watcher
 from .chatdb.reader import ChatDb
 from .config import Secret, Settings
 from .errors import ChatDbUnavailable, RelayError
+from .health import server as health_server
 from .outbound.dispatch import Sender
 from .relay import Relay
 from .store import QueuedItem, Store
@@ -120,6 +123,7 @@ class Daemon:
         self.watcher_retry_seconds = WATCHER_RETRY_SECONDS
         self._ready = False
         self._on_ready = on_ready
+        self.metrics: health_server.MetricsServer | None = None
         self.detection = detection.Recorder(
             settings.state_dir, watcher.observer_kind(platform) + " (not started)"
         )
@@ -143,6 +147,15 @@ class Daemon:
             thread = threading.Thread(target=target, name=f"relay-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.settings.metrics_port:
+            # A port in use is one warning inside `bind`, and the relay goes on without it.
+            self.metrics = health_server.bind(
+                self.settings.metrics_port, lambda: self.relay.health_snapshot(time.time())
+            )
+            if self.metrics is not None:
+                threading.Thread(
+                    target=self.metrics.serve, name="relay-metrics", daemon=True
+                ).start()
 
     def shutdown(self) -> bool:
         """Stop every loop; the request in flight may finish. True when all stopped in time."""
@@ -156,6 +169,8 @@ class Daemon:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._observer is not None:
             self._observer.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.detection.flush(time.monotonic(), force=True)
         clean = not any(t.is_alive() for t in self._threads)
         if clean:

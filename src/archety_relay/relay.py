@@ -11,21 +11,28 @@ changes, sync, photos, outbound.
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from . import __version__
 from .backend.client import Backend
 from .capture.changes import Changes, ChangesResult
 from .capture.inbound import Inbound
 from .capture.new_rows import Capture, CaptureResult
+from .chatdb.guids import Target
 from .chatdb.reader import ChatDb
 from .config import Secret, Settings
 from .delivery.attempt import Deliverer, Delivery
 from .delivery.lanes import Lanes
 from .errors import ChatDbUnavailable
+from .health.checks import Snapshot
+from .health.tally import Tally
+from .macos.messages_app import SendResult
 from .outbound.dispatch import Outbound, Sender
 from .outbound.sync import Sync
 from .pictures.upload import Photos
@@ -52,7 +59,11 @@ class Relay:
         self.store = store
         self.secret = settings.secret
         self.backend = backend or Backend.from_settings(settings, lambda: self.secret)
+        # What /metrics counts: the steps below add to it, the metrics server only reads it.
+        self.tally = Tally()
+        self.last_inbound_at: float | None = None
         self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
+        self.outbound.send = self._counted(self.outbound.send)
         self.photos = Photos(settings, chatdb, store, self.backend)
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
@@ -78,6 +89,9 @@ class Relay:
             secret=lambda: self.secret,
             refresh_secret=self._refresh_secret,
         )
+        self.delivery.deliver_item = self._counted_delivery(  # type: ignore[method-assign,assignment]
+            self.delivery.deliver_item
+        )
         self.sync = Sync(
             settings,
             store,
@@ -98,6 +112,7 @@ class Relay:
             self.chatdb_ok = False
             raise
         self.chatdb_ok = True
+        self.tally.captured_messages([now - date for date in result.dates])
         return result
 
     def _state(self) -> str:
@@ -125,6 +140,60 @@ class Relay:
         """One attempt for one queued message, and everything its answer decides."""
         return self.delivery.deliver_item(item, now)
 
+    def _counted_delivery(
+        self, deliver: Callable[[QueuedItem, float], Delivery]
+    ) -> Callable[[QueuedItem, float], Delivery]:
+        """The deliverer's one attempt, with each answer from the backend added to the tally
+        (not a wait, a hold or an idle look): both `deliver_step` and the lanes go through it."""
+
+        def counted(item: QueuedItem, now: float) -> Delivery:
+            delivery = deliver(item, now)
+            self._count_delivery(item.body, delivery)
+            return delivery
+
+        return counted
+
+    def _count_delivery(self, body: bytes, delivery: Delivery) -> None:
+        outcome = delivery.outcome
+        if outcome is None:
+            return
+        wall = time.time()
+        self.tally.backend(outcome.status is not None and outcome.status < 500, wall)
+        latency = None
+        if delivery.kind == "delivered":
+            sent_at = message_timestamp(body)
+            latency = wall - sent_at if sent_at else None
+        self.tally.attempt(delivery.kind, latency)
+
+    def _counted(self, send: Sender) -> Sender:
+        """The sender, with each result added to the tally (`sends_total{outcome}`)."""
+
+        def counted(target: Target, text: str) -> SendResult:
+            result = send(target, text)
+            self.tally.sent(send_outcome(result))
+            return result
+
+        return counted
+
+    def health_snapshot(self, now: float) -> Snapshot:
+        """The relay's state at wall-clock `now` as values, for /metrics and /healthz: read
+        only, never changed."""
+        stats = self.store.stats()
+        return Snapshot(
+            now=now,
+            version=__version__,
+            agent_id=self.settings.agent_id,
+            queue_depth=stats.depth,
+            oldest_enqueued_at=stats.oldest_enqueued_at,
+            dead_letters=stats.dead_letters,
+            events_pending=self.store.events_pending(),
+            pause_reason=self.lanes.pause_reason,
+            chatdb_ok=self.chatdb_ok,
+            last_inbound_at=self.last_inbound_at,
+            alerts=self.store.active_alerts(),
+            tally=self.tally.view(),
+        )
+
     def publish_in_flight(self, wall: float) -> bool:
         return self.delivery.publish_in_flight(wall)
 
@@ -148,7 +217,9 @@ class Relay:
 
     # -- heartbeat and sync (sync.py) ------------------------------------------------------
     def heartbeat_step(self) -> HttpOutcome:
-        return self.sync.heartbeat_step()
+        outcome = self.sync.heartbeat_step()
+        self.tally.backend(outcome.status is not None and outcome.status < 500, time.time())
+        return outcome
 
     def status_payload(self, now: float) -> dict[str, Any]:
         return self.sync.status_payload(now)
@@ -160,4 +231,25 @@ class Relay:
 
     def sync_step(self, now: float) -> HttpOutcome:
         """Report status and events; carry out the commands and settings that come back."""
-        return self.sync.sync_step(now)
+        outcome = self.sync.sync_step(now)
+        self.tally.backend(outcome.status is not None and outcome.status < 500, time.time())
+        return outcome
+
+
+def message_timestamp(body: bytes) -> float | None:
+    """The `timestamp` (Unix seconds) of a queued message body, or None."""
+    try:
+        value = json.loads(body).get("timestamp")
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def send_outcome(result: SendResult) -> str:
+    """A send's result as one fixed word for a metric label (never the error's text)."""
+    if result.ok:
+        return "ok"
+    error = result.error or ""
+    if "did not finish within" in error:
+        return "timeout"
+    return "error" if result.retryable else "refused"

@@ -5,6 +5,7 @@ outbox    cursor, queued messages, dead letters, delivered guids, facts for stat
 outgoing  replies and sends waiting for Messages.app, events for the backend, seen commands
 uploads   pictures on their way to /photo/upload, message bodies frozen once settled
 watch     fingerprints of recent chat.db rows, and the events their changes produced
+alerts    alerts raised and not yet cleared, with their `alert` / `alert_cleared` events
 commands  one sync command's work in one transaction; rules and per-chat context it keeps
 
 Owns the state database's file and SQL. May import: the top-level values (`model`, `errors`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .alerts import AlertQueries
 from .commands import ChatState, CommandQueries, CommandTx
 from .db import OUTBOX_FILE, open_connection
 from .outbox import (
@@ -30,7 +32,9 @@ from .uploads import migrate as uploads_migrate
 from .watch import WatchQueries
 
 
-class Store(OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, CommandQueries):
+class Store(
+    OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, CommandQueries, AlertQueries
+):
     """Every query on the state database, sharing one connection and one lock."""
 
     def prune(self, now: float) -> dict[str, int]:
