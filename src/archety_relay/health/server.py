@@ -73,22 +73,18 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             p + "messages_delivered_total", "Messages the backend accepted (2xx).", t.delivered
         )
-        attempts = CounterMetricFamily(
+        yield _by_outcome(
             p + "delivery_attempts_total",
             "Answers from the backend to one message, by what they meant.",
-            labels=["outcome"],
+            ATTEMPT_OUTCOMES,
+            t.attempts,
         )
-        for outcome in sorted({*ATTEMPT_OUTCOMES, *t.attempts}):
-            attempts.add_metric([outcome], t.attempts.get(outcome, 0))
-        yield attempts
-        sends = CounterMetricFamily(
+        yield _by_outcome(
             p + "sends_total",
             "Sends through Messages.app (osascript), by result.",
-            labels=["outcome"],
+            SEND_OUTCOMES,
+            t.sends,
         )
-        for outcome in sorted({*SEND_OUTCOMES, *t.sends}):
-            sends.add_metric([outcome], t.sends.get(outcome, 0))
-        yield sends
         buckets, total = t.delivery_latency
         yield HistogramMetricFamily(
             p + "delivery_latency_seconds",
@@ -137,6 +133,16 @@ class RelayCollector(Collector):
             "The relay's version and edge agent id.",
             value={"version": s.version, "edge_agent_id": s.agent_id},
         )
+
+
+def _by_outcome(
+    name: str, doc: str, known: tuple[str, ...], counts: dict[str, int]
+) -> CounterMetricFamily:
+    """A counter per outcome; the known ones at 0 from the start, so a rate() has a series."""
+    family = CounterMetricFamily(name, doc, labels=["outcome"])
+    for outcome in sorted({*known, *counts}):
+        family.add_metric([outcome], counts.get(outcome, 0))
+    return family
 
 
 def make_app(snapshot: Callable[[], Snapshot]) -> WsgiApp:
