@@ -85,20 +85,19 @@ class RelayCollector(Collector):
             SEND_OUTCOMES,
             t.sends,
         )
-        buckets, total = t.delivery_latency
-        yield HistogramMetricFamily(
-            p + "delivery_latency_seconds",
-            "From a message's date in chat.db to the backend's 2xx.",
-            buckets=buckets,
-            sum_value=total,
-        )
-        buckets, total = t.detection_latency
-        yield HistogramMetricFamily(
-            p + "detection_latency_seconds",
-            "From a message's date in chat.db to the relay storing it in its outbox.",
-            buckets=buckets,
-            sum_value=total,
-        )
+        for name, doc, (buckets, total) in (
+            (
+                "delivery_latency_seconds",
+                "From a message's date in chat.db to the backend's 2xx.",
+                t.delivery_latency,
+            ),
+            (
+                "detection_latency_seconds",
+                "From a message's date in chat.db to the relay storing it in its outbox.",
+                t.detection_latency,
+            ),
+        ):
+            yield HistogramMetricFamily(p + name, doc, buckets=buckets, sum_value=total)
         oldest = max(0.0, s.now - s.oldest_enqueued_at) if s.oldest_enqueued_at else 0.0
         for name, doc, value in (
             ("queue_depth", "Messages waiting for the backend.", s.queue_depth),
