@@ -117,11 +117,15 @@ def beside_picture(trials: int) -> dict[str, Any]:
     other = "+15555550177"
     found: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="archety-photo-bench-") as tmp:
-        heic = Path(tmp) / "IMG_0002.heic"
-        size = make_heic(heic, (4032, 3024))
+        made = Path(tmp) / "IMG_0002.heic"
+        size = make_heic(made, (4032, 3024))
         for with_picture in (False, True):
             latencies: list[float] = []
             with rig("relay") as r:
+                # Where Messages keeps it: the relay reads pictures only from there.
+                heic = r.writer.path.parent / "Attachments" / "ab" / made.name
+                heic.parent.mkdir(parents=True, exist_ok=True)
+                heic.write_bytes(made.read_bytes())
                 r.start()
                 chat_b = r.writer.direct_chat(other)
                 expected = 0

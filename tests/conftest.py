@@ -398,3 +398,12 @@ def osascript(
     for key, value in fake.env.items():
         monkeypatch.setenv(key, value)
     return fake
+
+
+@pytest.fixture
+def attachments(writer: MessagesWriter) -> Path:
+    """Messages' Attachments folder beside the test's chat.db: with StickerCache, the only
+    place the relay reads pictures from."""
+    folder = writer.path.parent / "Attachments"
+    folder.mkdir(exist_ok=True)
+    return folder

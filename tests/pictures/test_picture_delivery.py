@@ -38,13 +38,13 @@ def attachment_of(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_picture_uploaded_before_its_message(
-    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, attachments: Path
 ) -> None:
     """The upload reaches the backend first; the message then names the photo_id it got."""
     chat = writer.direct_chat(ALICE)
     relay.capture_step(time.time())
     writer.message(
-        "\ufffcsunset", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "s.jpeg")]
+        "\ufffcsunset", sender=ALICE, chat=chat, attachments=[picture(attachments / "s.jpeg")]
     )
     deliver_all(relay)
     (upload,) = backend.uploads()
@@ -60,12 +60,12 @@ def test_picture_uploaded_before_its_message(
 
 
 def test_upload_401_pauses_like_a_message(
-    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, attachments: Path
 ) -> None:
     """A rejected secret on the upload pauses delivery and keeps the message; nothing is posted."""
     chat = writer.direct_chat(ALICE)
     relay.capture_step(time.time())
-    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "p.jpeg")])
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(attachments / "p.jpeg")])
     backend.script("/photo/upload", Behaviour(401))
     relay.capture_step(time.time())
     assert relay.deliver_step(time.monotonic()).kind == "auth_paused"
@@ -76,7 +76,7 @@ def test_kill9_between_upload_and_message_does_not_upload_again(
     start_relay: Callable[..., RelayProcess],
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """The daemon is killed while the message (after its accepted upload) is at the backend:
     after a restart the message is delivered with the same photo_id and the picture is not
@@ -84,7 +84,7 @@ def test_kill9_between_upload_and_message_does_not_upload_again(
     chat = writer.direct_chat(ALICE)
     backend.script("/orchestrator/message", Behaviour(hang=True))
     first = start_relay()
-    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "k.jpeg")])
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(attachments / "k.jpeg")])
     assert backend.wait_for(lambda b: len(b.messages(accepted_only=False)) == 1, 20)
     first.kill9()
     start_relay()
@@ -97,14 +97,14 @@ def test_kill9_mid_upload_uploads_again_with_the_same_key(
     start_relay: Callable[..., RelayProcess],
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """Killed while the upload is unanswered: after a restart the picture is uploaded again under
     the same Idempotency-Key and the message goes once, naming it."""
     chat = writer.direct_chat(ALICE)
     backend.script("/photo/upload", Behaviour(hang=True))
     first = start_relay()
-    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "m.jpeg")])
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(attachments / "m.jpeg")])
     assert backend.wait_for(lambda b: len(b.requests_to("/photo/upload")) == 1, 20)
     first.kill9()
     start_relay()
@@ -119,14 +119,14 @@ def test_daemon_posts_pending_then_reports_the_upload_promptly(
     start_relay: Callable[..., RelayProcess],
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """A picture still in iCloud: after ARCHETY_ATTACHMENT_WAIT the message goes as pending;
     when Messages finishes the download the daemon uploads it and an attachment_uploaded event
     reaches /edge/sync at once (the sync interval is an hour)."""
     chat = writer.direct_chat(ALICE)
     start_relay({"ARCHETY_ATTACHMENT_WAIT": "0.5", "ARCHETY_SYNC_INTERVAL": "3600"})
-    path = tmp_path / "IMG_9.jpeg"
+    path = attachments / "IMG_9.jpeg"
     spec = AttachmentSpec(str(path), "image/jpeg", path.name, 0, "public.jpeg", 0, 1, "AT-9")
     writer.message("from iCloud", sender=ALICE, chat=chat, attachments=[spec])
     assert backend.wait_for(lambda b: len(b.messages()) == 1, 20)
@@ -153,13 +153,13 @@ def test_daemon_posts_pending_then_reports_the_upload_promptly(
 
 
 def test_upload_retry_command_uploads_again_and_reports(
-    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, attachments: Path
 ) -> None:
     """`upload_retry` from /edge/sync reads the original file again and uploads it; the next
     sync carries attachment_uploaded with the command id. A malformed one fails as a command."""
     chat = writer.direct_chat(ALICE)
     relay.capture_step(time.time())
-    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(tmp_path / "r.jpeg")])
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[picture(attachments / "r.jpeg")])
     deliver_all(relay)
     guid = attachment_of(backend.messages()[0].body)["guid"]
     commands = [
@@ -179,14 +179,14 @@ def test_upload_retry_command_uploads_again_and_reports(
 
 
 def test_only_the_chat_with_a_downloading_picture_waits(
-    relay: Relay, writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, attachments: Path
 ) -> None:
     """A message whose picture is still in iCloud holds its own chat only: a later text in
     another chat is delivered meanwhile, and the next text of the same chat keeps its place
     behind the picture. Once Messages finishes the download, both go, in order."""
     alice, bob = writer.direct_chat(ALICE), writer.direct_chat("+15555550102")
     relay.capture_step(time.time())
-    path = tmp_path / "IMG_7.jpeg"
+    path = attachments / "IMG_7.jpeg"
     spec = AttachmentSpec(str(path), "image/jpeg", path.name, 0, "public.jpeg", 0, 1, "AT-7")
     writer.message("pic", sender=ALICE, chat=alice, attachments=[spec])
     writer.message("after the pic", sender=ALICE, chat=alice)
@@ -206,7 +206,11 @@ def test_only_the_chat_with_a_downloading_picture_waits(
 
 
 def test_picture_the_backend_keeps_failing_is_given_up_not_the_message(
-    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+    env: dict[str, str],
+    tmp_path: Path,
+    attachments: Path,
+    writer: MessagesWriter,
+    backend: StubBackend,
 ) -> None:
     """When uploads of one picture keep failing (500) while other messages are delivered, the
     picture is skipped as upload_failed_500 after ARCHETY_POISON_ATTEMPTS and its message, text
@@ -216,7 +220,7 @@ def test_picture_the_backend_keeps_failing_is_given_up_not_the_message(
 
     def work(relay: Relay) -> None:
         relay.capture_step(time.time())
-        spec = picture(tmp_path / "x.jpeg")
+        spec = picture(attachments / "x.jpeg")
         writer.message("see this", sender=ALICE, chat=alice, attachments=[spec])
         writer.message("meanwhile", sender="+15555550102", chat=bob)
         writer.message("and again", sender="+15555550102", chat=bob)

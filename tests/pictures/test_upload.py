@@ -67,15 +67,15 @@ def write(
 
 
 def two_pictures_queued(
-    writer: MessagesWriter, relay: Relay, store: Store, tmp_path: Path
+    writer: MessagesWriter, relay: Relay, store: Store, attachments: Path
 ) -> QueuedItem:
     """A message "two" with two JPEGs (AT-A, AT-B) on disk, captured and at the outbox's head."""
     write(
         writer,
         relay,
         "two",
-        photo_spec(picture(tmp_path / "a.jpeg"), "AT-A"),
-        photo_spec(picture(tmp_path / "b.jpeg"), "AT-B"),
+        photo_spec(picture(attachments / "a.jpeg"), "AT-A"),
+        photo_spec(picture(attachments / "b.jpeg"), "AT-B"),
     )
     return queued(relay, store)
 
@@ -91,7 +91,7 @@ def test_ready_photo_uploaded_first_then_body_names_it(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """A picture on disk is uploaded (multipart, with the message's fields) before its message;
     the body to post lists it as uploaded with the backend's photo_id."""
@@ -100,7 +100,7 @@ def test_ready_photo_uploaded_first_then_body_names_it(
         writer,
         relay,
         "\ufffclook 👀",
-        photo_spec(picture(tmp_path / "IMG_1.jpeg"), "AT-1"),
+        photo_spec(picture(attachments / "IMG_1.jpeg"), "AT-1"),
         chat=group,
     )
     item = queued(relay, store)
@@ -129,10 +129,10 @@ def test_not_a_picture_is_listed_skipped_and_never_uploaded(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """A voice message is listed with is_photo false, skipped as unsupported_type; no upload."""
-    voice = tmp_path / "Audio Message.caf"
+    voice = attachments / "Audio Message.caf"
     voice.write_bytes(b"caff" + b"\x00" * 100)
     spec = AttachmentSpec(
         str(voice), "audio/x-caf", voice.name, 104, "com.apple.coreaudio-format", guid="AT-V"
@@ -155,10 +155,10 @@ def test_unreadable_picture_skipped_with_reason(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """A truncated picture is not uploaded; the message goes with skip_reason unreadable."""
-    path = picture(tmp_path / "cut.jpeg", (1200, 900))
+    path = picture(attachments / "cut.jpeg", (1200, 900))
     path.write_bytes(path.read_bytes()[:500])
     write(writer, relay, "broken", photo_spec(path, "AT-2"))
     item = queued(relay, store)
@@ -173,11 +173,11 @@ def test_message_waits_for_a_downloading_picture_then_uploads_it(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """While the file is still in iCloud the message waits (a short poll, never past the
     deadline); once Messages finishes the transfer it is uploaded and the message is ready."""
-    path = tmp_path / "IMG_3.heic"
+    path = attachments / "IMG_3.heic"
     write(
         writer, relay, "from the trip", photo_spec(path, "AT-3", transfer_state=0, ck_sync_state=1)
     )
@@ -199,11 +199,11 @@ def test_past_the_wait_message_goes_pending_and_picture_follows_as_event(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """After ARCHETY_ATTACHMENT_WAIT the message is posted with status pending; the follow-up
     uploads the picture when it lands and reports attachment_uploaded with its photo_id."""
-    path = tmp_path / "IMG_4.jpeg"
+    path = attachments / "IMG_4.jpeg"
     write(
         writer, relay, "late picture", photo_spec(path, "AT-4", transfer_state=0, ck_sync_state=1)
     )
@@ -238,14 +238,14 @@ def test_pending_picture_given_up_after_a_day(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """A picture that never downloads is reported attachment_unavailable after 24 h."""
     write(
         writer,
         relay,
         "x",
-        photo_spec(tmp_path / "never.jpeg", "AT-5", transfer_state=0, ck_sync_state=1),
+        photo_spec(attachments / "never.jpeg", "AT-5", transfer_state=0, ck_sync_state=1),
     )
     item = queued(relay, store)
     photos.settle(item.message_guid, item.body, T0, T0 + 61)
@@ -262,11 +262,11 @@ def test_upload_5xx_is_retried_with_the_same_key_413_is_skipped(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """A 503 makes the message wait like any delivery failure (its outcome comes back to the
     caller); the retry uploads with the same Idempotency-Key. A 413 skips only that picture."""
-    item = two_pictures_queued(writer, relay, store, tmp_path)
+    item = two_pictures_queued(writer, relay, store, attachments)
     backend.script("/photo/upload", Behaviour(503, headers={"Retry-After": "3"}))
     failed = photos.settle(item.message_guid, item.body, T0, T0)
     assert failed.kind == "failed" and failed.outcome is not None
@@ -286,11 +286,11 @@ def test_accepted_picture_not_uploaded_again_after_a_restart(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """photo_id is stored when the backend gives it: a new process (fresh Photos) whose first
     attempt died after upload 1 of 2 uploads only the second picture, and posts both ids."""
-    item = two_pictures_queued(writer, relay, store, tmp_path)
+    item = two_pictures_queued(writer, relay, store, attachments)
     backend.script("/photo/upload", Behaviour(200), Behaviour(503))
     first = Photos(settings, relay.chatdb, store, relay.backend, fallback=None)
     assert first.settle(item.message_guid, item.body, T0, T0).kind == "failed"
@@ -306,12 +306,12 @@ def test_upload_retry_reads_the_file_again_and_reports(
     store: Store,
     writer: MessagesWriter,
     backend: StubBackend,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """upload_retry makes a settled picture pending again: the follow-up reads the file again,
     uploads it and reports with the command's id; an attachment chat.db does not have is
     reported unavailable. Nothing is uploaded inside the command's transaction."""
-    write(writer, relay, "again", photo_spec(picture(tmp_path / "c.jpeg"), "AT-C"))
+    write(writer, relay, "again", photo_spec(picture(attachments / "c.jpeg"), "AT-C"))
     item = queued(relay, store)
     photos.settle(item.message_guid, item.body, T0, T0)
     executor.execute(store, UploadRetry("cmd-9", "AT-C", None), T0 + 100)
@@ -390,11 +390,11 @@ def test_settled_body_dropped_once_its_message_left_the_outbox(
     photos: Photos,
     store: Store,
     writer: MessagesWriter,
-    tmp_path: Path,
+    attachments: Path,
 ) -> None:
     """The frozen body is kept while its message is queued and dropped after delivery, so the
     state file does not grow with every picture ever sent."""
-    write(writer, relay, "pic", photo_spec(picture(tmp_path / "d.jpeg"), "AT-D"))
+    write(writer, relay, "pic", photo_spec(picture(attachments / "d.jpeg"), "AT-D"))
     item = queued(relay, store)
     photos.settle(item.message_guid, item.body, T0, T0)
     photos.follow_up_step(T0 + 1)
@@ -402,3 +402,72 @@ def test_settled_body_dropped_once_its_message_left_the_outbox(
     store.mark_delivered(item, T0 + 2)
     photos.follow_up_step(T0 + 2 + 3600)
     assert store.settled_body(item.message_guid) is None
+
+
+def test_files_outside_messages_folders_are_never_read(
+    relay: Relay,
+    photos: Photos,
+    store: Store,
+    writer: MessagesWriter,
+    backend: StubBackend,
+    attachments: Path,
+    tmp_path: Path,
+) -> None:
+    """The relay reads with Full Disk Access, so chat.db's filename must not take it anywhere:
+    a path that climbs out of Attachments with `..` and a symlink inside Attachments that
+    points at a private picture are skipped (`outside_attachments`) and never uploaded; a
+    picture in Attachments and a sticker in StickerCache are (review 2026-12-04, #14)."""
+    (tmp_path / "home" / "Pictures").mkdir(parents=True, exist_ok=True)
+    private = picture(tmp_path / "home" / "Pictures" / "passport.jpeg")
+    (attachments / "7f" / "01").mkdir(parents=True)
+    climbing = attachments / "7f" / "01" / ".." / ".." / ".." / ".." / "home" / "Pictures"
+    (attachments / "ab").mkdir()
+    (attachments / "ab" / "IMG_2.jpeg").symlink_to(private)
+    (attachments / "cd").mkdir()
+    stickers = writer.path.parent / "StickerCache" / "8e682c38-ST-1"
+    stickers.mkdir(parents=True)
+    write(
+        writer,
+        relay,
+        "four",
+        photo_spec(climbing / "passport.jpeg", "AT-UP"),
+        photo_spec(attachments / "ab" / "IMG_2.jpeg", "AT-LINK"),
+        photo_spec(picture(attachments / "cd" / "IMG_3.jpeg"), "AT-OK"),
+        photo_spec(picture(stickers / "ST-1.jpeg"), "AT-STICKER"),
+    )
+    item = queued(relay, store)
+    settled = photos.settle(item.message_guid, item.body, T0, T0)
+    assert [u.body["attachment_guid"] for u in backend.uploads()] == ["AT-OK", "AT-STICKER"]
+    outcome = {e["guid"]: (e["status"], e.get("skip_reason")) for e in entries(settled.body)}
+    assert outcome == {
+        "AT-UP": ("skipped", "outside_attachments"),
+        "AT-LINK": ("skipped", "outside_attachments"),
+        "AT-OK": ("uploaded", None),
+        "AT-STICKER": ("uploaded", None),
+    }
+
+
+def test_upload_retry_of_a_non_picture_is_reported_never_converted(
+    relay: Relay,
+    photos: Photos,
+    store: Store,
+    writer: MessagesWriter,
+    backend: StubBackend,
+    attachments: Path,
+) -> None:
+    """upload_retry naming a voice message (listed as not a picture) reports it unsupported:
+    its file is never handed to a converter (on a Mac, sips would render a PDF's first page)."""
+    voice = attachments / "Audio Message.caf"
+    voice.write_bytes(b"caff" + bytes(100))
+    spec = AttachmentSpec(
+        str(voice), "audio/x-caf", voice.name, 104, "com.apple.coreaudio-format", guid="AT-VOICE"
+    )
+    write(writer, relay, "", spec)
+    item = queued(relay, store)
+    photos.settle(item.message_guid, item.body, T0, T0)
+    executor.execute(store, UploadRetry("cmd-1", "AT-VOICE", None), T0 + 1)
+    assert photos.follow_up_step(T0 + 1) == (1, None)
+    assert backend.uploads() == []
+    (event,) = store.pending_events()
+    assert event.event_type == "attachment_unavailable"
+    assert event.payload["details"]["reason"] == "unsupported_type"

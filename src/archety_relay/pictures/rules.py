@@ -1,6 +1,7 @@
 """Decisions about a message's attachments, as functions of values (no I/O, no Pillow).
 
     is_photo(entry)                 which attachments go to `POST /photo/upload` at all
+    within(path, roots)             is a resolved file inside Messages' own folders
     readiness(state, file)          is the file there yet: ready | waiting | gone
     upload_result(outcome)          what an upload's HTTP outcome means for the picture
     settled_body(body, records)     the message body as posted once its pictures are settled
@@ -13,6 +14,8 @@ downloading from iCloud when the message went; an `attachment_uploaded` event fo
 from __future__ import annotations
 
 import json
+import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -28,6 +31,13 @@ SETTLED = (UPLOADED, PENDING, SKIPPED)
 UNSUPPORTED = "unsupported_type"
 GONE = "attachment_gone"  # the attachment row left chat.db (deleted, or the message unsent)
 NOT_DOWNLOADED = "not_downloaded"  # still not on disk after the follow-up window
+OUTSIDE = "outside_attachments"  # the file resolves outside Messages' folders (`..`, a symlink)
+
+# The folders beside chat.db where Messages keeps the files of messages: Attachments for what
+# is sent and received, StickerCache for stickers (imessage-exporter's attachment.rs names
+# `~/Library/Messages/Attachments` its DEFAULT_ATTACHMENT_ROOT; its test data has a received
+# sticker at `~/Library/Messages/StickerCache/<hash>-<guid>/<guid>.heic`). Not checked on a Mac.
+MESSAGES_FOLDERS = ("Attachments", "StickerCache")
 
 # Messages' transfer_state once a file is complete on disk.
 TRANSFER_FINISHED = 5
@@ -94,6 +104,17 @@ def is_photo(entry: dict[str, Any]) -> bool:
         return False
     name = entry.get("transfer_name") or entry.get("path") or ""
     return PurePath(str(name)).suffix.lower() in _PHOTO_EXTENSIONS
+
+
+def within(path: str, roots: Iterable[str]) -> bool:
+    """Is `path` strictly inside one of `roots`? Both already resolved (no `..`, no symlinks):
+    the relay has Full Disk Access, and a filename in chat.db must not make it upload a file
+    from anywhere else on the Mac."""
+    return any(
+        path != root and posixpath.commonpath([root, path]) == root
+        for root in roots
+        if posixpath.isabs(root) and posixpath.isabs(path)
+    )
 
 
 def readiness(state: AttachmentState | None, file_size: int | None) -> str:

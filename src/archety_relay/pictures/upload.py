@@ -176,7 +176,18 @@ class Photos:
         """Convert and upload one picture whose file is there. Returns its new record, and the
         outcome when the upload must be retried like a message (5xx, 429, no answer, 401/403)."""
         guid = record.attachment_guid
-        converted = self._convert(guid, Path(record.path or ""))
+        source = self._confined(record.path)
+        if source is None:
+            log.warning(
+                "photo_outside_attachments",
+                attachment_guid=guid,
+                message_guid=record.message_guid,
+                hint="chat.db names a file that resolves outside Messages' Attachments and "
+                "StickerCache folders (through `..` or a symlink); it is not read or uploaded "
+                "and its message goes on, listing it as skipped",
+            )
+            return replace(record, status=SKIPPED, skip_reason=rules.OUTSIDE), None
+        converted = self._convert(guid, source)
         if converted.data is None or converted.mime is None:
             log.warning(
                 "photo_skipped",
@@ -233,6 +244,17 @@ class Photos:
             record, status=SKIPPED, skip_reason=result.skip_reason, attempts=attempts
         ), None
 
+    def _confined(self, path: str | None) -> Path | None:
+        """The file resolved (`..` and symlinks followed), or None when it lies outside the
+        folders beside chat.db where Messages keeps attachments. What is converted is this
+        resolved path, so the file checked is the file read."""
+        if not path:
+            return None
+        folder = self.settings.chat_db.parent
+        roots = [os.path.realpath(folder / name) for name in rules.MESSAGES_FOLDERS]
+        resolved = os.path.realpath(path)
+        return Path(resolved) if rules.within(resolved, roots) else None
+
     def _convert(self, guid: str, path: Path) -> conversion.Converted:
         with self._cache_lock:
             cached = self._converted.get(guid)
@@ -278,6 +300,10 @@ class Photos:
         return events, (None if next_at is None else max(0.0, next_at - now))
 
     def _follow_up(self, record: UploadRecord, state: AttachmentState | None, now: float) -> int:
+        if not record.is_photo:
+            # upload_retry may name any attachment: a voice message or a PDF is no picture
+            # (sips would render a PDF's first page), so it is reported, never converted.
+            return self._report(replace(record, status=SKIPPED, skip_reason=rules.UNSUPPORTED), now)
         ready = rules.readiness(state, _file_size(state))
         if ready == "gone":
             return self._report(replace(record, status=SKIPPED, skip_reason=rules.GONE), now)
