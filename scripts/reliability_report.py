@@ -125,6 +125,13 @@ CASES = {
         "every edited text reaches the backend, in the message (edited before capture read it) "
         "or in one `message_edited` event (edited after); none taken for the original",
     ),
+    "test_a_refused_stranger_never_slows_the_other_chats": (
+        '29. One sender refused (404 "User not found")',
+        "backend answers 404 to one stranger: 2 messages, then 2 more while 3 other chats "
+        "write 4 each (default 60 s probe interval)",
+        "the others delivered in order as they come, no pause, no `backend_rejecting_everything`; "
+        "the stranger's messages dead letters, each refused once (review 2026-12-04 #1)",
+    ),
 }
 STEP_CASES = [
     (
@@ -194,10 +201,13 @@ STEP_CASES = [
         "chat, never shorter than Retry-After",
     ),
     (
-        "26. 404 storm (a redeploy)",
-        "test_lanes",
-        "different messages refused alike: pause and probe, the dead-lettered one put back, "
-        "all delivered in chat order once the backend answers",
+        "26. 404 storm (a redeploy) vs. one refused sender",
+        "test_refusals",
+        "refusals alike from 3 distinct chats and senders (5 for other 4xx): pause, the "
+        "dead-lettered ones put back keeping their attempts, the probe never one of them, all "
+        "delivered in chat order once the backend answers; one sender's 404s or 422s (also in "
+        "3 groups) are dead letters and nobody waits; refused again after the pause: dead letter, "
+        "no second pause",
     ),
     (
         "27. 2xx that cannot be recorded",

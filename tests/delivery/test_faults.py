@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, RelayProcess, accepted_texts, log_events, run_cli, wait_until
+from conftest import ALICE, BOB, RelayProcess, accepted_texts, log_events, run_cli, wait_until
 
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
@@ -633,6 +633,70 @@ def test_bad_answers_nothing_lost_nothing_stopped(
         duplicates=0,
         bad_answers=len(BAD_ANSWERS),
         dead_lettered=len(dead),
+    )
+
+
+def test_a_refused_stranger_never_slows_the_other_chats(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    env: dict[str, str],
+    tmp_path: Path,
+    figures: Callable[..., None],
+) -> None:
+    """Review 2026-12-04 #1 as launchd runs it: the backend answers 404 "User not found" to a
+    stranger. The stranger writes twice; then Alice, Bob and Carol write four messages each
+    while the stranger writes twice more. Their twelve messages are delivered in order as they
+    come (before the fix the stranger's two refusals paused every chat for the 60 s probe
+    interval, again and again); the stranger's four are dead letters, each refused once;
+    nothing is logged as an outage."""
+    stranger, carol = "+15555550999", "+15555550303"
+    people = (ALICE, BOB, carol)
+    backend.respond_with(
+        MSG,
+        lambda body: (
+            Behaviour(404, body={"detail": "User not found"})
+            if body.get("sender") == stranger
+            else None
+        ),
+    )
+    chats = {person: writer.direct_chat(person) for person in (stranger, *people)}
+    relay = start_relay({"ARCHETY_SEND_ENABLED": "0"})  # the default 60 s probe interval
+    refused = lambda: [r for r in backend.messages(accepted_only=False) if r.status == 404]  # noqa: E731
+    for text in ("stranger 1", "stranger 2"):
+        writer.message(text, sender=stranger, chat=chats[stranger])
+    assert wait_until(lambda: len(refused()) >= 2, timeout=10)
+    written: dict[str, float] = {}
+    for n in range(4):
+        if n == 2:
+            for text in ("stranger 3", "stranger 4"):
+                writer.message(text, sender=stranger, chat=chats[stranger])
+        for person in people:
+            written[f"{person[-4:]} {n}"] = time.time()
+            writer.message(f"{person[-4:]} {n}", sender=person, chat=chats[person])
+        time.sleep(0.25)
+    assert wait_until(lambda: len(backend.messages()) >= len(written), timeout=20), sorted(
+        set(written) - set(accepted_texts(backend))
+    )
+    assert wait_until(lambda: len(refused()) >= 4, timeout=10)
+    time.sleep(0.5)
+    accepted = accepted_texts(backend)
+    for person in people:
+        assert [t for t in accepted if t.startswith(person[-4:])] == [
+            f"{person[-4:]} {n}" for n in range(4)
+        ]
+    assert len(refused()) == 4  # each refused once: never put back, never a probe
+    assert log_events(relay.log, "backend_rejecting_everything") == []
+    dead = json.loads(run_cli(["status", "--json"], env, cwd=tmp_path).stdout)["dead_letters"]
+    assert [d["status"] for d in dead] == [404] * 4
+    latency = [r.at - written[r.body["text"]] for r in backend.messages()]
+    figures(
+        sent=len(written) + 4,
+        received=len(accepted),
+        duplicates=0,
+        stranger_dead_letters=len(dead),
+        pauses=0,
+        others_max_latency_ms=round(max(latency) * 1000),
     )
 
 

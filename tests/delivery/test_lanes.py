@@ -270,32 +270,6 @@ def test_401_pauses_every_chat(
     assert len(probe) == 1
 
 
-def test_a_404_storm_pauses_instead_of_dead_lettering_the_queue(
-    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
-) -> None:
-    """Different messages refused alike (what a platform edge says while the backend
-    redeploys) are the backend's problem: sending pauses, the message already moved aside is
-    put back, and once the backend answers again everything is delivered in order."""
-    relay = make_relay(ARCHETY_AUTH_PROBE_INTERVAL="10")
-    relay.capture_step(time.time())
-    write(writer, ALICE, "alice 1", "alice 2")
-    write(writer, BOB, "bob 1")
-    relay.capture_step(time.time())
-    backend.set_default(MSG, Behaviour(404, body={"message": "Application not found"}))
-    assert relay.deliver_step(1.0).kind == "dead_lettered"
-    assert relay.deliver_step(1.0).kind == "auth_paused"
-    assert relay.store.dead_letters() == []
-    assert relay.store.stats().depth == 3
-    assert relay.deliver_step(11.5).kind == "auth_paused"  # the probe: still redeploying
-    assert relay.store.dead_letters() == []
-    backend.set_default(MSG, None)
-    while relay.deliver_step(30.0).kind == "delivered":
-        pass
-    delivered = texts(backend.messages())
-    assert sorted(delivered) == ["alice 1", "alice 2", "bob 1"]
-    assert delivered.index("alice 1") < delivered.index("alice 2")
-
-
 def test_retry_dead_puts_a_message_back_ahead_of_its_chats_newer_messages(
     make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
 ) -> None:

@@ -100,9 +100,12 @@ class Deliverer:
         if slots <= 0:
             return [], None
         # More heads than slots, so a message that keeps failing can be passed over.
-        heads = self.store.heads(
-            max(slots, self.settings.max_in_flight), self.lanes.blocked_chats(now)
-        )
+        wanted, blocked = max(slots, self.settings.max_in_flight), self.lanes.blocked_chats(now)
+        heads = self.store.heads(wanted, blocked | self.lanes.suspect_chats())
+        if not heads and self.lanes.suspect_chats():
+            # Only messages refused in the storm are left: nobody waits behind one of them,
+            # and without a probe they would wait for the next person to write.
+            heads = self.store.heads(wanted, blocked)
         chosen = self.lanes.choose(heads, slots)
         wall = time.time()
         for item in chosen:
@@ -158,7 +161,13 @@ class Deliverer:
         # reply that took 1 s means 3 s after sending.
         answered = now + outcome.elapsed_ms / 1000
         decision = self.lanes.decide(
-            item.chat_guid, item.message_guid, item.attempts + 1, outcome, decided, answered
+            item.chat_guid,
+            item.message_guid,
+            item.attempts + 1,
+            outcome,
+            decided,
+            answered,
+            sender=item.sender,
         )
         log.info(
             "message_delivery_attempt",
@@ -280,7 +289,8 @@ class Deliverer:
             queued=queued,
             next_probe_s=decision.wait,
             response=scrub_body(outcome.excerpt, (self._secret().reveal(),))[:300],
-            hint=f"different messages were refused alike (HTTP {outcome.status}): the backend "
+            hint=f"messages of several different chats and senders were refused alike (HTTP "
+            f"{outcome.status}) with no success between: the backend "
             "or its URL is wrong, not the messages. Sending is paused and nothing is dropped; "
             "one message is tried again each probe interval.",
         )

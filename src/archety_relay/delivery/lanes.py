@@ -18,10 +18,16 @@ What an outcome does:
   the same message keeps   after `poison_attempts` failures while other messages went through,
   failing alone            it is the message, not the backend: it becomes a dead letter
   401, 403                 everything pauses; one probe per `auth_probe_interval`
-  other 4xx                that message becomes a dead letter — unless different messages are
-                           refused alike in a row (a 404 storm while the backend redeploys):
-                           then it is the backend's problem, everything pauses and probes like
-                           401, and the messages already moved aside are put back
+  other 4xx                that message becomes a dead letter, and nobody else waits: a backend
+                           refuses a message for who sent it (a stranger it does not know, an
+                           e-mail handle) or for what it holds. Only when several DISTINCT chats
+                           and senders are refused alike with no success between (a 404 storm
+                           while the backend redeploys) is it the backend's problem: everything
+                           pauses and probes like 401, and the messages already moved aside are
+                           put back. Those messages took part in the storm: none of them is
+                           ever the probe while another message waits, and once the backend has
+                           answered 2xx again, one of them refused again is a dead letter at
+                           once and starts no new storm
 Every time here is monotonic, passed in as `now`.
 """
 
@@ -37,11 +43,13 @@ from ..policy import HttpOutcome, Verdict, backoff_seconds, is_backend_down
 
 # Consecutive failures (of any chats, with no success between) that mean the backend is down.
 DOWN_AFTER_FAILURES = 3
-# Different messages refused with the same status in a row before it is the backend's fault.
-# A 404/405/410 is what a platform edge says while the app redeploys; a 400 or 422 is usually
-# about the message, so it takes more of them.
-STORM_THRESHOLD = {404: 2, 405: 2, 410: 2}
-DEFAULT_STORM_THRESHOLD = 5
+# Refusals with the same status in a row, from this many distinct chats AND as many distinct
+# senders, before it is the backend's fault. Counting messages was not enough: two messages of
+# one stranger the backend does not know paused every chat (review 2026-12-04, #1). A 404/405/
+# 410 is what a platform edge says while the app redeploys, and it reaches every chat that
+# writes; a 400 or 422 is usually about the message or its sender, so it takes more of them.
+STORM_SPREAD = {404: 3, 405: 3, 410: 3}
+DEFAULT_STORM_SPREAD = 5
 
 
 class _Queued(Protocol):
@@ -59,6 +67,26 @@ class InFlight:
     chat_guid: str
     message_guid: str
     started_wall: float
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One message refused with a 4xx since the last 2xx: what a storm is made of."""
+
+    message_guid: str
+    chat_guid: str
+    sender: str
+    status: int
+
+
+def is_storm(refusals: Sequence[Refusal]) -> bool:
+    """Refusals alike from enough distinct chats and senders to blame the backend, not them."""
+    if not refusals:
+        return False
+    spread = STORM_SPREAD.get(refusals[-1].status, DEFAULT_STORM_SPREAD)
+    chats = {r.chat_guid for r in refusals}
+    senders = {r.sender for r in refusals}
+    return len(chats) >= spread and len(senders) >= spread
 
 
 @dataclass(frozen=True)
@@ -96,7 +124,10 @@ class Lanes:
         self.pause_reason: str | None = None  # "auth_401" | "rejected_404" ...
         self._delivered = 0
         self._failing_since: dict[str, int] = {}  # message guid -> deliveries at 1st failure
-        self._storm: list[tuple[str, int]] = []  # (guid, status) refused since the last 2xx
+        self._storm: list[Refusal] = []  # refused alike since the last 2xx
+        # Messages that took part in a storm (message guid -> chat guid): never the probe while
+        # another message waits; refused again after a 2xx, a dead letter with no new storm.
+        self._suspects: dict[str, str] = {}
 
     # -- choosing ---------------------------------------------------------------------------
     def gate(self, now: float) -> float | None:
@@ -113,6 +144,12 @@ class Lanes:
         with self._lock:
             waiting = {c for c, t in self.chat_retry_at.items() if t > now}
             return waiting | set(self.busy)
+
+    def suspect_chats(self) -> set[str]:
+        """While paused, the chats whose head took part in the storm: not to be the probe (a
+        message refused again says nothing about the backend). Empty once sending resumed."""
+        with self._lock:
+            return set(self._suspects.values()) if self.paused_until is not None else set()
 
     def free_slots(self, now: float) -> int:
         """How many more messages may start. While paused or down: one probe at a time."""
@@ -163,6 +200,7 @@ class Lanes:
         outcome: HttpOutcome,
         decided: Verdict,
         now: float,
+        sender: str = "",
     ) -> Decision:
         """Record one answer; `attempts` counts this one. Returns what to do with the message."""
         with self._lock:
@@ -171,7 +209,8 @@ class Lanes:
             if decided is Verdict.AUTH_PAUSED:
                 return self._pause(f"auth_{outcome.status}", now, "auth_paused")
             if decided is Verdict.DEAD_LETTER:
-                return self._refused(message_guid, outcome, now)
+                refusal = Refusal(message_guid, chat_guid, sender, outcome.status or 0)
+                return self._refused(refusal, now)
             return self._failed(chat_guid, message_guid, attempts, outcome, now)
 
     def _delivered_now(self, chat_guid: str, message_guid: str) -> Decision:
@@ -185,6 +224,7 @@ class Lanes:
         self._storm.clear()
         self.chat_retry_at.pop(chat_guid, None)
         self._failing_since.pop(message_guid, None)
+        self._suspects.pop(message_guid, None)
         return Decision("delivered")
 
     def _pause(self, reason: str, now: float, action: str) -> Decision:
@@ -192,19 +232,27 @@ class Lanes:
         self.pause_reason = reason
         return Decision(action, self.probe_interval, reason=reason)
 
-    def _refused(self, message_guid: str, outcome: HttpOutcome, now: float) -> Decision:
-        status = outcome.status or 0
-        if self.paused_until is not None and self.pause_reason == f"rejected_{status}":
-            return self._pause(f"rejected_{status}", now, "paused")  # the probe: still refused
-        if any(s != status for _, s in self._storm):
+    def _refused(self, refusal: Refusal, now: float) -> Decision:
+        reason = f"rejected_{refusal.status}"
+        guid = refusal.message_guid
+        if self.paused_until is not None and self.pause_reason == reason:
+            self._suspects[guid] = refusal.chat_guid  # the probe: still refused
+            return self._pause(reason, now, "paused")
+        if self._suspects.pop(guid, None) is not None:
+            # Refused in a storm, and again now that sending resumed (the backend answered
+            # 2xx since): it is this message after all. Counting it again would pause
+            # everyone once more, put it back, and repeat for ever.
+            return Decision("dead_letter")
+        if any(r.status != refusal.status for r in self._storm):
             self._storm.clear()
-        if all(g != message_guid for g, _ in self._storm):
-            self._storm.append((message_guid, status))
-        if len(self._storm) >= STORM_THRESHOLD.get(status, DEFAULT_STORM_THRESHOLD):
-            earlier = tuple(g for g, _ in self._storm if g != message_guid)
-            decision = self._pause(f"rejected_{status}", now, "paused")
-            return Decision("paused", decision.wait, earlier, decision.reason)
-        return Decision("dead_letter")
+        if all(r.message_guid != guid for r in self._storm):
+            self._storm.append(refusal)
+        if not is_storm(self._storm):
+            return Decision("dead_letter")  # about this chat or sender: nobody else waits
+        self._suspects.update((r.message_guid, r.chat_guid) for r in self._storm)
+        earlier = tuple(r.message_guid for r in self._storm if r.message_guid != guid)
+        decision = self._pause(reason, now, "paused")
+        return Decision("paused", decision.wait, earlier, decision.reason)
 
     def _failed(
         self, chat_guid: str, message_guid: str, attempts: int, outcome: HttpOutcome, now: float

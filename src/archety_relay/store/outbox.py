@@ -38,6 +38,11 @@ class QueuedItem:
     attempts: int
     chat_guid: str = ""
 
+    @property
+    def sender(self) -> str:
+        """Who sent it (the body's `sender`), "" when the body does not say."""
+        return _field_of(self.body, "sender")
+
 
 _ITEM_COLUMNS = "id, message_guid, source_rowid, body, enqueued_at, attempts, chat_guid"
 
@@ -222,13 +227,16 @@ class OutboxQueries(Transactional):
 
     def retry_dead(self, now: float, guids: Collection[str] | None = None) -> int:
         """Move dead letters (all, or those named) back into the outbox, each at its old place:
-        ahead of the newer messages of its chat, so the chat's order is what it was."""
+        ahead of the newer messages of its chat, so the chat's order is what it was. Each keeps
+        its attempts: a message put back is not untried, and must not pass for one (lanes
+        prefer untried messages as the probe while the backend looks sick)."""
         chosen = "1" if guids is None else "message_guid IN (SELECT value FROM json_each(?))"
         args: tuple[object, ...] = () if guids is None else (json.dumps(sorted(guids)),)
         with self._tx() as db:
             moved = db.execute(
                 "INSERT OR IGNORE INTO outbox (id, message_guid, source_rowid, body, enqueued_at,"
-                " chat_guid) SELECT outbox_id, message_guid, source_rowid, body, ?, chat_guid"
+                " chat_guid, attempts, last_status) SELECT outbox_id, message_guid, source_rowid,"
+                " body, ?, chat_guid, attempts, status"
                 f" FROM dead_letter WHERE {chosen} ORDER BY id",
                 (now, *args),
             ).rowcount
@@ -286,11 +294,16 @@ class OutboxQueries(Transactional):
 
 def _chat_of(body: bytes) -> str:
     """The chat a queued body belongs to: the lane it waits in."""
+    return _field_of(body, "chat_guid")
+
+
+def _field_of(body: bytes, key: str) -> str:
+    """A text field of a queued JSON body, "" when it has none."""
     try:
-        chat = json.loads(body).get("chat_guid")
-    except (ValueError, AttributeError):
+        value = json.loads(body).get(key)
+    except (ValueError, AttributeError, RecursionError):
         return ""
-    return chat if isinstance(chat, str) else ""
+    return value if isinstance(value, str) else ""
 
 
 def _move_to_dead(
