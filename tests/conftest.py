@@ -298,6 +298,8 @@ the participant; Messages records what it sent as an is_from_me = 1 row joined t
   FAKE_OSASCRIPT_MODE=silent        exit 0 and write nothing (what macOS 26 does to some groups)
   FAKE_OSASCRIPT_UNKNOWN_CHAT_IDS   guids `chat id` cannot find (-1728), comma-separated
   FAKE_OSASCRIPT_FAIL               fail every call with this message
+  FAKE_OSASCRIPT_PROBE_FILE         a file holding how the Automation probe answers:
+                                    ok (default) | denied (-1743) | hang (a prompt nobody answers)
 \"\"\"
 import getopt, json, os, sqlite3, sys, time, uuid
 log = os.environ["FAKE_OSASCRIPT_LOG"]
@@ -312,6 +314,14 @@ if fail:
     sys.stderr.write(fail + "\\n")
     sys.exit(1)
 if not arguments:  # the Automation probe: count of accounts
+    probe = os.environ.get("FAKE_OSASCRIPT_PROBE_FILE")
+    mode = open(probe).read().strip() if probe and os.path.exists(probe) else "ok"
+    if mode == "denied":
+        sys.stderr.write("execution error: Not authorized to send Apple events to Messages. "
+                         "(-1743)\\n")
+        sys.exit(1)
+    if mode == "hang":  # a prompt nobody answers: osascript waits
+        time.sleep(60)
     print(1)
     sys.exit(0)
 time.sleep(float(os.environ.get("FAKE_OSASCRIPT_SLEEP_BEFORE", "0")))

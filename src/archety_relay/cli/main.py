@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="ops:cmd_doctor")
 
     p = sub.add_parser(
+        "automation-check",
+        parents=[common],
+        help="let the relay control Messages: raises macOS's prompt (watch the screen)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=150.0,
+        help="seconds to wait for someone to answer the prompt (default 150)",
+    )
+    p.set_defaults(handler="automation:cmd_automation_check")
+
+    p = sub.add_parser(
         "set-secret",
         parents=[common],
         help="store the webhook secret in the Keychain (read from a prompt or stdin)",

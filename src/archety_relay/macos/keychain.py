@@ -14,11 +14,12 @@ OSStatus the tool reports is translated to what it means.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+
+from . import tool as apple_tool
 
 KEYCHAIN_SERVICE = "relay-webhook-secret"
 KEYCHAIN_ACCOUNT = "archety-relay"
@@ -91,7 +92,7 @@ def get_secret(timeout: float = LOOKUP_TIMEOUT_SECONDS, *, platform: str | None 
 
 
 def _security_lookup(timeout: float) -> Lookup:
-    tool = shutil.which("security")
+    tool = apple_tool("security")
     if tool is None:
         return Lookup(None, "the security tool was not found")
     argv = [tool, "find-generic-password", "-s", KEYCHAIN_SERVICE, "-a", KEYCHAIN_ACCOUNT, "-w"]
@@ -149,7 +150,7 @@ def set_secret(
 
 
 def _security_store(value: str, timeout: float) -> str | None:
-    tool = shutil.which("security")
+    tool = apple_tool("security")
     if tool is None:
         return "the security tool was not found"
     if not _SAFE_FOR_SECURITY.fullmatch(value):

@@ -12,12 +12,12 @@ empty, unjoined row): the caller confirms every send in chat.db (see outbound).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..chatdb.guids import Target, is_chat_guid
+from . import tool
 
 # argv: chat guid, text, handle ("" for a group), service, the guid's other spelling ("" if none)
 # -1728 is "Can't get chat id …": try the next form. Anything else is the answer.
@@ -64,15 +64,16 @@ PROBE_SCRIPT = (
 )
 SEND_TIMEOUT_SECONDS = 30.0
 PROBE_TIMEOUT_SECONDS = 15.0
-# AppleScript's "Not authorized to send Apple events" (Automation permission missing).
-NOT_AUTHORIZED = "-1743"
+# AppleScript's "Not authorized to send Apple events" (-1743), and "would require user consent"
+# (-1744, errAEEventWouldRequireUserConsent): both mean the relay may not control Messages.
+NOT_AUTHORIZED = ("-1743", "-1744")
 AUTOMATION_DENIED = "automation_permission_missing"
 # "Can't get chat id …" after every form was tried, and "Can't make … into type …":
 # trying again finds the same nothing.
 NOT_FOUND = ("-1728", "-1700")
 AUTOMATION_HINT = (
-    "allow the relay's Python to control Messages: System Settings > Privacy & Security > "
-    "Automation > (the interpreter) > Messages"
+    "allow the relay to control Messages: System Settings > Privacy & Security > Automation > "
+    "Archety Relay (or the Python it runs) > Messages; `archety-relay automation-check` asks"
 )
 
 
@@ -86,7 +87,8 @@ class SendResult:
 
 
 def automation_allowed(timeout: float = PROBE_TIMEOUT_SECONDS) -> SendResult:
-    """Whether this process may control Messages: one real, read-only Apple event."""
+    """Whether this process may control Messages: one real, read-only Apple event. It raises
+    the consent prompt when nobody has answered yet: only for someone watching the screen."""
     return _run(lambda osascript: [osascript, *_lines(PROBE_SCRIPT)], timeout)
 
 
@@ -129,7 +131,7 @@ def send(target: Target, text: str, timeout: float = SEND_TIMEOUT_SECONDS) -> Se
 
 def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
     """Run osascript; what went wrong, if anything, as a value (retryable or not)."""
-    osascript = shutil.which("osascript")
+    osascript = tool("osascript")  # /usr/bin/osascript on a Mac, never a PATH look-alike
     if osascript is None:
         return SendResult(False, "osascript not found (not macOS?)", retryable=False)
     try:
@@ -143,8 +145,9 @@ def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
     if done.returncode == 0:
         return SendResult(True, via=done.stdout.strip()[:40] or None)
     detail = (done.stderr or done.stdout).strip()[:300]
-    if NOT_AUTHORIZED in detail:
-        return SendResult(False, f"{AUTOMATION_DENIED}: {AUTOMATION_HINT}", retryable=False)
+    denied = next((code for code in NOT_AUTHORIZED if code in detail), None)
+    if denied is not None:
+        return SendResult(False, f"{AUTOMATION_DENIED} ({denied}): {AUTOMATION_HINT}", False)
     if any(code in detail for code in NOT_FOUND):
         reason = "group_send_unsupported" if "group_send_unsupported" in detail else "no_such_chat"
         return SendResult(False, f"{reason}: osascript exit {done.returncode}: {detail}", False)

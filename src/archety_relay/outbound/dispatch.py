@@ -9,7 +9,6 @@ stored work plus an event (see executor).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,12 +21,13 @@ from ..backend.commands import Action
 from ..chatdb.guids import Target, is_chat_guid, send_target, service_of
 from ..chatdb.reader import ChatDb, SentRow
 from ..config import Settings
-from ..macos import automation, messages_app
+from ..macos import messages_app
 from ..macos.messages_app import SendResult
 from ..model import utc_iso
 from ..store import NewOutgoing, Outgoing, QueuedItem, Store
 from ..store.outgoing import FAILED, MISSED, SENT
 from . import executor
+from .permission import Permission
 
 log = structlog.get_logger("archety_relay.outbound")
 
@@ -40,8 +40,6 @@ RECOVERY_SLACK_SECONDS = 5.0
 # How long Messages has to record a send osascript reported (imsg waits about as long).
 CONFIRM_SECONDS = 3.0
 CONFIRM_POLL_SECONDS = 0.05
-# Automation is probed again after a refusal at most this often (the probe can take 10 s).
-AUTOMATION_REPROBE_SECONDS = 300.0
 IDLE_SECONDS = 30.0
 
 Sender = Callable[[Target, str], SendResult]
@@ -59,9 +57,8 @@ class Outbound:
         self._last_sent: dict[str, float] = {}
         self.confirm_seconds = CONFIRM_SECONDS
         self._disabled_logged = False
-        self.probe: Callable[[], SendResult] = messages_app.automation_allowed
-        self._probe_due = True  # at start, and again after a send is refused with -1743
-        self._probed_at = float("-inf")
+        self.permission = Permission(settings.state_dir)
+        self._held_logged = False
 
     # -- replies ----------------------------------------------------------------------------
     def replies_for(
@@ -106,6 +103,13 @@ class Outbound:
                 )
                 self._disabled_logged = True
             return None
+        if self.permission.held:
+            # Never a send that would raise the consent prompt with nobody at the screen.
+            if not self._held_logged and self.store.next_due_at() is not None:
+                log.warning("sends_held", reason="automation_not_allowed")
+                self._held_logged = True
+            return None
+        self._held_logged = False
         gap = 1.0 / self.settings.send_rate_per_chat
         for item in self.store.heads_due(now):
             try:
@@ -167,8 +171,12 @@ class Outbound:
             error=result.error,
         )
         if (result.error or "").startswith(messages_app.AUTOMATION_DENIED):
-            self._probe_due = True  # record the new state for doctor
+            # Not sent: Messages refused the event. Kept, and sent once allowed.
+            self.permission.refused(result.error, now)
+            self.store.retry_later(item, now, result.error or "", now)
+            return
         if result.ok:
+            self.permission.confirmed(now)
             self._finish(item, SENT, now, "message_sent", None, result.message_guid)
         elif result.retryable and attempt < MAX_SEND_ATTEMPTS:
             delay = SEND_RETRY_SECONDS[min(attempt, len(SEND_RETRY_SECONDS)) - 1]
@@ -183,21 +191,16 @@ class Outbound:
                 error=result.error,
             )
 
-    def automation_step(self, now: float) -> SendResult | None:
-        """Probe Automation with a real Apple event from this process (the agent's identity),
-        at start and after a -1743, at most every few minutes; store it for doctor."""
-        if not self._probe_due or not self.settings.send_enabled:
+    def automation_step(self, now: float) -> str | None:
+        """Look at the Automation state if a look is due or an operator asked (see
+        permission); wake the dispatcher when sends may go again."""
+        if not self.settings.send_enabled:
             return None
-        if now - self._probed_at < AUTOMATION_REPROBE_SECONDS:
-            return None
-        self._probe_due, self._probed_at = False, now
-        result = self.probe()
-        automation.record(self.settings.state_dir, result, now, os.getpid())
-        if result.ok:
-            log.info("automation_checked", allowed=True)
-        else:
-            log.warning("automation_checked", allowed=False, error=result.error)
-        return result
+        held = self.permission.held
+        state = self.permission.step(now)
+        if held and not self.permission.held:
+            self.notify()
+        return state
 
     def _target(self, chat_guid: str) -> Target:
         if not is_chat_guid(chat_guid):  # refused by the sender, with the reason

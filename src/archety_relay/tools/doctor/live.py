@@ -3,7 +3,7 @@
 It answers what Linux tests cannot: which image this Python runs (what Full Disk Access must
 name) and whether it can read chat.db, how this chat.db spells chat guids (macOS 26: `any;`),
 whether the file watcher fires for the next incoming message and how fast, whether Automation
-is really granted (a real Apple event, from this process and as the daemon recorded it), the
+is granted (a quiet look from this process, never a prompt, and as the daemon recorded it), the
 LaunchAgent's state and the image it runs, and the power, FileVault and auto-login settings an
 unattended Mac mini needs. Every outside command goes through `macos.run`; off macOS those
 lines say so.
@@ -23,7 +23,7 @@ from ...capture import detection
 from ...chatdb import rows, watcher
 from ...chatdb.reader import ChatDb
 from ...errors import RelayError
-from ...macos import automation, interpreter, launchd, messages_app
+from ...macos import automation, consent, interpreter, launchd
 from ...model import utc_iso
 from .install import relay_identity
 
@@ -67,8 +67,8 @@ def report(
     except RelayError as exc:
         add("chat.db", f"NOT readable: {exc.message}")
         top = None
-    probe = messages_app.automation_allowed()
-    add("automation", "allowed (count of accounts)" if probe.ok else f"NOT allowed: {probe.error}")
+    # Quietly: doctor never raises the prompt (`automation-check` does, with someone watching).
+    add("automation", f"this shell: {automation.describe(consent.determine())} (no prompt)")
     recorded = automation.read(settings.state_dir)
     if recorded is not None:
         state = "allowed" if recorded.get("ok") else f"NOT allowed: {recorded.get('error')}"
