@@ -17,6 +17,8 @@ from conftest import ALICE, BOB, FakeOsascript, relay_life, run_cli
 from archety_relay.backend.commands import SendNow
 from archety_relay.capture import lateness
 from archety_relay.capture.events import URL_BALLOON
+from archety_relay.capture.new_rows import SKIP_EVENTS_PER_STEP
+from archety_relay.chatdb.rows import apple_date
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import StubBackend
@@ -300,6 +302,122 @@ def test_lone_late_message_is_posted_with_its_delay(
     assert all(900 - 20 <= b["delayed_s"] <= 903 for b in posted[1:])
 
 
+def test_late_message_behind_the_persona_reply_and_a_later_message_is_posted(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """The review's late_dropped case: B (2 min 20 s late) is posted, the persona answers, then
+    A arrives, older than both and unread (APNs delivered it after the message that followed
+    it). A is a person's message, not history: it is posted with delayed_s."""
+    chat = writer.direct_chat(ALICE)
+    relay_all(relay)
+    now = time.time()
+    writer.message("B: and bring the charger", sender=ALICE, chat=chat, sent_at=now - 140)
+    relay_all(relay, now)
+    writer.message("sure, on my way", sender=None, chat=chat, is_from_me=1)
+    writer.message(
+        "A: can you pick me up at 6? I'm at the hospital",
+        sender=ALICE,
+        chat=chat,
+        sent_at=now - 150,
+    )
+    skipped = relay_all(relay, now + 1).skipped
+    posted = bodies(backend)
+    assert [b["text"] for b in posted] == [
+        "B: and bring the charger",
+        "A: can you pick me up at 6? I'm at the hospital",
+    ]
+    assert 150 <= posted[1]["delayed_s"] <= 153
+    assert skipped["backfill"] == 0
+
+
+def test_an_old_row_behind_only_the_persona_own_messages_is_late_not_history(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Only incoming messages make a row "history landing behind the conversation": a row two
+    hours old whose chat holds nothing newer but the persona's own messages is posted late."""
+    chat = writer.direct_chat(ALICE)
+    relay_all(relay)
+    writer.message("did you get my voicemail?", sender=None, chat=chat, is_from_me=1)
+    writer.message("call me when you land", sender=ALICE, chat=chat, sent_at=time.time() - 7200)
+    relay_gathered(relay)
+    [posted] = bodies(backend)
+    assert posted["text"] == "call me when you land" and posted["delayed_s"] >= 7200
+
+
+def test_a_reinserted_copy_of_a_recent_message_is_backfill(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A row with a new guid but the sender and the exact date of a message its chat already
+    holds is a re-inserted copy (iCloud keeps the original's date): not posted twice."""
+    chat = writer.direct_chat(ALICE)
+    relay_all(relay)
+    sent_at = time.time() - 600
+    writer.message("running late", sender=ALICE, chat=chat, sent_at=sent_at)
+    relay_all(relay)
+    writer.message("running late", sender=ALICE, chat=chat, sent_at=sent_at)
+    skipped = relay_all(relay).skipped
+    assert [b["text"] for b in bodies(backend)] == ["running late"]
+    assert skipped["backfill"] == 1
+
+
+def test_every_skipped_message_is_reported_to_the_backend(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A person's message the relay passes without posting (history restored, too old) is a
+    `message_skipped` event at /edge/sync naming it, its chat, sender and why; the persona's
+    own rows and reactions are not."""
+    chat = writer.direct_chat(ALICE)
+    relay_all(relay)
+    read = writer.message(
+        "seen on the phone",
+        sender=ALICE,
+        chat=chat,
+        sent_at=time.time() - 900,
+        columns={"is_read": 1},
+    )
+    ancient = writer.message(
+        "from last week", sender=ALICE, chat=chat, sent_at=time.time() - 7 * 86400
+    )
+    writer.message("ok", sender=None, chat=chat, is_from_me=1, sent_at=time.time() - 7 * 86400)
+    relay_gathered(relay)
+    assert bodies(backend) == []
+    events = synced(relay, backend, "message_skipped")
+    by_guid = {e["message_guid"]: e for e in events}
+    assert set(by_guid) == {writer.guid_of(read), writer.guid_of(ancient)}
+    seen = by_guid[writer.guid_of(read)]
+    assert seen["chat_guid"] == f"iMessage;-;{ALICE}"
+    assert seen["details"]["reason"] == "backfill"
+    assert seen["details"]["sender"] == ALICE
+    assert seen["details"]["text"] == "seen on the phone"
+    assert 900 <= seen["details"]["age_s"] <= 905
+    assert by_guid[writer.guid_of(ancient)]["details"]["reason"] == "too_old"
+
+
+def test_a_restored_history_is_reported_without_a_flood_of_events(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """300 rows of restored history in one step: each is accounted for, but beyond the first
+    SKIP_EVENTS_PER_STEP the rest are counted in one summary event, not one event each."""
+    chat = writer.direct_chat(ALICE)
+    relay_all(relay)
+    old = time.time() - 3 * 3600
+    writer.burst([f"history {i}" for i in range(300)], sender=ALICE, chat=chat)
+    writer.conn.execute("UPDATE message SET date = ? + ROWID * 1000000000", (apple_date(old),))
+    writer.conn.execute(
+        "UPDATE chat_message_join SET message_date = "
+        "(SELECT date FROM message WHERE ROWID = message_id)"
+    )
+    relay_gathered(relay)
+    assert bodies(backend) == []
+    relay.sync_step(time.time())
+    events = [e for e in backend.sync_events() if e["event_type"] == "message_skipped"]
+    singles = [e for e in events if e["message_guid"]]
+    [summary] = [e for e in events if not e["message_guid"]]
+    assert len(singles) == SKIP_EVENTS_PER_STEP
+    assert summary["details"]["count"] == 300 - SKIP_EVENTS_PER_STEP
+    assert summary["details"]["reasons"] == {"backfill": 300 - SKIP_EVENTS_PER_STEP}
+
+
 def test_fresh_message_has_no_delay_field(
     relay: Relay, writer: MessagesWriter, backend: StubBackend
 ) -> None:
@@ -317,7 +435,10 @@ def test_the_rule_on_its_own() -> None:
     assert lateness.verdict(a(30, 1, True, True)) is None  # fresh: nothing to judge
     assert lateness.verdict(a(1200, 1, False, False)) == "late"
     assert lateness.verdict(a(1200, 1, False, True)) == "backfill"
-    assert lateness.verdict(a(1200, 1, True, False)) == "backfill"
+    # Behind a newer incoming message: history only when older than the floor (review #2).
+    assert lateness.verdict(a(1200, 1, True, False)) == "late"
+    assert lateness.verdict(a(7200, 1, True, False)) == "backfill"
+    assert lateness.verdict(a(1200, 1, True, False, twin=True)) == "backfill"
     assert lateness.verdict(a(1200, 50, False, False)) == "late"  # a catch-up, minutes old
     assert lateness.verdict(a(7200, 50, False, False)) == "backfill"
     assert lateness.verdict(a(7200, 2, False, False)) == "late"

@@ -96,16 +96,17 @@ class Arrivals:
         age = now - message.timestamp
         if age >= lateness.LATE_AFTER_SECONDS:
             chat = min(raw.chats, key=lambda c: c.rowid) if raw.chats else None
+            ahead = (
+                self.chatdb.chat_ahead(chat.rowid, raw.date, raw.rowid, message.text)
+                if chat and chat.rowid >= 0 and raw.date
+                else None
+            )
             arrival = lateness.Arrival(
                 age_s=age,
                 together=len(self._old_seen) or 1,
-                chat_had_newer=bool(
-                    chat
-                    and chat.rowid >= 0
-                    and raw.date
-                    and self.chatdb.chat_has_newer(chat.rowid, raw.date, raw.rowid)
-                ),
+                chat_had_newer=bool(ahead and ahead.newer_incoming),
                 is_read=bool(raw.is_read),
+                twin=bool(ahead and ahead.twin),
             )
             decided = lateness.verdict(arrival)
             log.info(
@@ -116,6 +117,7 @@ class Arrivals:
                 together=arrival.together,
                 chat_had_newer=arrival.chat_had_newer,
                 is_read=arrival.is_read,
+                twin=arrival.twin,
                 verdict=decided,
             )
             if decided == "backfill":

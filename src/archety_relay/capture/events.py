@@ -6,6 +6,10 @@ Pure functions over values (`chatdb` reads, `capture`/`changes` store). Two kind
   2000–2007 added, 3000–3007 removed, 1000 an old-style sticker placed on a message), a group
   change (`item_type` 1–3 with `group_action_type`), or an `is_from_me` row the relay did not
   send (someone used the persona's Apple ID elsewhere) → one `ChatEvent`;
+- an incoming **message the relay passes without posting** (history restored, too old, empty,
+  unplaceable) → one `message_skipped`, so nothing a person sent disappears without the
+  backend hearing of it; beyond a few dozen in one capture step, one summary event for the
+  rest (a restored history must not flood the event queue);
 - a **changed row** in the recent window: its `Fingerprint` (date_edited, unsent parts,
   is_empty, date_read) compared with the one stored last time → edited / unsent / read.
 
@@ -22,7 +26,7 @@ from typing import Any
 
 from ..chatdb import rows, typedstream
 from ..chatdb.rows import RawMessage, WatchedRow
-from ..model import ChatEvent, Fingerprint, utc_iso
+from ..model import ChatEvent, Fingerprint, clean_text, utc_iso
 
 REACTION_KINDS = {
     0: "love",
@@ -44,6 +48,14 @@ _GROUP_ACTIONS = {
     (3, 2): "group_photo_changed",
 }
 URL_BALLOON = "com.apple.messages.URLBalloonProvider"
+# Why an incoming message is passed without being posted, reported as `message_skipped`.
+# Not `filtered` (a rule's own `message_filtered` says so) nor `url_preview` (the link's text
+# went out with its own row).
+SKIP_REPORTED = frozenset(
+    {"backfill", "too_old", "empty", "no_sender", "unreadable", "group_chat_join_missing"}
+)
+# The text a `message_skipped` carries at most (a skipped row may hold megabytes).
+SKIPPED_TEXT_CHARS = 4000
 
 
 def _iso(apple_date: int) -> str | None:
@@ -161,6 +173,64 @@ def new_row_event(row: RawMessage) -> ChatEvent | None:
     if kind == "group_event":
         return group_event(row)
     return None
+
+
+def reports_skip(row: RawMessage, reason: str) -> bool:
+    """Whether passing this row for this reason is a `message_skipped` for the backend: a
+    person's message, not a reaction, group change or the persona's own row."""
+    return (
+        reason in SKIP_REPORTED
+        and row.guid is not None
+        and not row.is_from_me
+        and message_kind(row) == "message"
+    )
+
+
+def skipped_event(row: RawMessage, reason: str, now: float) -> ChatEvent:
+    """One person's message the relay passed without posting, and why."""
+    assert row.guid is not None
+    sent_at = rows.unix_seconds(row.date)
+    try:
+        text: str | None = clean_text(rows.message_text(row))
+    except Exception:  # the row that was skipped as unreadable: the event still goes
+        text = None
+    details: dict[str, Any] = {
+        "reason": reason,
+        "sender": row.sender,
+        "sent_at": _iso(row.date) if row.date else None,
+        "age_s": int(now - sent_at) if sent_at is not None else None,
+        "text": text[:SKIPPED_TEXT_CHARS] if text is not None else None,
+        "attachments": len(row.attachments),
+    }
+    if text is not None and len(text) > SKIPPED_TEXT_CHARS:
+        details["text_chars"] = len(text)
+    return ChatEvent("message_skipped", row.guid, chat_guid_of(row), row.guid, details)
+
+
+def skipped_summary(skipped: list[tuple[RawMessage, str]]) -> ChatEvent:
+    """Many messages passed in one step (a restored history): counted in one event naming the
+    first and last of them, their reasons and chats."""
+    guids = [row.guid for row, _ in skipped if row.guid]
+    reasons: dict[str, int] = {}
+    chats: list[str] = []
+    for row, reason in skipped:
+        reasons[reason] = reasons.get(reason, 0) + 1
+        chat = chat_guid_of(row)
+        if chat and chat not in chats and len(chats) < 20:
+            chats.append(chat)
+    return ChatEvent(
+        "message_skipped",
+        f"{guids[0]}-{guids[-1]}-{len(skipped)}",
+        chats[0] if len(chats) == 1 else None,
+        None,
+        {
+            "count": len(skipped),
+            "reasons": reasons,
+            "first_message_guid": guids[0],
+            "last_message_guid": guids[-1],
+            "chats": chats,
+        },
+    )
 
 
 def reply_to(row: RawMessage) -> dict[str, Any] | None:

@@ -8,10 +8,16 @@ minutes instead receives the messages it missed once, dated minutes ago, unread,
 than anything its chat already had.
 
 So a row dated more than `LATE_AFTER_SECONDS` ago is:
-- `backfill` (skipped, counted in status) if any of:
+- `backfill` (skipped, counted in status, reported as `message_skipped`) if any of:
   - it is already read (someone read it long ago, on another device);
-  - its chat already held a message dated at or after it before it arrived: history landing
-    behind the conversation (a re-inserted copy has its original's date), not news;
+  - it is a twin: its chat already holds an incoming message of the same sender, with the same
+    text and exactly the same date (a re-inserted copy keeps its original's date);
+  - it is more than `BUNCH_MIN_AGE_SECONDS` old and its chat already held an *incoming* message
+    dated at or after it before it arrived: history landing behind the conversation, not news.
+    The persona's own messages do not count (they answer what arrived, not what iCloud
+    restores), and a row younger than the floor is not judged this way: APNs does deliver a
+    person's message after the one they sent next, minutes late and unread (review 2026-12-04
+    #2), while the restored history of the evidence is 21–48 h old;
   - at least `BUNCH_SIZE` old rows arrived together (in one read or within
     `BUNCH_WINDOW_SECONDS`; each old row is held `BUNCH_WAIT_SECONDS` after it is first seen,
     so a bunch committed row by row is counted whole) and it is more than
@@ -42,16 +48,19 @@ BUNCH_WAIT_SECONDS = 2.0
 class Arrival:
     age_s: float  # now - the row's date
     together: int  # old rows arriving with it (itself included)
-    chat_had_newer: bool  # its chat already held a message dated at or after it
+    chat_had_newer: bool  # its chat already held an incoming message dated at or after it
     is_read: bool
+    twin: bool = False  # its chat already held a copy: same sender, date and text
 
 
 def verdict(arrival: Arrival) -> str | None:
     """None (on time), `late` (forward with delayed_s) or `backfill` (skip)."""
     if arrival.age_s < LATE_AFTER_SECONDS:
         return None
-    if arrival.is_read or arrival.chat_had_newer:
+    if arrival.is_read or arrival.twin:
         return "backfill"
-    if arrival.together >= BUNCH_SIZE and arrival.age_s >= BUNCH_MIN_AGE_SECONDS:
+    if arrival.age_s < BUNCH_MIN_AGE_SECONDS:
+        return "late"  # minutes late and unread: a person's message, whatever came after it
+    if arrival.chat_had_newer or arrival.together >= BUNCH_SIZE:
         return "backfill"
     return "late"

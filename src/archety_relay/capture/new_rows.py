@@ -32,6 +32,9 @@ READ_BATCH = 500
 # A row without a chat join whose sender is only in group chats waits this many chat-join waits
 # for its join before it is passed: a guess would answer a group's message in a direct chat.
 GROUP_JOIN_WAIT_FACTOR = 6
+# A person's message passed without posting is a `message_skipped` event of its own, up to
+# this many in one step; the rest of the step's are counted in one summary event.
+SKIP_EVENTS_PER_STEP = 50
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Capture:
         cursor, rebased = self.placement.cursor(now)
         if rebased:
             self._rebased(result)
+        reported = 0  # message_skipped events of their own in this step
         while True:
             batch = self.chatdb.read_after(cursor.rowid, READ_BATCH)
             if not batch:
@@ -86,6 +90,7 @@ class Capture:
             items: list[tuple[str, int, bytes]] = []
             found: list[events.ChatEvent] = []
             fingerprints: list[Fingerprint] = []
+            passed_over: list[tuple[rows.RawMessage, str]] = []
             skipped = result.skipped.copy()
             last, last_row = cursor.rowid, None
             for raw in batch:
@@ -98,6 +103,8 @@ class Capture:
                     result.skipped[outcome.reason] += 1
                     if (event := self._event(raw, now)) is not None:
                         found.append(event)
+                    elif events.reports_skip(raw, outcome.reason):
+                        passed_over.append((raw, outcome.reason))
                     log.debug(
                         "row_skipped", rowid=outcome.rowid, guid=outcome.guid, reason=outcome.reason
                     )
@@ -109,6 +116,11 @@ class Capture:
                 if (fp := _fingerprint(raw, now)) is not None:
                     fingerprints.append(fp)
                 last, last_row = raw.rowid, raw
+            room = max(0, SKIP_EVENTS_PER_STEP - reported)
+            found += [events.skipped_event(r, reason, now) for r, reason in passed_over[:room]]
+            if passed_over[room:]:
+                found.append(events.skipped_summary(passed_over[room:]))
+            reported += len(passed_over[:room])
             if last_row is not None:
                 cursor = Cursor(last, cursor.fingerprint, last_row.guid, last_row.date)
                 backfilled = result.skipped["backfill"] - skipped["backfill"]

@@ -109,6 +109,14 @@ WHERE j.message_id IN ({ids}) ORDER BY j.message_id, a.ROWID
 
 
 @dataclass(frozen=True)
+class Ahead:
+    """What a chat held of a late row before it arrived (see lateness)."""
+
+    newer_incoming: bool
+    twin: bool
+
+
+@dataclass(frozen=True)
 class SentRow:
     """An outgoing message Messages recorded: `error` is message.error (0 when it went out)."""
 
@@ -400,16 +408,29 @@ class ChatDb:
             found = self._with_joins(conn, rows)
         return found[0] if found else None
 
-    def chat_has_newer(self, chat_rowid: int, apple_date: int, rowid: int) -> bool:
-        """Whether this chat already held a message dated at or after `apple_date` before row
-        `rowid` arrived (the (chat_id, message_date) index: only newer rows are read)."""
+    def chat_ahead(self, chat_rowid: int, apple_date: int, rowid: int, text: str) -> Ahead:
+        """What this chat already held, before row `rowid` arrived, of a row dated `apple_date`:
+        an incoming message dated at or after it, and a twin (an incoming message of the same
+        sender, date and text). Through the (chat_id, message_date, message_id) index, each
+        candidate's message row by its ROWID: only newer rows of this one chat are read."""
         with self._snapshot() as conn:
-            found = conn.execute(
-                "SELECT 1 FROM chat_message_join WHERE chat_id = ? AND message_date >= ? "
-                "AND message_id < ? LIMIT 1",
+            newer = conn.execute(
+                "SELECT 1 FROM chat_message_join AS j JOIN message AS m ON m.ROWID = j.message_id "
+                "WHERE j.chat_id = ? AND j.message_date >= ? AND j.message_id < ? "
+                "AND m.is_from_me = 0 AND m.item_type = 0 "
+                "AND m.associated_message_type IN (0, 2, 3) LIMIT 1",
                 (chat_rowid, apple_date, rowid),
             ).fetchone()
-        return found is not None
+            same = conn.execute(
+                "SELECT m.text, m.attributedBody FROM chat_message_join AS j "
+                "JOIN message AS m ON m.ROWID = j.message_id "
+                "WHERE j.chat_id = ? AND j.message_date = ? AND j.message_id < ? "
+                "AND m.is_from_me = 0 "
+                "AND m.handle_id = (SELECT handle_id FROM message WHERE ROWID = ?) LIMIT 20",
+                (chat_rowid, apple_date, rowid, rowid),
+            ).fetchall()
+        wanted = text.strip()
+        return Ahead(newer is not None, any(_row_text(t, b) == wanted for t, b in same))
 
     def texts_before(self, chat_rowid: int, since_apple_date: int, rowid: int) -> list[str]:
         """Texts of this chat's rows dated since `since_apple_date` that came before `rowid`."""
