@@ -4,12 +4,14 @@ daemon in a subprocess, killed with -9 at the worst moments), against the loopba
 from __future__ import annotations
 
 import io
+import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ALICE, RelayProcess, relay_life, wait_until
+from conftest import ALICE, BOB, RelayProcess, log_events, relay_life, wait_until
 from PIL import Image
 
 from archety_relay import config
@@ -237,3 +239,75 @@ def test_picture_the_backend_keeps_failing_is_given_up_not_the_message(
     pictured = next(m.body for m in backend.messages() if m.body["text"] == "see this")
     entry = attachment_of(pictured)
     assert (entry["status"], entry["skip_reason"]) == ("skipped", "upload_failed_500")
+
+
+# Stands in for a decoder that crashes natively (libheif, a Pillow C decoder): loaded through
+# PYTHONPATH by the daemon under test, it aborts the process when Pillow opens crash*.jpeg.
+CRASHING_DECODER = """
+import os
+from PIL import Image
+
+_open = Image.open
+
+
+def _crashing_open(fp, *args, **kwargs):
+    if os.path.basename(str(fp)).startswith("crash"):
+        os.abort()
+    return _open(fp, *args, **kwargs)
+
+
+Image.open = _crashing_open
+"""
+
+
+def test_a_picture_that_kills_the_relay_is_given_up_after_two_tries(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    tmp_path: Path,
+    attachments: Path,
+) -> None:
+    """A picture whose decoding aborts the process (as a libheif segfault would) takes the
+    daemon down twice, as launchd's KeepAlive restarts it; the third life gives the picture up
+    (`decoder_crashed`), delivers its message and another chat's text, and stays up: no crash
+    loop (review 2026-12-04, #4)."""
+    hook = tmp_path / "crashing-decoder"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASHING_DECODER)
+    crashing = {"PYTHONPATH": str(hook)}
+    alice, bob = writer.direct_chat(ALICE), writer.direct_chat(BOB)
+    lives = [start_relay(crashing)]
+    writer.message(
+        "look", sender=ALICE, chat=alice, attachments=[picture(attachments / "crash.jpeg")]
+    )
+    assert lives[0].proc.wait(20) == -signal.SIGABRT
+    writer.message("still there?", sender=BOB, chat=bob)
+    lives.append(start_relay(crashing, ready=False))
+    assert lives[1].proc.wait(20) == -signal.SIGABRT
+    lives.append(start_relay(crashing, ready=False))
+    assert backend.wait_for(lambda b: len(b.messages()) == 2, 20)
+    by_text = {m.body["text"]: m.body for m in backend.messages()}
+    entry = attachment_of(by_text["look"])
+    assert (entry["status"], entry["skip_reason"]) == ("skipped", "decoder_crashed")
+    assert "still there?" in by_text and backend.uploads() == []
+    assert lives[2].proc.poll() is None
+    assert [e["unfinished"] for e in log_events(lives[2].log, "photo_decoder_crashed")] == [2]
+
+
+def test_one_unfinished_conversion_is_forgiven(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, attachments: Path
+) -> None:
+    """A process that died once while converting a picture (a reboot, a kill -9) does not cost
+    the picture: it converts and uploads on the next try."""
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    spec = picture(attachments / "IMG_5.jpeg")
+    writer.message("pic", sender=ALICE, chat=chat, attachments=[spec])
+    relay.capture_step(time.time())
+    item = relay.store.head()
+    assert item is not None
+    (entry,) = json.loads(item.body)["attachments"]
+    relay.store.begin_conversion(entry["guid"], time.time())  # the life that died mid-decode
+    deliver_all(relay)
+    assert attachment_of(backend.messages()[0].body)["status"] == "uploaded"
+    assert len(backend.uploads()) == 1

@@ -32,6 +32,11 @@ UNSUPPORTED = "unsupported_type"
 GONE = "attachment_gone"  # the attachment row left chat.db (deleted, or the message unsent)
 NOT_DOWNLOADED = "not_downloaded"  # still not on disk after the follow-up window
 OUTSIDE = "outside_attachments"  # the file resolves outside Messages' folders (`..`, a symlink)
+DECODER_CRASHED = "decoder_crashed"  # converting it killed the process, twice
+
+# Conversions of one picture that may start and never end (the process died) before it is
+# given up. One is forgiven: a reboot or a kill -9 can land mid-conversion.
+CRASHED_CONVERSIONS = 2
 
 # The folders beside chat.db where Messages keeps the files of messages: Attachments for what
 # is sent and received, StickerCache for stickers (imessage-exporter's attachment.rs names

@@ -187,7 +187,7 @@ class Photos:
                 "and its message goes on, listing it as skipped",
             )
             return replace(record, status=SKIPPED, skip_reason=rules.OUTSIDE), None
-        converted = self._convert(guid, source)
+        converted = self._convert(guid, source, now)
         if converted.data is None or converted.mime is None:
             log.warning(
                 "photo_skipped",
@@ -195,8 +195,9 @@ class Photos:
                 message_guid=record.message_guid,
                 reason=converted.reason,
                 hint="the picture could not be converted (unreadable: damaged or an unknown "
-                "format; too_large: past Pillow's pixel limit or ARCHETY_PHOTO_MAX_BYTES); its "
-                "message went on, listing it as skipped",
+                "format; too_large: past Pillow's pixel limit, the memory budget or "
+                "ARCHETY_PHOTO_MAX_BYTES; decoder_crashed: converting it killed the relay "
+                "twice); its message went on, listing it as skipped",
             )
             return replace(record, status=SKIPPED, skip_reason=converted.reason), None
         fields = {"attachment_guid": guid, "edge_agent_id": self.settings.agent_id}
@@ -255,13 +256,30 @@ class Photos:
         resolved = os.path.realpath(path)
         return Path(resolved) if rules.within(resolved, roots) else None
 
-    def _convert(self, guid: str, path: Path) -> conversion.Converted:
+    def _convert(self, guid: str, path: Path, now: float) -> conversion.Converted:
         with self._cache_lock:
             cached = self._converted.get(guid)
         if cached is not None:
             return cached
-        started = time.monotonic()
-        converted = conversion.convert(path, self.limits, self.fallback)
+        # Under the conversion lock, so a picture waiting for another's conversion is never
+        # marked as started; the mark is committed before the decoder runs, so a native crash
+        # (libheif, a Pillow C decoder) or an out-of-memory kill leaves it behind, and under
+        # launchd's KeepAlive the picture does not crash the relay in a loop.
+        with conversion.one_at_a_time:
+            earlier = self.store.begin_conversion(guid, now)
+            if earlier >= rules.CRASHED_CONVERSIONS:
+                log.error(
+                    "photo_decoder_crashed",
+                    attachment_guid=guid,
+                    unfinished=earlier,
+                    hint="converting this picture killed the relay twice (a decoder crash or "
+                    "an out-of-memory kill); it is not tried again and its message goes on, "
+                    "listing it as skipped (decoder_crashed)",
+                )
+                return conversion.Converted(None, None, rules.DECODER_CRASHED)
+            started = time.monotonic()
+            converted = conversion.convert(path, self.limits, self.fallback)
+            self.store.end_conversion(guid)
         log.info(
             "photo_converted",
             attachment_guid=guid,

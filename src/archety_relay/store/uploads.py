@@ -5,6 +5,10 @@ happens, so a kill -9 between the upload and its message never uploads it again.
 settled body (its attachments' outcomes filled in) is stored once and posted byte for byte on
 every later attempt. Pictures still downloading when their message went are `pending` until
 they upload or their window closes; each outcome is stored with the event that reports it.
+
+A conversion is marked as started, committed, before the decoder runs, and the mark is removed
+when it ends: a mark still there at the next start means a process died converting that
+picture (a native crash in libheif or a Pillow decoder, the kernel's out-of-memory kill).
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ CREATE TABLE IF NOT EXISTS attachment_uploads (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS attachment_uploads_status ON attachment_uploads (status, next_try_at);
 CREATE INDEX IF NOT EXISTS attachment_uploads_message ON attachment_uploads (message_guid);
+CREATE TABLE IF NOT EXISTS conversions (
+    attachment_guid TEXT PRIMARY KEY,
+    unfinished INTEGER NOT NULL,
+    started_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settled_bodies (
     message_guid TEXT PRIMARY KEY,
     body BLOB NOT NULL,
@@ -222,6 +231,27 @@ class UploadQueries(Transactional):
             ).fetchone()[0]
         return float(value) if value is not None else None
 
+    def begin_conversion(self, attachment_guid: str, now: float) -> int:
+        """Mark a conversion of this picture as started (committed before the decoder runs).
+        Returns how many earlier conversions of it started and never ended."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT unfinished FROM conversions WHERE attachment_guid = ?", (attachment_guid,)
+            ).fetchone()
+            earlier = int(row[0]) if row else 0
+            db.execute(
+                "INSERT INTO conversions (attachment_guid, unfinished, started_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (attachment_guid) DO UPDATE SET "
+                "unfinished = excluded.unfinished, started_at = excluded.started_at",
+                (attachment_guid, earlier + 1, now),
+            )
+        return earlier
+
+    def end_conversion(self, attachment_guid: str) -> None:
+        """The conversion came back (whatever its outcome): the picture did not kill us."""
+        with self._tx() as db:
+            db.execute("DELETE FROM conversions WHERE attachment_guid = ?", (attachment_guid,))
+
     def finish_upload(
         self, record: UploadRecord, event_type: str, payload: dict[str, Any], now: float
     ) -> str:
@@ -242,5 +272,10 @@ class UploadQueries(Transactional):
                 "DELETE FROM attachment_uploads WHERE status IN ('uploaded', 'skipped') "
                 "AND updated_at < ?",
                 (now - UPLOAD_HISTORY_SECONDS,),
+            ).rowcount
+            # The marks of pictures given up as decoder_crashed stay this long, so an
+            # upload_retry of one does not bring the process down again.
+            removed += db.execute(
+                "DELETE FROM conversions WHERE started_at < ?", (now - UPLOAD_HISTORY_SECONDS,)
             ).rowcount
         return removed
