@@ -33,6 +33,7 @@ from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.errors import ChatDbUnavailable
 from archety_relay.macos.messages_app import SendResult
+from archety_relay.outbound.sync import MAX_EVENTS_BYTES, fit_events
 from archety_relay.relay import Relay
 
 SYNC = "/edge/sync"
@@ -252,6 +253,68 @@ def test_schedule_ids_cancel_in_either_dialect_and_immediate_runs_at_once(
         "command_failed",
     ]
     assert after["x-1"][0]["details"]["schedule_id"] == id1
+
+
+def test_list_scheduled_answers_a_page_and_no_sync_carries_an_oversized_event(
+    make: Callable[..., Relay], backend: StubBackend
+) -> None:
+    """Review 2026-12-04 #8: 120 schedules of 16 KB and a list_scheduled made one 1.9 MB event
+    that went first in every sync (behind nginx's 1 MB limit, every sync failed). Now a page of
+    50 with texts cut to 500 characters, the total and the next offset; `offset` pages on. And
+    no sync carries more than its event budget."""
+    relay = make()
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    for batch in range(3):  # 40 a sync answer: 120 in one would pass the 1 MiB answer cap
+        answer(
+            backend,
+            *(
+                cmd(
+                    f"s-{batch}-{i}",
+                    "schedule_message",
+                    chat_guid=A_CHAT,
+                    text="x" * 16384,
+                    send_at=tomorrow,
+                )
+                for i in range(40)
+            ),
+            ack_events=[e.event_id for e in relay.store.pending_events(limit=1000)],
+        )
+        relay.sync_step(time.time())
+    relay.store.ack_events([e.event_id for e in relay.store.pending_events(limit=1000)])
+    answer(backend, cmd("L1", "list_scheduled"), cmd("L2", "list_scheduled", offset=100, limit=40))
+    relay.sync_step(time.time())
+    for _ in range(3):
+        relay.sync_step(time.time())
+    syncs = backend.requests_to(SYNC)
+    assert max(len(json.dumps(r.body["events"]).encode()) for r in syncs) <= MAX_EVENTS_BYTES
+    events = {e.get("command_id"): e for r in syncs for e in r.body["events"]}
+    first, last = events["L1"]["details"], events["L2"]["details"]
+    assert (len(first["scheduled"]), first["total"], first["next_offset"]) == (50, 120, 50)
+    assert (len(last["scheduled"]), last["offset"], last["next_offset"]) == (20, 100, None)
+    assert {len(i["text"]) for i in first["scheduled"]} == {500}
+    assert {i["text_chars"] for i in first["scheduled"]} == {16384}
+
+
+def test_an_event_larger_than_a_syncs_budget_is_shortened_keeping_its_ids() -> None:
+    """The first event of a page always goes out, so it alone must fit: a 1.9 MB event (the
+    old list_scheduled, 120 texts of 16 KB) is cut to the budget, marked truncated, and keeps
+    the ids the backend acknowledges and matches it by."""
+    huge = {
+        "event_id": "evt-1",
+        "event_type": "command_completed",
+        "timestamp": "2026-12-04T00:00:00Z",
+        "command_id": "L1",
+        "details": {"scheduled": [{"message_id": i, "text": "x" * 16384} for i in range(120)]},
+    }
+    (fitted,) = fit_events([huge])
+    assert len(json.dumps(fitted, ensure_ascii=False).encode()) <= MAX_EVENTS_BYTES
+    assert fitted["truncated"] is True
+    assert {k: fitted[k] for k in ("event_id", "event_type", "command_id")} == {
+        "event_id": "evt-1",
+        "event_type": "command_completed",
+        "command_id": "L1",
+    }
+    assert fit_events([{"event_id": "e", "n": 1}]) == [{"event_id": "e", "n": 1}]
 
 
 def test_reflex_bubble_goes_without_the_pacing_gap(

@@ -34,6 +34,9 @@ HEARTBEAT_INTERVAL_RANGE = (5.0, 3600.0)
 MAX_TEXT_CHARS = 20_000
 MAX_ID_CHARS = 200
 MAX_STATE_CHARS = 64_000  # a context, plan or event's data, as JSON
+# list_scheduled answers a page at a time: its event goes out with a sync, which must stay small.
+LIST_PAGE_SIZE = 50
+MAX_LIST_PAGE = 100
 # Ids we store and hand back are SQLite integers: 1 .. 2^63-1.
 MAX_MESSAGE_ID = 2**63 - 1
 # send_at must print as an ISO 8601 UTC time: 1970-01-01 up to 9999-12-31T23:59:59Z.
@@ -71,8 +74,12 @@ class Cancel:
 
 @dataclass(frozen=True)
 class ListScheduled:
+    """One page of the schedules (a page, so the event that answers it stays small)."""
+
     command_id: str
     status: str | None
+    limit: int = 50
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,13 @@ def _id(value: Any) -> int | None:
     return value if isinstance(value, int) and 0 < value <= MAX_MESSAGE_ID else None
 
 
+def _count(value: Any) -> int | None:
+    """A JSON whole number from 0 to 2^63-1 (a row count or position), else None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_MESSAGE_ID else None
+
+
 def _state(value: Any) -> Any:
     """A JSON value we store and carry (context metadata, a plan, event data), cleaned."""
     cleaned = clean_json(value)
@@ -348,7 +362,16 @@ def _action(command_id: str, kind: str, command: dict[str, Any]) -> Action:
         return Cancel(command_id, message_id, kind)
     if kind == "list_scheduled":
         status = params.get("status")
-        return ListScheduled(command_id, clean_text(status) if isinstance(status, str) else None)
+        limit, offset = params.get("limit", LIST_PAGE_SIZE), params.get("offset", 0)
+        if _count(limit) is None or _count(offset) is None or not 1 <= limit <= MAX_LIST_PAGE:
+            return Invalid(
+                command_id,
+                kind,
+                f"limit must be 1 to {MAX_LIST_PAGE} and offset a whole number from 0",
+            )
+        return ListScheduled(
+            command_id, clean_text(status) if isinstance(status, str) else None, limit, offset
+        )
     if kind == "set_rule":
         rule = rules.parse(_state(params))
         return (

@@ -72,13 +72,14 @@ TRUNCATED = "…[truncated]"
 
 
 def fit_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The events of one sync, each string value cut to MAX_EVENT_TEXT_CHARS, as many as fit in
-    MAX_EVENTS_BYTES (always the first). Those left out are offered again by the next pages."""
+    """The events of one sync, each string value cut to MAX_EVENT_TEXT_CHARS and each event
+    within MAX_EVENTS_BYTES (see bounded), as many as fit in MAX_EVENTS_BYTES (always the
+    first). Those left out are offered again by the next pages."""
     fitted: list[dict[str, Any]] = []
     size = 0
     for event in events:
-        short = _shorten(event)
-        length = len(json.dumps(short, ensure_ascii=False).encode())
+        short = bounded(event)
+        length = _size(short)
         if fitted and size + length > MAX_EVENTS_BYTES:
             break
         fitted.append(short)
@@ -86,13 +87,39 @@ def fit_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return fitted
 
 
-def _shorten(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_EVENT_TEXT_CHARS:
-        return value[:MAX_EVENT_TEXT_CHARS] + TRUNCATED
+def bounded(event: dict[str, Any], limit: int = MAX_EVENTS_BYTES) -> dict[str, Any]:
+    """The event with long strings cut; if it is still larger than `limit`, strings and then
+    lists are cut shorter until it fits (marked `truncated: true`), and as a last resort its
+    nested values are dropped, keeping the top-level ids. The first event of a page always
+    goes out, so one huge event (a list of every schedule) made every sync too large."""
+    ids = {k: v for k, v in event.items() if k in _IDS}
+    rest = {k: v for k, v in event.items() if k not in _IDS}
+    short = {**_shorten(rest, MAX_EVENT_TEXT_CHARS, None), **ids}
+    if _size(short) <= limit:
+        return short
+    for chars, items in ((2048, None), (256, 100), (64, 10), (16, 1)):
+        short = {**_shorten(rest, chars, items), **ids, "truncated": True}
+        if _size(short) <= limit:
+            return short
+    scalars = {k: v for k, v in rest.items() if not isinstance(v, (dict, list))}
+    return {**_shorten(scalars, 16, 0), **ids, "truncated": True}
+
+
+# Never cut: what the backend acknowledges an event by and matches it with.
+_IDS = frozenset({"event_id", "event_type", "timestamp", "command_id"})
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+def _shorten(value: Any, chars: int, items: int | None) -> Any:
+    if isinstance(value, str) and len(value) > chars:
+        return value[:chars] + TRUNCATED
     if isinstance(value, dict):
-        return {k: _shorten(v) for k, v in value.items()}
+        return {k: _shorten(v, chars, items) for k, v in value.items()}
     if isinstance(value, list):
-        return [_shorten(v) for v in value]
+        return [_shorten(v, chars, items) for v in value[:items]]
     return value
 
 

@@ -22,6 +22,7 @@ from .outgoing import (
     NewOutgoing,
     Outgoing,
     cancel_pending,
+    count_scheduled,
     insert_event,
     insert_outgoing,
     mark_seen,
@@ -60,8 +61,11 @@ class CommandTx:
     def cancel(self, message_id: int) -> bool:
         return cancel_pending(self._db, message_id, self.now)
 
-    def scheduled(self, status: str | None) -> list[Outgoing]:
-        return select_scheduled(self._db, status)
+    def scheduled(self, status: str | None, limit: int = -1, offset: int = 0) -> list[Outgoing]:
+        return select_scheduled(self._db, status, limit, offset)
+
+    def count_scheduled(self, status: str | None) -> int:
+        return count_scheduled(self._db, status)
 
     def add_event(self, event_type: str, payload: dict[str, Any]) -> str:
         return insert_event(self._db, event_type, payload, self.now)

@@ -126,13 +126,26 @@ def cancel_pending(db: sqlite3.Connection, message_id: int, now: float) -> bool:
     )
 
 
-def select_scheduled(db: sqlite3.Connection, status: str | None) -> list[Outgoing]:
+def select_scheduled(
+    db: sqlite3.Connection, status: str | None, limit: int = -1, offset: int = 0
+) -> list[Outgoing]:
+    """Schedules by send time, `limit` of them (-1: all) from `offset`."""
     rows = db.execute(
         f"SELECT {_COLUMNS} FROM outgoing WHERE origin = 'schedule_message' "
-        "AND (? IS NULL OR status = ?) ORDER BY send_at, id",
-        (status, status),
+        "AND (? IS NULL OR status = ?) ORDER BY send_at, id LIMIT ? OFFSET ?",
+        (status, status, limit, offset),
     ).fetchall()
     return [Outgoing(*r) for r in rows]
+
+
+def count_scheduled(db: sqlite3.Connection, status: str | None) -> int:
+    return int(
+        db.execute(
+            "SELECT COUNT(*) FROM outgoing WHERE origin = 'schedule_message' "
+            "AND (? IS NULL OR status = ?)",
+            (status, status),
+        ).fetchone()[0]
+    )
 
 
 def mark_seen(db: sqlite3.Connection, command_id: str, now: float) -> bool:
