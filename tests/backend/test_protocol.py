@@ -295,6 +295,31 @@ def test_list_scheduled_answers_a_page_and_no_sync_carries_an_oversized_event(
     assert {i["text_chars"] for i in first["scheduled"]} == {16384}
 
 
+def test_a_sync_answer_past_the_size_cap_is_reported_not_silently_ignored(
+    make: Callable[..., Relay], backend: StubBackend
+) -> None:
+    """Review 2026-12-04 (minor): an answer of 1.9 MB (120 schedule_message of 16 KB) is cut at
+    1 MiB, so nothing of it can be read. Before, the only trace was an INFO `sync commands=0`;
+    now a warning names it and the next sync tells the backend `sync_answer_too_large` with
+    the limit, so it can send smaller pages. None of the answer's commands ran."""
+    relay = make()
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    answer(
+        backend,
+        *(
+            cmd(f"s-{i}", "schedule_message", chat_guid=A_CHAT, text="x" * 16384, send_at=tomorrow)
+            for i in range(120)
+        ),
+    )
+    with structlog.testing.capture_logs() as logs:
+        relay.sync_step(time.time())
+    (warning,) = [e for e in logs if e["event"] == "sync_answer_too_large"]
+    assert warning["log_level"] == "warning" and warning["limit_bytes"] == 1024 * 1024
+    (reported,) = events_of_next_sync(relay, backend)["sync_answer_too_large"]
+    assert reported["details"]["limit_bytes"] == 1024 * 1024
+    assert relay.store.scheduled(None) == []
+
+
 def test_an_event_larger_than_a_syncs_budget_is_shortened_keeping_its_ids() -> None:
     """The first event of a page always goes out, so it alone must fit: a 1.9 MB event (the
     old list_scheduled, 120 texts of 16 KB) is cut to the budget, marked truncated, and keeps

@@ -25,7 +25,7 @@ import structlog
 
 from .. import __version__
 from ..backend import commands
-from ..backend.client import Backend
+from ..backend.client import MAX_BODY_BYTES, Backend
 from ..backend.commands import SetContext, SetRule, UpdatePlan
 from ..capture.inbound import Inbound
 from ..config import Settings
@@ -174,6 +174,28 @@ class Sync:
             "uptime_s": round(now - self.started_at, 1),
         }
 
+    def _answer_too_large(self, now: float) -> None:
+        """An answer past the client's size cap was cut, so none of it can be read: its
+        commands and acknowledgements are lost. Say so, here and to the backend, which can
+        answer with fewer commands at a time (it brings the same ones again: none was run)."""
+        log.warning(
+            "sync_answer_too_large",
+            limit_bytes=MAX_BODY_BYTES,
+            hint="the backend's sync answer was cut at the size limit and ignored; "
+            "it must send fewer commands per answer",
+        )
+        self.store.add_event(
+            "sync_answer_too_large",
+            {
+                "details": {
+                    "limit_bytes": MAX_BODY_BYTES,
+                    "reason": "the last /edge/sync answer was larger than the relay reads; "
+                    "none of its commands or ack_events was applied: send smaller pages",
+                }
+            },
+            now,
+        )
+
     def sync_step(self, now: float) -> HttpOutcome:
         """Report status and events; carry out the commands and settings that come back."""
         status = self.status_payload(now)
@@ -214,6 +236,8 @@ class Sync:
         self.store.prune_delivered(now)
         self.store.prune_history(now)
         self.store.prune_rule_hits(now)
+        if outcome.error == "too_large":
+            self._answer_too_large(now)
         response = commands.parse_response(outcome.body)
         acked = self.store.ack_events(response.ack_events)
         for name, value in response.intervals.items():
