@@ -35,6 +35,7 @@ from archety_relay.errors import ChatDbUnavailable
 from archety_relay.macos.messages_app import SendResult
 from archety_relay.outbound.sync import MAX_EVENTS_BYTES, fit_events
 from archety_relay.relay import Relay
+from archety_relay.store.outgoing import EVENT_MAX_COUNT
 
 SYNC = "/edge/sync"
 MSG = "/orchestrator/message"
@@ -318,6 +319,43 @@ def test_a_sync_answer_past_the_size_cap_is_reported_not_silently_ignored(
     (reported,) = events_of_next_sync(relay, backend)["sync_answer_too_large"]
     assert reported["details"]["limit_bytes"] == 1024 * 1024
     assert relay.store.scheduled(None) == []
+
+
+def test_an_emit_event_flood_is_capped_and_never_pushes_out_a_commands_result(
+    make: Callable[..., Relay], backend: StubBackend
+) -> None:
+    """Review 2026-12-04 (minor): one answer of 9,000 emit_event left 9,021 event rows, and the
+    hourly cap then dropped the oldest events, unsent command results among them. Now at most
+    100 emit_event of an answer are carried out and one commands_refused event counts the rest;
+    past the 5,000 cap the emitted events go first, and a command's result stays."""
+    relay = make()
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    answer(backend, cmd("keep", "schedule_message", chat_guid=A_CHAT, text="hi", send_at=tomorrow))
+    relay.sync_step(time.time())
+    answer(
+        backend,
+        *(
+            {"command_id": f"e{i}", "command_type": "emit_event", "params": {"event_type": "ping"}}
+            for i in range(9000)
+        ),
+    )
+    relay.sync_step(time.time())
+    pending = relay.store.pending_events(limit=20_000)
+    assert len(pending) <= 200
+    kinds = [e.event_type for e in pending]
+    assert kinds.count("ping") == 100 and "command_completed" in kinds
+    (refused,) = [e.payload for e in pending if e.event_type == "commands_refused"]
+    assert refused["details"]["count"] == 8900
+    assert refused["details"]["command_ids"][0] == "e100"
+
+    for i in range(EVENT_MAX_COUNT):  # a slower flood, answer after answer
+        relay.outbound.execute(commands.EmitEvent(f"f{i}", "pong", {"details": {}}), time.time())
+    relay.store.prune_history(time.time())
+    pending = relay.store.pending_events(limit=20_000)
+    assert len(pending) == EVENT_MAX_COUNT
+    assert [e.payload["command_id"] for e in pending if e.event_type == "command_completed"] == [
+        "keep"
+    ]
 
 
 def test_an_event_larger_than_a_syncs_budget_is_shortened_keeping_its_ids() -> None:

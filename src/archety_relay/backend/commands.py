@@ -44,6 +44,9 @@ SEND_AT_RANGE = (0.0, 253_402_300_799.0)
 # The other dialect's names for the same command.
 ALIASES = {"send_message_now": "send_message", "cancel_scheduled": "cancel_message"}
 NOT_SUPPORTED_YET: dict[str, str] = {}
+# emit_event carried out per sync answer: each becomes an event to store and carry back, and a
+# backend loop sending thousands must not crowd out the results of real commands.
+MAX_EMITS_PER_ANSWER = 100
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,21 @@ def parse_response(body: str) -> SyncResponse:
         actions=tuple(to_action(c) for c in raw_commands) if isinstance(raw_commands, list) else (),
         intervals=intervals(data.get("config_updates")),
     )
+
+
+def cap_emits(actions: tuple[Action, ...]) -> tuple[tuple[Action, ...], tuple[EmitEvent, ...]]:
+    """The actions to carry out, and the emit_event past MAX_EMITS_PER_ANSWER left out."""
+    kept: list[Action] = []
+    refused: list[EmitEvent] = []
+    emits = 0
+    for action in actions:
+        if isinstance(action, EmitEvent):
+            emits += 1
+            if emits > MAX_EMITS_PER_ANSWER:
+                refused.append(action)
+                continue
+        kept.append(action)
+    return tuple(kept), tuple(refused)
 
 
 def intervals(updates: Any) -> dict[str, float]:

@@ -143,7 +143,7 @@ def _carry_out(tx: CommandTx, action: Action) -> bool:
         log.info("command_upload_retry", command_id=action.command_id, guid=action.attachment_guid)
         return False
     assert isinstance(action, EmitEvent)
-    tx.add_event(action.event_type, {**base, **action.payload})
+    tx.add_event(action.event_type, {**base, **action.payload}, emitted=True)
     return False
 
 

@@ -69,6 +69,8 @@ CAPABILITIES = (
 MAX_EVENTS_BYTES = 256 * 1024
 MAX_EVENT_TEXT_CHARS = 16 * 1024
 TRUNCATED = "…[truncated]"
+# A commands_refused event names this many of the refused command ids (and counts them all).
+REFUSED_IDS_LISTED = 50
 
 
 def fit_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,6 +176,25 @@ class Sync:
             "uptime_s": round(now - self.started_at, 1),
         }
 
+    def _emits_refused(self, refused: tuple[commands.EmitEvent, ...], now: float) -> None:
+        """emit_event beyond the per-answer cap are not carried out (nor marked seen: sent
+        again, they run): 9,000 in one answer made 9,000 events to store and carry."""
+        log.warning("emit_events_refused", count=len(refused), limit=commands.MAX_EMITS_PER_ANSWER)
+        self.store.add_event(
+            "commands_refused",
+            {
+                "details": {
+                    "command_type": "emit_event",
+                    "count": len(refused),
+                    "limit": commands.MAX_EMITS_PER_ANSWER,
+                    "command_ids": [a.command_id for a in refused[:REFUSED_IDS_LISTED]],
+                    "reason": f"more than {commands.MAX_EMITS_PER_ANSWER} emit_event in one "
+                    "sync answer: these were not carried out; send them again later",
+                }
+            },
+            now,
+        )
+
     def _answer_too_large(self, now: float) -> None:
         """An answer past the client's size cap was cut, so none of it can be read: its
         commands and acknowledgements are lost. Say so, here and to the backend, which can
@@ -244,12 +265,16 @@ class Sync:
             if self.intervals.get(name) != value:
                 log.info("interval_updated", name=name, seconds=value)
                 self.intervals[name] = value
+        actions, refused = commands.cap_emits(response.actions)
+        if refused:
+            self._emits_refused(refused, now)
         try:
-            for action in response.actions:
+            for action in actions:
                 self.outbound.execute(action, now)
         finally:
-            if any(isinstance(a, (SetRule, SetContext, UpdatePlan)) for a in response.actions):
+            if any(isinstance(a, (SetRule, SetContext, UpdatePlan)) for a in actions):
                 self.inbound.reload()
+            self.store.cap_events(now)
         log.info(
             "sync",
             status=outcome.status,

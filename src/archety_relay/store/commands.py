@@ -67,8 +67,8 @@ class CommandTx:
     def count_scheduled(self, status: str | None) -> int:
         return count_scheduled(self._db, status)
 
-    def add_event(self, event_type: str, payload: dict[str, Any]) -> str:
-        return insert_event(self._db, event_type, payload, self.now)
+    def add_event(self, event_type: str, payload: dict[str, Any], *, emitted: bool = False) -> str:
+        return insert_event(self._db, event_type, payload, self.now, emitted=emitted)
 
     def request_upload(self, attachment_guid: str, chat_guid: str | None, command_id: str) -> None:
         """upload_retry: the picture becomes pending again, for the photos loop (uploads)."""

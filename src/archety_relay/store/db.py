@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS events (
     event_id TEXT NOT NULL UNIQUE,
     event_type TEXT NOT NULL,
     payload TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    evict_rank INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS watched (
     guid TEXT PRIMARY KEY,
@@ -148,6 +149,8 @@ _ADDED_COLUMNS = (
     # a send is confirmed only by a newer row no other send was credited with.
     ("outgoing", "rowid_floor", "INTEGER"),
     ("outgoing", "apple_guid", "TEXT"),
+    # Which unacknowledged events go first when there are too many (store.outgoing.EVICT_*).
+    ("events", "evict_rank", "INTEGER NOT NULL DEFAULT 1"),
 )
 _AFTER_MIGRATION = """
 UPDATE outbox SET chat_guid = COALESCE(json_extract(CAST(body AS TEXT), '$.chat_guid'), '')

@@ -22,6 +22,11 @@ HISTORY_SECONDS = 30 * 86400
 # backend that ignores ack_events cannot grow the file without bound.
 EVENT_MAX_AGE_SECONDS = 7 * 86400
 EVENT_MAX_COUNT = 5000
+# Beyond EVENT_MAX_COUNT the backend's own emit_event echoes go first, then the relay's reports
+# (chat events, filtered, sent); the outcome of a backend command (command_completed/_failed,
+# message_sent/_failed naming a command_id) goes only by age, or past this last-resort bound.
+EVENT_HARD_MAX_COUNT = 10 * EVENT_MAX_COUNT
+EVICT_RESULT, EVICT_REPORT, EVICT_EMITTED = 0, 1, 2
 # Events sent with one sync.
 EVENT_PAGE_SIZE = 100
 
@@ -105,14 +110,46 @@ def insert_outgoing(db: sqlite3.Connection, item: NewOutgoing, now: float) -> in
 
 
 def insert_event(
-    db: sqlite3.Connection, event_type: str, payload: dict[str, Any], now: float
+    db: sqlite3.Connection,
+    event_type: str,
+    payload: dict[str, Any],
+    now: float,
+    *,
+    emitted: bool = False,
 ) -> str:
+    """Store an event for the next syncs. `emitted`: the backend asked for it (emit_event), so
+    it is the first to go when there are too many (see cap_events)."""
     event_id = f"evt-{uuid.uuid4()}"
+    rank = EVICT_EMITTED if emitted else EVICT_RESULT if payload.get("command_id") else EVICT_REPORT
     db.execute(
-        "INSERT INTO events (event_id, event_type, payload, created_at) VALUES (?, ?, ?, ?)",
-        (event_id, event_type, json.dumps(payload, ensure_ascii=False), now),
+        "INSERT INTO events (event_id, event_type, payload, created_at, evict_rank) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (event_id, event_type, json.dumps(payload, ensure_ascii=False), now, rank),
     )
     return event_id
+
+
+def cap_events(db: sqlite3.Connection, now: float) -> int:
+    """Drop unacknowledged events older than EVENT_MAX_AGE_SECONDS, then, beyond
+    EVENT_MAX_COUNT, emitted events and then reports, oldest first; command results only past
+    EVENT_HARD_MAX_COUNT. A flood of emit_event can no longer push out a command's outcome."""
+    removed = db.execute(
+        "DELETE FROM events WHERE created_at < ?", (now - EVENT_MAX_AGE_SECONDS,)
+    ).rowcount
+    count = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    if count > EVENT_MAX_COUNT:
+        removed += db.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE evict_rank > 0 "
+            "ORDER BY evict_rank DESC, seq LIMIT ?)",
+            (count - EVENT_MAX_COUNT,),
+        ).rowcount
+        count = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    if count > EVENT_HARD_MAX_COUNT:
+        removed += db.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)",
+            (count - EVENT_HARD_MAX_COUNT,),
+        ).rowcount
+    return int(removed)
 
 
 def cancel_pending(db: sqlite3.Connection, message_id: int, now: float) -> bool:
@@ -263,12 +300,13 @@ class OutgoingQueries(Transactional):
             removed += db.execute(
                 "DELETE FROM commands_seen WHERE seen_at < ?", (now - HISTORY_SECONDS,)
             ).rowcount
-            removed += db.execute(
-                "DELETE FROM events WHERE created_at < ? OR seq <= "
-                "(SELECT MAX(seq) FROM events) - ?",
-                (now - EVENT_MAX_AGE_SECONDS, EVENT_MAX_COUNT),
-            ).rowcount
+            removed += cap_events(db, now)
         return removed
+
+    def cap_events(self, now: float) -> int:
+        """Apply the event bounds now (after each sync answer, not only at the hourly prune)."""
+        with self._tx() as db:
+            return cap_events(db, now)
 
     # -- commands and events ----------------------------------------------------------------
     def first_sight(self, command_id: str, now: float) -> bool:
