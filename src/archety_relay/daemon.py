@@ -1,4 +1,4 @@
-"""The only module that starts threads: it repeats the relay's steps until told to stop.
+"""The only module that starts long-lived threads: it repeats the relay's steps until told to stop.
 
     capture thread   waits for a file event or the poll interval, then `capture_step`, and
                      `changes_step` (edits, unsends, reads) whenever chat.db changed
@@ -8,7 +8,9 @@
                      (`deliver_item`), so different chats wait on the backend side by side
     timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL,
                      and within SYNC_DEBOUNCE_SECONDS of a new conversation event (`sync_soon`)
-    dispatch thread  sends due replies and commanded messages through Messages.app
+    dispatch thread  sends due replies and commanded messages through Messages.app; each send
+                     runs on a short-lived thread of its own (outbound.underway), so one that
+                     hangs holds only its chat
     photos thread    uploads pictures that landed after their message went (`photos_step`);
                      what it reports also asks for a prompt sync (`sync_soon`)
     metrics thread   `/metrics` and `/healthz` on 127.0.0.1:ARCHETY_METRICS_PORT (health.server);

@@ -7,8 +7,10 @@ writes nothing, or cannot find a chat by `chat id` (-1728), as macOS 26 does.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
-from conftest import ALICE, BOB, FakeOsascript
+from conftest import ALICE, BOB, FakeOsascript, wait_until
 
 from archety_relay.backend.commands import SendNow
 from archety_relay.chatdb.guids import Target, send_target
@@ -164,6 +166,44 @@ def test_a_repeated_bubble_that_timed_out_is_tried_again_not_taken_for_the_first
     sent = _events(relay, "message_sent")
     assert [e["command_id"] for e in sent] == ["ok-1", "ok-2"]
     assert len({e["message_guid"] for e in sent}) == 2
+
+
+def test_a_send_that_hangs_in_one_chat_does_not_hold_up_another_chats_reply(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
+) -> None:
+    """Review 2026-12-04 #12: a send to a group hung until osascript's 30 s timeout, and Bob's
+    reply, due at the same moment, waited behind it. Now the group's send is left running and
+    Bob's reply is handed to Messages while it still hangs (here the hung send is released only
+    by Bob's). The group's outcome is recorded by a later step; its retry, due together with
+    Bob's next reply, goes after it."""
+    group = "iMessage;+;chat42"
+    writer.chat(group, 43, [ALICE, BOB], identifier="chat42")
+    writer.direct_chat(BOB)
+    order: list[str] = []
+    bob_sent = threading.Event()
+
+    def send(target: Target, text: str) -> messages_app.SendResult:
+        order.append(text)
+        if target.chat_guid == group:
+            bob_sent.wait(10)  # hangs until Bob's reply went (or a stand-in timeout)
+            order.append(f"{text} came back")
+            return messages_app.SendResult(False, "osascript did not finish within 30s")
+        bob_sent.set()
+        return messages_app.send(target, text)
+
+    outbound = Outbound(relay.settings, relay.store, relay.chatdb, send=send)
+    outbound.send_wait = 0.2
+    outbound.execute(SendNow("g1", group, "hello group"), 100.0)
+    outbound.execute(SendNow("b1", f"iMessage;-;{BOB}", "hi bob"), 100.0)
+    outbound.dispatch_step(100.0)
+    assert order[:2] == ["hello group", "hi bob"]
+    assert wait_until(lambda: "hello group came back" in order)
+    outbound.dispatch_step(101.0)  # records the group's timeout: retry in 2 s
+    bob_sent.clear()
+    outbound.execute(SendNow("b2", f"iMessage;-;{BOB}", "still there?"), 103.0)
+    outbound.dispatch_step(103.0)
+    assert order[3:5] == ["still there?", "hello group"]
+    assert [e["command_id"] for e in _events(relay, "message_sent")] == ["b1", "b2"]
 
 
 def test_a_row_left_sending_by_an_error_after_osascript_is_not_sent_twice(

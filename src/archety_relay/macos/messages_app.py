@@ -63,6 +63,8 @@ PROBE_SCRIPT = (
     "end timeout",
 )
 SEND_TIMEOUT_SECONDS = 30.0
+# The start of the error of a send osascript did not finish in time (retryable).
+TIMED_OUT = "osascript did not finish"
 PROBE_TIMEOUT_SECONDS = 15.0
 # AppleScript's "Not authorized to send Apple events" (-1743), and "would require user consent"
 # (-1744, errAEEventWouldRequireUserConsent): both mean the relay may not control Messages.
@@ -137,7 +139,7 @@ def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
     try:
         done = subprocess.run(argv(osascript), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return SendResult(False, f"osascript did not finish within {timeout:g}s")
+        return SendResult(False, f"{TIMED_OUT} within {timeout:g}s")
     except OSError as exc:
         return SendResult(False, f"osascript could not run: {exc}")
     except ValueError as exc:  # an argument subprocess cannot pass (embedded NUL): never will

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import structlog
@@ -28,6 +29,7 @@ from ..store import NewOutgoing, Outgoing, QueuedItem, Store
 from ..store.outgoing import FAILED, MISSED, SENT
 from . import executor
 from .permission import Permission
+from .underway import Underway
 
 log = structlog.get_logger("archety_relay.outbound")
 
@@ -41,6 +43,13 @@ RECOVERY_SLACK_SECONDS = 5.0
 CONFIRM_SECONDS = 3.0
 CONFIRM_POLL_SECONDS = 0.05
 IDLE_SECONDS = 30.0
+# How long a step waits for one send before it serves the other chats (see underway): Messages
+# answers in well under a second; a send that hangs goes on, and only its own chat waits.
+SEND_WAIT_SECONDS = 2.0
+# Sends under way at once, at most (a Messages that hangs every send costs this many osascripts).
+MAX_SENDS_UNDER_WAY = 3
+# While a send is under way, the dispatcher looks again this often (it is also woken at once).
+UNDER_WAY_RECHECK_SECONDS = 1.0
 
 Sender = Callable[[Target, str], SendResult]
 
@@ -59,6 +68,10 @@ class Outbound:
         self._disabled_logged = False
         self.permission = Permission(settings.state_dir)
         self._held_logged = False
+        self.send_wait = SEND_WAIT_SECONDS
+        self._underway: dict[str, Underway] = {}  # by chat guid
+        # Chats whose last send hung until osascript's timeout: served after the others.
+        self._slow: set[str] = set()
 
     # -- replies ----------------------------------------------------------------------------
     def replies_for(
@@ -110,20 +123,35 @@ class Outbound:
                 self._held_logged = True
             return None
         self._held_logged = False
+        for chat, underway in list(self._underway.items()):
+            if underway.wait(0):
+                del self._underway[chat]
+                self._guarded(underway.item, now, partial(self._record, underway, now))
         gap = 1.0 / self.settings.send_rate_per_chat
-        for item in self.store.heads_due(now):
-            try:
-                self._step_one(item, now, gap)
-            except Exception as exc:
-                # One row that cannot be sent or recorded never holds up other chats'.
-                self._last_sent[item.chat_guid] = now
-                log.exception("send_step_failed", outgoing_id=item.id, error=str(exc))
+        # A chat whose last send hung goes after the others (sorted() keeps due order within).
+        for item in sorted(self.store.heads_due(now), key=lambda h: h.chat_guid in self._slow):
+            if item.chat_guid in self._underway:
+                continue  # its bubble before this one is still with Messages
+            if len(self._underway) >= MAX_SENDS_UNDER_WAY:
+                break
+            self._guarded(item, now, partial(self._step_one, item, now, gap))
         # Next wake-up: each chat's head when it is due and its rate limit allows.
         ready = [
             max(head.send_at, self._last_sent.get(head.chat_guid, float("-inf")) + gap)
             for head in self.store.heads_due(float("inf"))
+            if head.chat_guid not in self._underway
         ]
+        if self._underway:
+            ready.append(now + UNDER_WAY_RECHECK_SECONDS)
         return max(0.0, min(ready) - now) if ready else None
+
+    def _guarded(self, item: Outgoing, now: float, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            # One row that cannot be sent or recorded never holds up other chats'.
+            self._last_sent[item.chat_guid] = now
+            log.exception("send_step_failed", outgoing_id=item.id, error=str(exc))
 
     def _step_one(self, item: Outgoing, now: float, gap: float) -> None:
         if now - item.send_at > MISSED_AFTER_SECONDS:
@@ -155,10 +183,31 @@ class Outbound:
         self.store.mark_sending(item, now, floor)
         if item.rowid_floor is not None:  # kept from the first attempt (see mark_sending)
             floor = item.rowid_floor
-        result = self.send(target, item.text)
+        underway = Underway.start(item, target, floor, now, self.send, lambda: self.notify())
         self._last_sent[item.chat_guid] = now
+        if not underway.wait(self.send_wait):
+            # Still with Messages: the other chats go on, this one waits for it.
+            self._underway[item.chat_guid] = underway
+            log.warning(
+                "send_slow",
+                outgoing_id=item.id,
+                chat_guid=item.chat_guid,
+                waited_s=self.send_wait,
+            )
+            return
+        self._record(underway, now)
+
+    def _record(self, underway: Underway, now: float) -> None:
+        """What a send came to: confirmed in chat.db, retried, or failed, with its event."""
+        item, target = underway.item, underway.target
+        result = underway.outcome()
+        if result.error and result.error.startswith(messages_app.TIMED_OUT):
+            self._slow.add(item.chat_guid)
+        else:
+            self._slow.discard(item.chat_guid)
         if result.ok:
-            result = self._confirm(item, target, now - RECOVERY_SLACK_SECONDS, floor, result)
+            since = underway.started - RECOVERY_SLACK_SECONDS
+            result = self._confirm(item, target, since, underway.floor, result)
         attempt = item.attempts + 1
         log.info(
             "message_send_attempt",
