@@ -1,4 +1,4 @@
-"""The only user of `requests`: the Archety backend's three endpoints.
+"""The only user of `requests` (with `transport`, its session): the Archety backend's endpoints.
 
 Failures come back as `HttpOutcome` values (see policy); requests' exceptions never leave here.
 The session is built so nothing but our settings decides where the secret goes:
@@ -25,6 +25,7 @@ from urllib3.filepost import encode_multipart_formdata
 from .. import __version__
 from ..config import Secret, Settings
 from ..policy import HttpOutcome
+from . import transport
 
 MESSAGE_PATH = "/orchestrator/message"
 HEARTBEAT_PATH = "/orchestrator/heartbeat"
@@ -35,7 +36,9 @@ PHOTO_UPLOAD_PATH = "/photo/upload"
 MAX_BODY_BYTES = 1024 * 1024
 # Once the headers are in, the body must arrive within this long. The read timeout bounds each
 # wait for a packet, not the total, so a proxy that trickles a byte a second would otherwise
-# hold a lane (or the timer thread) forever.
+# hold a lane (or the timer thread) forever. The whole exchange, status line and headers
+# included, ends by connect + read timeout + this (125 s for a message, 50 s for a sync):
+# see transport.
 BODY_DEADLINE_SECONDS = 30.0
 # Heartbeat and sync are answered at once by the backend; only the orchestrator's message
 # endpoint waits for an LLM, so only it gets the long read timeout.
@@ -99,7 +102,7 @@ class Backend:
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = transport.new_session()
             session.trust_env = False
             session.max_redirects = 0
             self._local.session = session
@@ -132,6 +135,8 @@ class Backend:
         timeout: tuple[float, float] | None = None,
     ) -> HttpOutcome:
         started = time.monotonic()
+        connect, read = timeout or self._timeout
+        ends = started + connect + read + BODY_DEADLINE_SECONDS
         try:
             # Prepared directly rather than through session.post: there are no cookies, auth
             # hooks or environment settings to merge (trust_env is off), and skipping the merge
@@ -139,13 +144,14 @@ class Backend:
             prepared = requests.Request(
                 "POST", self.base_url + path, data=body, headers=self._headers(extra)
             ).prepare()
-            response = self._session.send(
-                prepared, timeout=timeout or self._timeout, allow_redirects=False, stream=True
-            )
-            try:
-                content, body_error = _read_bounded(response)
-            finally:
-                response.close()
+            with transport.deadline(ends):
+                response = self._session.send(
+                    prepared, timeout=(connect, read), allow_redirects=False, stream=True
+                )
+                try:
+                    content, body_error = _read_bounded(response, ends)
+                finally:
+                    response.close()
             if body_error == "reset":
                 # The answer broke off: its reply is lost. The same bytes and Idempotency-Key
                 # again let the backend answer the same way without acting twice.
@@ -204,8 +210,9 @@ class Backend:
         return self.post(SYNC_PATH, _json(payload), timeout=self._control_timeout)
 
 
-def _read_bounded(response: requests.Response) -> tuple[bytes, str | None]:
-    """The body, at most MAX_BODY_BYTES and within BODY_DEADLINE_SECONDS: (bytes, error).
+def _read_bounded(response: requests.Response, ends: float) -> tuple[bytes, str | None]:
+    """The body, at most MAX_BODY_BYTES, within BODY_DEADLINE_SECONDS and before the exchange
+    `ends` (monotonic): (bytes, error).
 
     A body cut by a size or time bound keeps its status (a 2xx is a delivery: posting again
     would only bring the same endless answer); a connection that breaks mid-body is "reset".
@@ -213,7 +220,7 @@ def _read_bounded(response: requests.Response) -> tuple[bytes, str | None]:
     packets however slowly they trickle. Past either bound the connection is dropped (the
     caller closes the response) and what arrived so far is kept.
     """
-    deadline = time.monotonic() + BODY_DEADLINE_SECONDS
+    deadline = min(ends, time.monotonic() + BODY_DEADLINE_SECONDS)
     raw = response.raw
     parts: list[bytes] = []
     size = 0
@@ -232,6 +239,8 @@ def _read_bounded(response: requests.Response) -> tuple[bytes, str | None]:
             if time.monotonic() > deadline:
                 return b"".join(parts), "body_deadline"
     except (urllib3.exceptions.HTTPError, OSError):
+        if time.monotonic() >= ends:  # the transport's read timed out at the exchange's end
+            return b"".join(parts), "body_deadline"
         return b"".join(parts), "reset"
 
 
