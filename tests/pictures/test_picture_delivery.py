@@ -311,3 +311,86 @@ def test_one_unfinished_conversion_is_forgiven(
     deliver_all(relay)
     assert attachment_of(backend.messages()[0].body)["status"] == "uploaded"
     assert len(backend.uploads()) == 1
+
+
+def break_the_attachment_table(writer: MessagesWriter) -> None:
+    """What a macOS update that renames a column the relay reads would do to chat.db."""
+    writer.conn.execute("ALTER TABLE attachment RENAME COLUMN ck_sync_state TO ck_state_v2")
+
+
+def test_a_picture_step_that_raises_is_counted_and_holds_only_its_chat(
+    relay: Relay, writer: MessagesWriter, backend: StubBackend, attachments: Path
+) -> None:
+    """Preparing Alice's picture raises (chat.db's attachment table lost a column the relay
+    reads). Her message is counted as attempted, so `skip-head` with no argument finds it;
+    Bob's chat goes on, and no outage is declared (review 2026-12-04, #3)."""
+    alice, bob = writer.direct_chat(ALICE), writer.direct_chat(BOB)
+    relay.capture_step(time.time())
+    writer.message(
+        "see this", sender=ALICE, chat=alice, attachments=[picture(attachments / "y.jpeg")]
+    )
+    writer.message("hi", sender=BOB, chat=bob)
+    relay.capture_step(time.time())
+    break_the_attachment_table(writer)
+    now = time.monotonic()
+    kinds = [relay.deliver_step(now).kind for _ in range(3)]
+    assert [m.body["text"] for m in backend.messages()] == ["hi"]
+    assert "retry" in kinds and relay.lanes.failures == 0 and not relay.lanes.down
+    head = relay.store.head()
+    assert head is not None and head.attempts >= 1
+    assert relay.store.skip(time.time()) == head.message_guid
+
+
+def test_a_picture_step_that_keeps_raising_gives_up_the_pictures_not_the_text(
+    env: dict[str, str],
+    tmp_path: Path,
+    attachments: Path,
+    writer: MessagesWriter,
+    backend: StubBackend,
+) -> None:
+    """After ARCHETY_POISON_ATTEMPTS failed picture steps, the message's pictures are skipped
+    (`photo_step_failed`) and its text is delivered, in its place in the chat."""
+    settings = config.load(environ={**env, "ARCHETY_POISON_ATTEMPTS": "3"}, cwd=tmp_path)
+    alice = writer.direct_chat(ALICE)
+
+    def work(relay: Relay) -> None:
+        relay.capture_step(time.time())
+        spec = picture(attachments / "z.jpeg")
+        writer.message("see this", sender=ALICE, chat=alice, attachments=[spec])
+        writer.message("and this", sender=ALICE, chat=alice)
+        relay.capture_step(time.time())
+        break_the_attachment_table(writer)
+        now = time.monotonic()
+        for step in range(8):
+            relay.deliver_step(now + step * 5.0)  # each step past any backoff (max 0.5 s here)
+
+    relay_life(settings, work)
+    assert [m.body["text"] for m in backend.messages()] == ["see this", "and this"]
+    entry = attachment_of(backend.messages()[0].body)
+    assert (entry["status"], entry["skip_reason"]) == ("skipped", "photo_step_failed")
+    assert backend.uploads() == []
+
+
+def test_a_pillow_heif_that_does_not_import_blocks_no_chat(
+    start_relay: Callable[..., RelayProcess],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    tmp_path: Path,
+    attachments: Path,
+) -> None:
+    """The review's repro of #3, as the daemon: pillow-heif fails to import (a wheel that does
+    not load on that macOS). Alice's JPEG is still converted and uploaded, her text and Bob's
+    are delivered; the failure is said once."""
+    hook = tmp_path / "no-heif"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import sys\nsys.modules['pillow_heif'] = None\n")
+    alice, bob = writer.direct_chat(ALICE), writer.direct_chat(BOB)
+    relay = start_relay({"PYTHONPATH": str(hook)})
+    writer.message("photo", sender=ALICE, chat=alice, attachments=[picture(attachments / "a.jpeg")])
+    writer.message("and text", sender=ALICE, chat=alice)
+    writer.message("bob here", sender=BOB, chat=bob)
+    assert backend.wait_for(lambda b: len(b.messages()) == 3, 20)
+    by_text = {m.body["text"]: m.body for m in backend.messages()}
+    assert sorted(by_text) == ["and text", "bob here", "photo"]
+    assert attachment_of(by_text["photo"])["status"] == "uploaded"
+    assert len(log_events(relay.log, "heif_unavailable")) == 1

@@ -18,8 +18,9 @@ import structlog
 from ..backend.client import Backend
 from ..config import Secret, Settings
 from ..outbound.dispatch import Outbound
+from ..pictures import rules as picture_rules
 from ..pictures.upload import Photos
-from ..policy import HttpOutcome, Verdict, verdict
+from ..policy import HttpOutcome, Verdict, backoff_seconds, verdict
 from ..redact import scrub_body
 from ..store import NewOutgoing, QueuedItem, Store
 from .lanes import Decision, Lanes
@@ -140,7 +141,12 @@ class Deliverer:
             self._record_delivery(item, *unrecorded)
             return Delivery("delivered", 0.0)
         # Pictures first: the message goes once they are uploaded or given up on (photos).
-        settled = self.photos.settle(item.message_guid, item.body, item.enqueued_at, time.time())
+        try:
+            settled = self.photos.settle(
+                item.message_guid, item.body, item.enqueued_at, time.time()
+            )
+        except Exception as exc:
+            return self._picture_step_failed(item, exc, now)
         if settled.kind == "waiting":
             # Still downloading from iCloud: only this chat waits, the other lanes go on.
             wait = settled.wait or WAIT_FALLBACK_SECONDS
@@ -200,6 +206,37 @@ class Deliverer:
             return self._paused(item, outcome, decision)
         self._log_outage(outcome, answered, decision.wait)
         return Delivery("retry", decision.wait, outcome)
+
+    def _picture_step_failed(self, item: QueuedItem, exc: Exception, now: float) -> Delivery:
+        """The picture step raised before anything was posted (chat.db's attachment table
+        unreadable, the state file, a bug). That is this message's trouble, not the backend's:
+        it counts as the message's attempt (`status` and `skip-head` see it), only its chat
+        waits, the lanes' outage counters are untouched, and after ARCHETY_POISON_ATTEMPTS its
+        pictures are given up (`photo_step_failed`) so that its text still goes."""
+        attempts = item.attempts + 1
+        error = f"picture step: {type(exc).__name__}"
+        self.store.record_attempt(item.id, None, error)
+        given_up = 0
+        if attempts >= self.settings.poison_attempts:
+            given_up = self.photos.give_up_all(
+                item.message_guid, item.body, picture_rules.PHOTO_STEP_FAILED, time.time()
+            )
+        wait = 0.0 if given_up else backoff_seconds(attempts, None, self.settings.max_backoff)
+        self.lanes.hold_chat(item.chat_guid, now, wait)
+        log.warning(
+            "photo_step_failed",
+            message_guid=item.message_guid,
+            chat_guid=item.chat_guid,
+            attempt=attempts,
+            error=error,
+            pictures_given_up=given_up,
+            retry_in_s=round(wait, 2),
+            exc_info=exc,
+            hint="preparing this message's pictures failed before it was posted; only its chat "
+            "waits. After ARCHETY_POISON_ATTEMPTS tries its pictures are skipped and its text "
+            "goes; `archety-relay skip-head` moves it aside now",
+        )
+        return Delivery("retry", wait)
 
     def publish_in_flight(self, wall: float) -> bool:
         """Write what is at the backend now into the state file for `status` (another

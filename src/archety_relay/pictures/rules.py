@@ -33,6 +33,7 @@ GONE = "attachment_gone"  # the attachment row left chat.db (deleted, or the mes
 NOT_DOWNLOADED = "not_downloaded"  # still not on disk after the follow-up window
 OUTSIDE = "outside_attachments"  # the file resolves outside Messages' folders (`..`, a symlink)
 DECODER_CRASHED = "decoder_crashed"  # converting it killed the process, twice
+PHOTO_STEP_FAILED = "photo_step_failed"  # preparing the message's pictures kept raising
 
 # Conversions of one picture that may start and never end (the process died) before it is
 # given up. One is forgiven: a reboot or a kill -9 can land mid-conversion.

@@ -158,6 +158,21 @@ class Photos:
             "message goes on without it, listing it as skipped; upload_retry can send it later",
         )
 
+    def give_up_all(self, message_guid: str, body: bytes, reason: str, now: float) -> int:
+        """The picture step keeps failing for this message: each of its pictures not settled
+        yet is skipped with `reason` (from the store alone: chat.db may be what fails), so the
+        next attempt posts its text. Returns how many were given up."""
+        entries = rules.attachment_entries(body) if rules.has_attachments(body) else []
+        records = self.store.upload_records([str(e["guid"]) for e in entries])
+        given_up = 0
+        for entry in entries:
+            guid = str(entry["guid"])
+            if _is_open(records.get(guid)):
+                record = records.get(guid) or self._new_record(entry, message_guid, body)
+                self.store.save_upload(replace(record, status=SKIPPED, skip_reason=reason), now)
+                given_up += 1
+        return given_up
+
     def _new_record(self, entry: dict[str, Any], message_guid: str, body: bytes) -> UploadRecord:
         guid = str(entry["guid"])
         return UploadRecord(
@@ -278,8 +293,10 @@ class Photos:
                 )
                 return conversion.Converted(None, None, rules.DECODER_CRASHED)
             started = time.monotonic()
-            converted = conversion.convert(path, self.limits, self.fallback)
-            self.store.end_conversion(guid)
+            try:
+                converted = conversion.convert(path, self.limits, self.fallback)
+            finally:  # came back, even raising: only a dead process leaves the mark
+                self.store.end_conversion(guid)
         log.info(
             "photo_converted",
             attachment_guid=guid,
