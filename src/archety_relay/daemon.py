@@ -36,7 +36,8 @@ from .capture import detection
 from .chatdb import watcher
 from .chatdb.reader import ChatDb
 from .config import Secret, Settings
-from .errors import ChatDbUnavailable, RelayError
+from .error_log import ErrorLog
+from .errors import ChatDbUnavailable
 from .health import server as health_server
 from .outbound.dispatch import Sender
 from .relay import Relay
@@ -44,9 +45,6 @@ from .store import QueuedItem, Store
 
 log = structlog.get_logger("archety_relay.daemon")
 
-ERROR_LOG_INTERVAL = 60.0
-# Retries of a failing loop (full disk, chat.db unreadable) are at most this far apart.
-MAX_ERROR_BACKOFF = 10.0
 # Another process (retry-dead, backfill) may queue rows; an idle sender looks every few seconds.
 IDLE_RECHECK_SECONDS = 5.0
 CHAT_JOIN_RECHECK_SECONDS = 0.1
@@ -62,39 +60,6 @@ SYNC_DEBOUNCE_SECONDS = 1.0
 # `status` reads what is in flight from the state file, written at most once a second: look
 # again this soon when a change is still to be written.
 IN_FLIGHT_PUBLISH_SECONDS = 0.5
-
-
-class _ErrorLog:
-    """Logs a repeating error once a minute, with a count, and a line when it clears."""
-
-    def __init__(self, event: str) -> None:
-        self.event = event
-        self.since: float | None = None
-        self.last_logged = 0.0
-        self.count = 0
-
-    def failed(self, exc: BaseException, now: float) -> float:
-        self.count += 1
-        if self.since is None:
-            self.since = now
-        if self.count == 1 or now - self.last_logged >= ERROR_LOG_INTERVAL:
-            self.last_logged = now
-            fields: dict[str, Any] = {"error": str(exc), "failures": self.count}
-            if isinstance(exc, RelayError) and exc.hint:
-                fields["hint"] = exc.hint
-            if isinstance(exc, RelayError):
-                log.error(self.event, **fields)
-            else:
-                log.exception(self.event, **fields)
-        return min(MAX_ERROR_BACKOFF, 0.5 * 2 ** min(self.count, 8))
-
-    def ok(self, now: float) -> None:
-        if self.since is not None:
-            log.info(
-                self.event + "_recovered", after_s=round(now - self.since, 1), failures=self.count
-            )
-        self.since = None
-        self.count = 0
 
 
 class Daemon:
@@ -230,7 +195,7 @@ class Daemon:
             self._on_ready()
 
     def _capture_loop(self) -> None:
-        errors = _ErrorLog("capture_failed")
+        errors = ErrorLog("capture_failed", log)
         holding = False
         # A failed capture leaves rows unread although data_version has been seen: retry it
         # without waiting for another change to chat.db (a full disk that frees up, say).
@@ -309,8 +274,8 @@ class Daemon:
         """Hand out work to the lanes. Lanes are plain daemon threads (not an executor's,
         which the interpreter joins at exit): a lane stuck on a slow answer never holds up
         shutdown, and its message simply stays queued for the next start."""
-        errors = _ErrorLog("delivery_loop_failed")
-        lane_errors = _ErrorLog("delivery_lane_failed")  # one for all lanes: one line a minute
+        errors = ErrorLog("delivery_loop_failed", log)
+        lane_errors = ErrorLog("delivery_lane_failed", log)  # one for all lanes: one line a minute
         work: queue.SimpleQueue[QueuedItem | None] = queue.SimpleQueue()
         lanes = [
             threading.Thread(
@@ -340,7 +305,7 @@ class Daemon:
             for _ in lanes:
                 work.put(None)
 
-    def _lane(self, work: queue.SimpleQueue[QueuedItem | None], errors: _ErrorLog) -> None:
+    def _lane(self, work: queue.SimpleQueue[QueuedItem | None], errors: ErrorLog) -> None:
         """Deliver what the sender hands over; after a delivery, go straight on with the next
         head that may go (oldest chat first, as the sender would pick), so a busy queue does
         not pay a hand-over between threads per message."""
@@ -354,7 +319,7 @@ class Daemon:
             if self.stop.is_set():
                 return
 
-    def _deliver_one(self, item: QueuedItem, errors: _ErrorLog) -> QueuedItem | None:
+    def _deliver_one(self, item: QueuedItem, errors: ErrorLog) -> QueuedItem | None:
         """One attempt; returns the lane's next message, or None to wait for the sender."""
         went = False
         try:
@@ -383,7 +348,7 @@ class Daemon:
         return None
 
     def _dispatch_loop(self) -> None:
-        errors = _ErrorLog("dispatch_failed")
+        errors = ErrorLog("dispatch_failed", log)
         while not self.stop.is_set():
             try:
                 self.relay.outbound.automation_step(time.time())
@@ -396,7 +361,7 @@ class Daemon:
             self.outgoing_ready.clear()
 
     def _timer_loop(self) -> None:
-        errors = _ErrorLog("timer_failed")
+        errors = ErrorLog("timer_failed", log)
         next_heartbeat = next_sync = next_prune = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
@@ -421,7 +386,7 @@ class Daemon:
                 next_sync = min(next_sync, time.monotonic() + SYNC_DEBOUNCE_SECONDS)
 
     def _photos_loop(self) -> None:
-        errors = _ErrorLog("photos_failed")
+        errors = ErrorLog("photos_failed", log)
         while not self.stop.is_set():
             wait: float | None
             try:

@@ -22,6 +22,7 @@ from ..backend.commands import Action
 from ..chatdb.guids import Target, is_chat_guid, send_target, service_of
 from ..chatdb.reader import ChatDb, SentRow
 from ..config import Settings
+from ..error_log import ErrorLog, retry_in
 from ..macos import messages_app
 from ..macos.messages_app import SendResult
 from ..model import utc_iso
@@ -72,6 +73,11 @@ class Outbound:
         self._underway: dict[str, Underway] = {}  # by chat guid
         # Chats whose last send hung until osascript's timeout: served after the others.
         self._slow: set[str] = set()
+        # Chats whose step raised (chat.db unreadable, the state file locked): failures in a
+        # row and when to try again. One line a minute for all of them, and one when none is
+        # failing any more.
+        self._failing: dict[str, tuple[int, float]] = {}
+        self._errors = ErrorLog("send_step_failed", log)
 
     # -- replies ----------------------------------------------------------------------------
     def replies_for(
@@ -132,13 +138,21 @@ class Outbound:
         for item in sorted(self.store.heads_due(now), key=lambda h: h.chat_guid in self._slow):
             if item.chat_guid in self._underway:
                 continue  # its bubble before this one is still with Messages
+            if self._retry_at(item.chat_guid) > now:
+                continue  # its last step failed: it waits out its backoff
             if len(self._underway) >= MAX_SENDS_UNDER_WAY:
                 break
             self._guarded(item, now, partial(self._step_one, item, now, gap))
         # Next wake-up: each chat's head when it is due and its rate limit allows.
+        heads = self.store.heads_due(float("inf"))
+        self._forget_failing({head.chat_guid for head in heads}, now)
         ready = [
-            max(head.send_at, self._last_sent.get(head.chat_guid, float("-inf")) + gap)
-            for head in self.store.heads_due(float("inf"))
+            max(
+                head.send_at,
+                self._last_sent.get(head.chat_guid, float("-inf")) + gap,
+                self._retry_at(head.chat_guid),
+            )
+            for head in heads
             if head.chat_guid not in self._underway
         ]
         if self._underway:
@@ -146,12 +160,31 @@ class Outbound:
         return max(0.0, min(ready) - now) if ready else None
 
     def _guarded(self, item: Outgoing, now: float, step: Callable[[], None]) -> None:
+        chat = item.chat_guid
         try:
             step()
         except Exception as exc:
-            # One row that cannot be sent or recorded never holds up other chats'.
-            self._last_sent[item.chat_guid] = now
-            log.exception("send_step_failed", outgoing_id=item.id, error=str(exc))
+            # One row that cannot be sent or recorded never holds up other chats'. Its chat
+            # waits longer after each failure in a row instead of one pacing gap: with chat.db
+            # unreadable every chat failed three times a second, each with a traceback.
+            failures = self._failing.get(chat, (0, 0.0))[0] + 1
+            self._failing[chat] = (failures, now + retry_in(failures))
+            self._last_sent[chat] = now
+            self._errors.failed(exc, now, outgoing_id=item.id, chats_failing=len(self._failing))
+            return
+        if self._failing.pop(chat, None) is not None and not self._failing:
+            self._errors.ok(now)
+
+    def _retry_at(self, chat_guid: str) -> float:
+        return self._failing.get(chat_guid, (0, float("-inf")))[1]
+
+    def _forget_failing(self, chats_with_work: set[str], now: float) -> None:
+        """A failing chat whose work is gone (sent or given up elsewhere) is failing no more."""
+        gone = [chat for chat in self._failing if chat not in chats_with_work]
+        for chat in gone:
+            del self._failing[chat]
+        if gone and not self._failing:
+            self._errors.ok(now)
 
     def _step_one(self, item: Outgoing, now: float, gap: float) -> None:
         if now - item.send_at > MISSED_AFTER_SECONDS:
