@@ -245,6 +245,59 @@ def test_a_damaged_state_file_is_reported_by_lookers_and_salvaged_by_run(
     assert "state reset" in human and str(aside) in human
 
 
+def _queue_ids(store: Store) -> dict[str, int]:
+    return {
+        guid: id_
+        for id_, guid in store._conn.execute("SELECT id, message_guid FROM outbox").fetchall()
+    }
+
+
+def test_retry_dead_after_a_salvage_puts_every_dead_letter_back(tmp_path: Path) -> None:
+    """Review 2026-12-04 #5 (salvage_deadletter_loss): two messages delivered and a third
+    dead-lettered (outbox id 3), then the state file is damaged and salvaged. New messages
+    must not reuse ids 1-3, and `retry-dead` must put G-3 back, not delete it."""
+    store = open_store(tmp_path)
+    now = time.time()
+    store.enqueue([(f"G-{i}", i, b"{}") for i in (1, 2, 3)], Cursor(3, "1:X"), now)
+    for _ in range(2):
+        item = store.head()
+        assert item is not None
+        store.mark_delivered(item, now)
+    g3 = store.head()
+    assert g3 is not None and g3.id == 3
+    store.dead_letter(g3, 422, "refused", now)
+    store.close()
+    _damage_header(tmp_path / OUTBOX_FILE)
+    store = open_store(tmp_path, repair=True)
+    assert [d.message_guid for d in store.dead_letters()] == ["G-3"]
+    store.enqueue([(f"N-{i}", 3 + i, b"{}") for i in (1, 2, 3)], Cursor(6, "1:X"), now)
+    assert min(_queue_ids(store).values()) > 3
+    assert store.retry_dead(now) == 1
+    assert store.dead_letters() == []
+    assert _queue_ids(store)["G-3"] == 3  # back at its old place, ahead of N-1..3
+    store.close()
+
+
+def test_retry_dead_never_deletes_a_dead_letter_whose_old_place_is_taken(tmp_path: Path) -> None:
+    """A state file salvaged by an older version may already hold a newer message at a dead
+    letter's old outbox id: the dead letter is put back under a new id, never dropped."""
+    store = open_store(tmp_path)
+    now = time.time()
+    store.enqueue([("G-1", 1, b"{}")], Cursor(1, "1:X"), now)
+    g1 = store.head()
+    assert g1 is not None
+    store.dead_letter(g1, 422, "refused", now)
+    store._conn.execute(
+        "INSERT INTO outbox (id, message_guid, source_rowid, body, enqueued_at) "
+        "VALUES (?, 'N-1', 2, x'7b7d', ?)",
+        (g1.id, now),
+    )
+    assert store.retry_dead(now) == 1
+    assert store.dead_letters() == []
+    assert sorted(_queue_ids(store)) == ["G-1", "N-1"]
+    store.close()
+
+
 def test_an_interrupted_repair_is_simply_done_again(tmp_path: Path) -> None:
     """The fresh file is built beside the damaged one and swapped in last: a repair killed
     half-way leaves the damaged file in place and a stale staging file, and the next start

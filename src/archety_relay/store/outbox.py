@@ -229,18 +229,29 @@ class OutboxQueries(Transactional):
         """Move dead letters (all, or those named) back into the outbox, each at its old place:
         ahead of the newer messages of its chat, so the chat's order is what it was. Each keeps
         its attempts: a message put back is not untried, and must not pass for one (lanes
-        prefer untried messages as the probe while the backend looks sick)."""
+        prefer untried messages as the probe while the backend looks sick).
+
+        A dead letter whose old place is taken (a state file salvaged before ids were kept
+        above every dead letter's) goes back under a new id, behind its chat's newer messages:
+        late, but never dropped. Only dead letters now in the outbox are deleted."""
         chosen = "1" if guids is None else "message_guid IN (SELECT value FROM json_each(?))"
         args: tuple[object, ...] = () if guids is None else (json.dumps(sorted(guids)),)
+        columns = "message_guid, source_rowid, body, enqueued_at, chat_guid, attempts, last_status"
+        values = "message_guid, source_rowid, body, ?, chat_guid, attempts, status"
         with self._tx() as db:
-            moved = db.execute(
-                "INSERT OR IGNORE INTO outbox (id, message_guid, source_rowid, body, enqueued_at,"
-                " chat_guid, attempts, last_status) SELECT outbox_id, message_guid, source_rowid,"
-                " body, ?, chat_guid, attempts, status"
-                f" FROM dead_letter WHERE {chosen} ORDER BY id",
-                (now, *args),
-            ).rowcount
-            db.execute(f"DELETE FROM dead_letter WHERE {chosen}", args)
+            moved = 0
+            for place in ("outbox_id", "NULL"):  # the old place; else a new one
+                moved += db.execute(
+                    f"INSERT OR IGNORE INTO outbox (id, {columns}) SELECT {place}, {values}"
+                    f" FROM dead_letter WHERE {chosen} AND message_guid NOT IN"
+                    " (SELECT message_guid FROM outbox) ORDER BY id",
+                    (now, *args),
+                ).rowcount
+            db.execute(
+                f"DELETE FROM dead_letter WHERE {chosen} AND message_guid IN "
+                "(SELECT message_guid FROM outbox)",
+                args,
+            )
         return moved
 
     def purge_dead(self, older_than: float) -> int:

@@ -4,6 +4,7 @@ A state file that fails its integrity check is moved aside (by `run`/`--once` on
 one started; without salvage its queue, scheduled sends, cursor, dead letters and delivered
 memory would be abandoned with it. Every table the fresh file has is copied row by row from the
 damaged one, each table on its own: a damaged page ends that table's copy, never the others'.
+Ids handed out by the damaged file are never handed out again (see `_keep_ids_ahead`).
 When even the file header is unreadable, the pages are read again under a rebuilt header.
 """
 
@@ -32,7 +33,9 @@ def salvage(damaged: Path, fresh: sqlite3.Connection) -> dict[str, int]:
         if old is None:
             return {}
         try:
-            return _copy_tables(old, fresh)
+            copied = _copy_tables(old, fresh)
+            _keep_ids_ahead(old, fresh)
+            return copied
         finally:
             old.close()
     finally:
@@ -87,6 +90,40 @@ def _rebuilt_header(page_size: int, pages: int) -> bytes:
     struct.pack_into(">I", header, 92, 1)  # version-valid-for (matches the change counter)
     struct.pack_into(">I", header, 96, 3_045_000)
     return bytes(header)
+
+
+def _keep_ids_ahead(old: sqlite3.Connection, fresh: sqlite3.Connection) -> None:
+    """New rows must never take an id the damaged file had handed out: a dead letter keeps its
+    outbox id to go back to its place (`retry_dead`), and the backend knows schedules by their
+    outgoing id. `sqlite_sequence` is not copied with the tables (SQLite keeps it itself, from
+    the rows copied), so each AUTOINCREMENT counter is set to at least the damaged file's, and
+    the outbox's to at least every dead letter's old outbox id."""
+    try:
+        floors = {
+            str(name): seq
+            for name, seq in old.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
+            if isinstance(seq, int)
+        }
+    except sqlite3.DatabaseError:
+        floors = {}  # a damaged page: the dead letters' ids below still hold for the outbox
+    dead = fresh.execute("SELECT MAX(outbox_id) FROM dead_letter").fetchone()[0]
+    if isinstance(dead, int):
+        floors["outbox"] = max(floors.get("outbox", 0), dead)
+    tables = {
+        row[0]
+        for row in fresh.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%'"
+        )
+    }
+    fresh.execute("BEGIN IMMEDIATE")
+    for table, floor in floors.items():
+        if table not in tables:
+            continue
+        if not fresh.execute(
+            "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (floor, table)
+        ).rowcount:
+            fresh.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, floor))
+    fresh.execute("COMMIT")
 
 
 def _copy_tables(old: sqlite3.Connection, fresh: sqlite3.Connection) -> dict[str, int]:
