@@ -251,6 +251,52 @@ def test_backfill_replays_recent_history_once(
     assert len(backend.messages()) == 2
 
 
+def test_backfill_holds_back_what_the_filter_rules_hold_back_and_keeps_the_chat_context(
+    env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Review 2026-12-04 #13: the live relay held "WIN A PRIZE …" back by a filter rule;
+    `backfill` must not replay it, nor a history message the same rule holds back (that one is
+    reported `message_filtered`, as live), and what it does send carries the chat's context
+    like a live message."""
+    chat = writer.direct_chat(ALICE)
+    writer.message("are we still on?", sender=ALICE, chat=chat, sent_at=time.time() - 1800)
+    old_spam = writer.message(
+        "WIN A PRIZE today only", sender=ALICE, chat=chat, sent_at=time.time() - 1700
+    )
+    filter_rule = {
+        "rule_type": "filter",
+        "rule_config": {
+            "name": "no-spam",
+            "conditions": [{"field": "content", "operator": "contains", "value": "WIN A PRIZE"}],
+        },
+    }
+    context = {"chat_guid": f"iMessage;-;{ALICE}", "app_id": "trivia", "state": "active"}
+    backend.script(
+        "/edge/sync",
+        Behaviour(
+            body={
+                "commands": [
+                    {"command_id": "r-1", "command_type": "set_rule", "params": filter_rule},
+                    {"command_id": "c-1", "command_type": "context_update", "params": context},
+                ]
+            }
+        ),
+    )
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0  # cursor placed, rule set
+    writer.message("WIN A PRIZE click http://evil.example", sender=ALICE, chat=chat)
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    assert backend.messages() == []  # held back live
+    result = run_cli(["backfill", "--since", "1h", "--yes"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 message(s) from the last 1h would be sent" in result.stdout
+    [posted] = [r.body for r in backend.messages()]
+    assert posted["text"] == "are we still on?"
+    assert posted["context"]["active_miniapp"] == "trivia"
+    assert run_cli(["--once"], env, cwd=tmp_path).returncode == 0
+    filtered = [e for e in backend.sync_events() if e["event_type"] == "message_filtered"]
+    assert writer.guid_of(old_spam) in {e["message_guid"] for e in filtered}
+
+
 def test_backfill_refuses_a_window_older_than_the_delivered_memory(
     env: dict[str, str], tmp_path: Path, writer: MessagesWriter, backend: StubBackend
 ) -> None:

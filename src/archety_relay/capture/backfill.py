@@ -2,13 +2,16 @@
 
 Only rows at or behind the saved cursor are considered (rows after it are the normal path's),
 the forwarding rules apply with the backfill window as the age limit, and guids already queued,
-dead-lettered or recently delivered are left out, so a backfill never sends a message twice;
-a window longer than that memory is refused.
+dead-lettered, recently delivered or held back by a filter rule are left out, so a backfill never
+sends a message twice nor one the backend's rules held back; a window longer than that memory is
+refused. What is sent goes through the live path's `admit` (rules, persona, the chat's context
+and plan), so it is the body the live relay would have queued.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..chatdb.reader import ChatDb
@@ -24,6 +27,9 @@ class BackfillPlan:
     messages: list[Message] = field(default_factory=list)
     already_known: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    # Never seen by the live path, and a filter rule holds them back now: not sent, but their
+    # `message_filtered` is recorded as it would have been live.
+    held_back: list[Message] = field(default_factory=list)
 
 
 def check_window(since_seconds: float) -> None:
@@ -42,7 +48,13 @@ def check_window(since_seconds: float) -> None:
         )
 
 
-def plan(chatdb: ChatDb, store: Store, since_seconds: float, now: float) -> BackfillPlan:
+def plan(
+    chatdb: ChatDb,
+    store: Store,
+    since_seconds: float,
+    now: float,
+    holds_back: Callable[[Message, float], bool] = lambda message, now: False,
+) -> BackfillPlan:
     check_window(since_seconds)
     result = BackfillPlan()
     start = chatdb.first_rowid_since(apple_date(now - since_seconds))
@@ -65,12 +77,23 @@ def plan(chatdb: ChatDb, store: Store, since_seconds: float, now: float) -> Back
                 found.append(outcome)
         known = store.known(m.message_guid for m in found)
         result.already_known += len(known)
-        result.messages.extend(m for m in found if m.message_guid not in known)
+        for message in (m for m in found if m.message_guid not in known):
+            (result.held_back if holds_back(message, now) else result.messages).append(message)
     return result
 
 
 def enqueue(
-    store: Store, backfill: BackfillPlan, now: float, extra: dict[str, str] | None = None
-) -> int:
-    items = [(m.message_guid, m.rowid, m.frozen_body(extra)) for m in backfill.messages]
-    return store.enqueue(items, None, now)
+    store: Store,
+    backfill: BackfillPlan,
+    now: float,
+    admit: Callable[[Message, float], bytes | Skipped],
+) -> list[str]:
+    """Queue the plan's messages, each through `admit` (the live path's rules, persona and chat
+    context); returns the guids queued."""
+    items = []
+    for message in backfill.messages + backfill.held_back:
+        body = admit(message, now)
+        if not isinstance(body, Skipped):
+            items.append((message.message_guid, message.rowid, body))
+    store.enqueue(items, None, now)
+    return [guid for guid, _rowid, _body in items]

@@ -96,6 +96,11 @@ class Inbound:
             )
             return Skipped(message.rowid, message.message_guid, "unreadable")
 
+    def holds_back(self, message: Message, now: float) -> bool:
+        """Whether a filter rule would keep this message from the orchestrator (nothing is
+        recorded: `backfill` asks before the operator confirms)."""
+        return self._verdict(message, now).action == "filter"
+
     def _verdict(self, message: Message, now: float) -> rules.Verdict:
         if not self.rules:
             return rules.Verdict("deliver")

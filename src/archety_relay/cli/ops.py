@@ -14,6 +14,7 @@ import uuid
 from .. import config
 from ..backend.client import Backend
 from ..capture import backfill
+from ..capture.inbound import Inbound
 from ..chatdb.reader import ChatDb
 from ..config import Secret, Settings
 from ..errors import EXIT_AUTH, EXIT_BACKEND, EXIT_CONFIG, EXIT_OK, ConfigError
@@ -206,12 +207,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     now = time.time()
     store = open_store(settings.state_dir)
     try:
+        inbound = Inbound(settings, store)  # the live path's rules, persona and chat context
         with ChatDb(settings.chat_db) as chatdb:
-            found = backfill.plan(chatdb, store, args.since, now)
+            found = backfill.plan(chatdb, store, args.since, now, inbound.holds_back)
         total = len(found.messages)
         print(
             f"{total} message(s) from the last {format_duration(args.since)} would be sent "
-            f"({found.already_known} already sent or queued, "
+            f"({found.already_known} already sent, queued or held back, "
+            f"{len(found.held_back)} held back by the backend's filter rules, "
             f"{sum(found.skipped.values())} skipped by the forwarding rules)."
         )
         if total == 0:
@@ -222,8 +225,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             if input("Send them? [y/N] ").strip().lower() not in ("y", "yes"):
                 print("nothing sent")
                 return EXIT_OK
-        backfill.enqueue(store, found, time.time(), settings.persona_fields())
-        return _deliver_backfill(settings, store, [m.message_guid for m in found.messages])
+        queued = backfill.enqueue(store, found, time.time(), inbound.admit)
+        if not queued:
+            print("nothing sent: the filter rules held every message back")
+            return EXIT_OK
+        return _deliver_backfill(settings, store, queued)
     finally:
         store.close()
 

@@ -265,14 +265,16 @@ class OutboxQueries(Transactional):
             ).rowcount
 
     def known(self, guids: Iterable[str]) -> set[str]:
-        """Which of these guids are queued, dead-lettered or were delivered recently."""
+        """Which of these guids are queued, dead-lettered, were delivered recently, or were
+        held back by a filter rule (a rule's effect is remembered as long as a delivery)."""
         found: set[str] = set()
         with self._tx() as db:
             for guid in guids:
                 row = db.execute(
                     "SELECT 1 FROM outbox WHERE message_guid = ?1 UNION ALL "
                     "SELECT 1 FROM delivered WHERE message_guid = ?1 UNION ALL "
-                    "SELECT 1 FROM dead_letter WHERE message_guid = ?1 LIMIT 1",
+                    "SELECT 1 FROM dead_letter WHERE message_guid = ?1 UNION ALL "
+                    "SELECT 1 FROM rule_hits WHERE message_guid = ?1 LIMIT 1",
                     (guid,),
                 ).fetchone()
                 if row:
