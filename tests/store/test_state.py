@@ -19,6 +19,7 @@ from archety_relay.demo.stub_backend import Behaviour, StubBackend
 from archety_relay.errors import OutboxCorrupt
 from archety_relay.relay import Relay
 from archety_relay.store import OUTBOX_FILE, Cursor, NewOutgoing, Store, open_store
+from archety_relay.store.commands import CHAT_STATE_MEMORY_SECONDS
 
 SYNC = "/edge/sync"
 
@@ -296,6 +297,95 @@ def test_retry_dead_never_deletes_a_dead_letter_whose_old_place_is_taken(tmp_pat
     assert store.dead_letters() == []
     assert sorted(_queue_ids(store)) == ["G-1", "N-1"]
     store.close()
+
+
+def _set_context(store: Store, keys: list[str], context: dict | None, at: float) -> None:
+    with store.command(f"cmd-{at}-{keys[0]}", at) as tx:
+        assert tx is not None
+        tx.set_context(keys, context)
+
+
+def _chat_state_rows(store: Store) -> int:
+    return int(store._conn.execute("SELECT COUNT(*) FROM chat_state").fetchone()[0])
+
+
+def test_chat_state_is_pruned_once_reset_or_left_alone(tmp_path: Path) -> None:
+    """Review 2026-12-04 #16 (chat_state_growth): contexts set and then reset for 300 chats are
+    gone after a prune far enough ahead; a context nobody touches expires after
+    CHAT_STATE_MEMORY_SECONDS."""
+    store = open_store(tmp_path)
+    now = time.time()
+    for i in range(300):
+        _set_context(store, [f"chat{i}"], {"active_miniapp": "trivia" * 100}, now)
+        _set_context(store, [f"chat{i}"], None, now + 1)
+    _set_context(store, ["kept"], {"active_miniapp": "poll"}, now)
+    store.prune(now + 400 * 86400)
+    assert _chat_state_rows(store) == 0
+    _set_context(store, ["recent"], {"active_miniapp": "poll"}, now)
+    store.prune(now + CHAT_STATE_MEMORY_SECONDS - 60)
+    assert set(store.chat_states(["recent"])) == {"recent"}
+    store.prune(now + CHAT_STATE_MEMORY_SECONDS + 60)
+    assert store.chat_states(["recent"]) == {}
+    store.close()
+
+
+def test_pruning_chat_state_never_brings_back_a_context_that_was_reset(tmp_path: Path) -> None:
+    """A chat known by two keys: its context set under both, reset later under one. Pruning the
+    old setting must not leave the older context to win again: the reset outlives it."""
+    store = open_store(tmp_path)
+    now = time.time()
+    _set_context(store, ["iMessage;-;+15555550101", "+15555550101"], {"active_miniapp": "x"}, now)
+    _set_context(store, ["+15555550101"], None, now + 10 * 86400)
+    store.prune(now + CHAT_STATE_MEMORY_SECONDS + 86400)
+    states = store.chat_states(["iMessage;-;+15555550101", "+15555550101"])
+    assert all(s.context is None for s in states.values())
+    store.close()
+
+
+def test_chat_state_is_capped_by_size_keeping_the_newest(tmp_path: Path) -> None:
+    """Many large contexts: past the size cap the oldest settings go, the newest stay."""
+    store = open_store(tmp_path)
+    now = time.time()
+    for i in range(50):
+        _set_context(store, [f"chat{i}"], {"active_miniapp": "a" * 1000}, now + i)
+    store.prune_chat_state(now + 60, max_bytes=20_000)
+    kept = store.chat_states([f"chat{i}" for i in range(50)])
+    assert 10 <= len(kept) < 20
+    assert set(kept) == {f"chat{i}" for i in range(50 - len(kept), 50)}
+    store.close()
+
+
+def test_a_context_command_and_a_message_read_only_their_own_chat_state(
+    relay: Relay, store: Store, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """Review #16: with thousands of chats' context stored, a context_update and a captured
+    message read their own chat's rows by key, never the whole table (by the query plan); the
+    message still carries the context just set."""
+    now = time.time()
+    for i in range(0, 3000, 500):
+        with store.command(f"fill-{i}", now) as tx:
+            assert tx is not None
+            for k in range(i, i + 500):
+                tx.set_context([f"chat{k}"], {"active_miniapp": "trivia"})
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    context = {"chat_guid": f"iMessage;-;{ALICE}", "app_id": "poll", "state": "active"}
+    backend.script(
+        SYNC,
+        Behaviour(
+            body={
+                "commands": [
+                    {"command_id": "c-1", "command_type": "context_update", "params": context}
+                ]
+            }
+        ),
+    )
+    writer.message("which option?", sender=ALICE, chat=chat)
+    plans = _plan_of(store, lambda: (relay.sync_step(time.time()), relay.capture_step(time.time())))
+    assert plans and not [p for p in plans if "SCAN chat_state" in p]
+    relay.deliver_step(time.monotonic())
+    [posted] = [r.body for r in backend.messages()]
+    assert posted["context"]["active_miniapp"] == "poll"
 
 
 def test_an_interrupted_repair_is_simply_done_again(tmp_path: Path) -> None:

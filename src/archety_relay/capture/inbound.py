@@ -9,9 +9,10 @@ context. Capture calls `admit(message, now)` once per message, before the enqueu
 - Otherwise, and in both delivered cases, the body carries the persona, and the chat's
   `context` and `plan` as the last `context_update` / `update_plan` left them.
 
-Rules and chat state are small and change only by sync commands, so they are held in memory
-and re-read (`reload`) after a command changed them; the hot path does no extra I/O unless a
-rule matched. A rule's effect on a message is recorded once (`store.record_rule_hit`), so a
+Rules are few and change only by sync commands, so they are held in memory and re-read
+(`reload`) after a `set_rule`. Chat state is not: one chat's context and plan are read by key
+for each message (a primary-key lookup), so thousands of chats cost neither memory nor a reload
+of everything per command (review 2026-12-04 #16). A rule's effect on a message is recorded once (`store.record_rule_hit`), so a
 crash between that and the enqueue neither doubles the auto reply nor loses the filtering.
 """
 
@@ -27,7 +28,7 @@ from ..backend import rules
 from ..chatdb.guids import is_chat_guid
 from ..config import Settings
 from ..model import Message, Skipped
-from ..store import ChatState, NewOutgoing, Store
+from ..store import NewOutgoing, Store
 
 log = structlog.get_logger("archety_relay.inbound")
 
@@ -43,11 +44,11 @@ class Inbound:
         self.notify: Callable[[], None] = lambda: None  # an auto reply is waiting to be sent
         self.rules: tuple[rules.Rule, ...] = ()
         self._timeouts: Counter[str] = Counter()  # pattern timeouts per rule since the start
-        self._chats: dict[str, ChatState] = {}
         self.reload()
 
     def reload(self) -> None:
-        """Re-read the rules and the chats' context (after a command changed them)."""
+        """Re-read the rules (after a command changed them). Chats' context and plan are read
+        per message, by key: thousands of chats cost nothing here."""
         loaded: list[rules.Rule] = []
         for source in self.store.rules():
             rule = rules.parse(source)
@@ -56,7 +57,6 @@ class Inbound:
             else:  # stored by an older version that read it differently: say so, skip it
                 log.warning("rule_unreadable", reason=rule)
         self.rules = tuple(loaded)
-        self._chats = self.store.chat_states()
 
     def admit(self, message: Message, now: float) -> bytes | Skipped:
         """The exact body to queue for this message, or Skipped("filtered")."""
@@ -179,9 +179,8 @@ class Inbound:
     def _chat_fields(self, message: Message) -> dict[str, Any]:
         """`context` and `plan` for this chat, whichever key (guid or chat_identifier) they
         were set under; the most recent setting (or reset) wins."""
-        states = [
-            self._chats[k] for k in (message.chat_guid, message.chat_identifier) if k in self._chats
-        ]
+        keys = [k for k in (message.chat_guid, message.chat_identifier) if k]
+        states = list(self.store.chat_states(keys).values())
         fields: dict[str, Any] = {}
         context = max(states, key=lambda s: s.context_at or 0.0, default=None)
         if context is not None and context.context is not None:

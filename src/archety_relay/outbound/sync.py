@@ -27,6 +27,8 @@ from .. import __version__
 from ..backend import commands
 from ..backend.client import MAX_BODY_BYTES, Backend
 from ..backend.commands import SetContext, SetRule, UpdatePlan
+from ..backend.client import Backend
+from ..backend.commands import SetRule
 from ..capture.inbound import Inbound
 from ..config import Settings
 from ..model import utc_iso
@@ -273,6 +275,7 @@ class Sync:
                 self.outbound.execute(action, now)
         finally:
             if any(isinstance(a, (SetRule, SetContext, UpdatePlan)) for a in actions):
+            if any(isinstance(a, SetRule) for a in response.actions):
                 self.inbound.reload()
             self.store.cap_events(now)
         log.info(

@@ -47,6 +47,7 @@ class Store(
             "delivered": self.prune_delivered(now),
             "history": self.prune_history(now),
             "rule_hits": self.prune_rule_hits(now),
+            "chat_state": self.prune_chat_state(now),
             "uploads": self.prune_uploads(now),
         }
 

@@ -1,8 +1,9 @@
 """Sync commands' work, and what those commands keep: message rules and per-chat context.
 
 A command is marked seen in the same transaction as its work and its event (`command()`), so a
-crash or an error in between leaves neither: the backend's next sync brings it again. Rules and
-chat state are small tables read whole into memory by `inbound` and written only by commands.
+crash or an error in between leaves neither: the backend's next sync brings it again. Rules are a
+small table read whole into memory by `inbound`; chat state is read by key, one message's chat
+at a time, and pruned by age and size. Both are written only by commands.
 `record_rule_hit` stores what a rule did to one message (its event, its auto reply) once, even
 when a crash makes capture read the same row again.
 """
@@ -32,6 +33,11 @@ from .uploads import request_upload
 
 # What a rule did to a message is remembered as long as a delivered guid (an iCloud re-insert).
 RULE_HIT_MEMORY_SECONDS = 7 * 86400
+# A chat's context or plan not set (nor reset) for this long is forgotten by the prune; so is
+# the oldest of them while all of it holds more than CHAT_STATE_MAX_BYTES (review 2026-12-04
+# #16: 3,000 contexts of 60 KB made a 191 MB state file that nothing ever shrank).
+CHAT_STATE_MEMORY_SECONDS = 30 * 86400
+CHAT_STATE_MAX_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -145,10 +151,15 @@ class CommandQueries(Transactional):
             )
         return True
 
-    def chat_states(self) -> dict[str, ChatState]:
+    def chat_states(self, keys: Sequence[str]) -> dict[str, ChatState]:
+        """The stored context and plan of these chat keys (those that have any), by key."""
+        if not keys:
+            return {}
         with self._tx() as db:
             rows = db.execute(
-                "SELECT chat_key, context, context_at, plan, plan_at FROM chat_state"
+                "SELECT chat_key, context, context_at, plan, plan_at FROM chat_state "
+                f"WHERE chat_key IN ({','.join('?' * len(keys))})",
+                list(keys),
             ).fetchall()
         return {
             key: ChatState(
@@ -159,6 +170,36 @@ class CommandQueries(Transactional):
             )
             for key, context, context_at, plan, plan_at in rows
         }
+
+    def prune_chat_state(self, now: float, *, max_bytes: int = CHAT_STATE_MAX_BYTES) -> int:
+        """Forget contexts and plans set (or reset) before a cutoff: CHAT_STATE_MEMORY_SECONDS
+        ago, or later when the newer ones alone pass `max_bytes`. Returns the rows deleted.
+
+        Each field goes by its own time, and everything set at or before the cutoff goes: a
+        chat known by two keys keeps "the latest setting wins" (a reset is never dropped while
+        the older context it replaced is kept)."""
+        cutoff = now - CHAT_STATE_MEMORY_SECONDS
+        with self._tx() as db:
+            kept = 0
+            for at, size in db.execute(
+                "SELECT MAX(COALESCE(context_at, 0), COALESCE(plan_at, 0)), "
+                "LENGTH(CAST(chat_key AS BLOB)) + COALESCE(LENGTH(CAST(context AS BLOB)), 0) "
+                "+ COALESCE(LENGTH(CAST(plan AS BLOB)), 0) FROM chat_state ORDER BY 1 DESC"
+            ):
+                kept += size
+                if kept > max_bytes:
+                    cutoff = max(cutoff, at)
+                    break
+            db.execute(
+                "UPDATE chat_state SET context = NULL, context_at = NULL WHERE context_at <= ?",
+                (cutoff,),
+            )
+            db.execute(
+                "UPDATE chat_state SET plan = NULL, plan_at = NULL WHERE plan_at <= ?", (cutoff,)
+            )
+            return db.execute(
+                "DELETE FROM chat_state WHERE context_at IS NULL AND plan_at IS NULL"
+            ).rowcount
 
     def record_rule_hit(
         self,
