@@ -12,8 +12,9 @@ context. Capture calls `admit(message, now)` once per message, before the enqueu
 Rules are few and change only by sync commands, so they are held in memory and re-read
 (`reload`) after a `set_rule`. Chat state is not: one chat's context and plan are read by key
 for each message (a primary-key lookup), so thousands of chats cost neither memory nor a reload
-of everything per command (review 2026-12-04 #16). A rule's effect on a message is recorded once (`store.record_rule_hit`), so a
-crash between that and the enqueue neither doubles the auto reply nor loses the filtering.
+of everything per command (review 2026-12-04 #16). A rule's effect on a message is recorded
+once (`store.record_rule_hit`), so a crash between that and the enqueue neither doubles the auto
+reply nor loses the filtering.
 """
 
 from __future__ import annotations

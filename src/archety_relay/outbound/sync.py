@@ -26,8 +26,6 @@ import structlog
 from .. import __version__
 from ..backend import commands
 from ..backend.client import MAX_BODY_BYTES, Backend
-from ..backend.commands import SetContext, SetRule, UpdatePlan
-from ..backend.client import Backend
 from ..backend.commands import SetRule
 from ..capture.inbound import Inbound
 from ..config import Settings
@@ -274,8 +272,7 @@ class Sync:
             for action in actions:
                 self.outbound.execute(action, now)
         finally:
-            if any(isinstance(a, (SetRule, SetContext, UpdatePlan)) for a in actions):
-            if any(isinstance(a, SetRule) for a in response.actions):
+            if any(isinstance(a, SetRule) for a in actions):
                 self.inbound.reload()
             self.store.cap_events(now)
         log.info(
