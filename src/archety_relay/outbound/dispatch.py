@@ -46,7 +46,7 @@ CONFIRM_POLL_SECONDS = 0.05
 IDLE_SECONDS = 30.0
 # How long a step waits for one send before it serves the other chats (see underway): Messages
 # answers in well under a second; a send that hangs goes on, and only its own chat waits.
-SEND_WAIT_SECONDS = 2.0
+SEND_WAIT_SECONDS = 5.0
 # Sends under way at once, at most (a Messages that hangs every send costs this many osascripts).
 MAX_SENDS_UNDER_WAY = 3
 # While a send is under way, the dispatcher looks again this often (it is also woken at once).
