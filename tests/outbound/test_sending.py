@@ -34,6 +34,16 @@ def _sent_rows(writer: MessagesWriter, chat: int) -> int:
     )
 
 
+def _timing_out_after_1s(relay: Relay) -> Outbound:
+    """The relay's outbound with osascript killed after 1 s instead of 30."""
+    return Outbound(
+        relay.settings,
+        relay.store,
+        relay.chatdb,
+        send=lambda target, text: messages_app.send(target, text, timeout=1.0),
+    )
+
+
 def test_a_send_messages_recorded_is_reported_sent(
     relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
 ) -> None:
@@ -102,12 +112,7 @@ def test_a_timed_out_send_is_looked_up_before_it_is_tried_again(
     finds the row in chat.db and reports message_sent without a second bubble."""
     chat = writer.direct_chat(ALICE)
     monkeypatch.setenv("FAKE_OSASCRIPT_SLEEP_AFTER", "5")
-    outbound = Outbound(
-        relay.settings,
-        relay.store,
-        relay.chatdb,
-        send=lambda target, text: messages_app.send(target, text, timeout=1.0),
-    )
+    outbound = _timing_out_after_1s(relay)
     outbound.execute(SendNow("s5", f"iMessage;-;{ALICE}", "once only"), 100.0)
     outbound.dispatch_step(100.0)
     assert _events(relay, "message_sent") == []  # timed out: not known yet
@@ -146,12 +151,7 @@ def test_a_repeated_bubble_that_timed_out_is_tried_again_not_taken_for_the_first
     the retry, the look-up in chat.db must not take the first bubble's row for it: the retry is
     made, and each bubble is reported with the guid of its own row."""
     chat = writer.direct_chat(ALICE)
-    outbound = Outbound(
-        relay.settings,
-        relay.store,
-        relay.chatdb,
-        send=lambda target, text: messages_app.send(target, text, timeout=1.0),
-    )
+    outbound = _timing_out_after_1s(relay)
     outbound.execute(SendNow("ok-1", f"iMessage;-;{ALICE}", "ok"), 100.0)
     outbound.execute(SendNow("ok-2", f"iMessage;-;{ALICE}", "ok"), 100.0)
     outbound.dispatch_step(100.0)
