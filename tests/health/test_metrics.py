@@ -216,6 +216,9 @@ def test_a_port_in_use_is_one_warning_and_the_relay_goes_on(
         with structlog.testing.capture_logs() as logged:
             daemon.start()
             try:
+                # Written after the first capture placed the cursor: before it, the row would be
+                # history the relay rightly never sends.
+                assert wait_until(lambda: daemon._ready)
                 writer.message(TEXT, sender=ALICE, chat=writer.direct_chat(ALICE))
                 assert backend.wait_for_messages(1)
             finally:
