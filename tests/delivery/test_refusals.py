@@ -186,3 +186,27 @@ def test_messages_refused_in_a_storm_and_again_after_it_are_dead_letters_not_a_n
     assert {d.message_guid for d in relay.store.dead_letters()} == refused
     assert len(refused) == 3
     assert relay.store.stats().depth == 0
+
+
+def test_when_only_refused_messages_are_left_one_of_them_probes_so_none_is_stranded(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """A redeploy refuses the only three chats that write, and nobody else writes after: with
+    no other message to probe with, one of the refused ones probes after the interval (nobody
+    waits behind it), so when the backend is back all three are delivered instead of waiting
+    for the next person to write."""
+    relay = make_relay(ARCHETY_AUTH_PROBE_INTERVAL="10")
+    relay.capture_step(time.time())
+    for person in (ALICE, BOB, CAROL):
+        write(writer, person, f"{person[-4:]} 1")
+    relay.capture_step(time.time())
+    backend.set_default(MSG, Behaviour(404, body={"message": "Application not found"}))
+    assert [relay.deliver_step(1.0).kind for _ in range(3)] == ["dead_lettered"] * 2 + [
+        "auth_paused"
+    ]
+    assert relay.deliver_step(5.0).kind == "waiting"  # paused: no probe before the interval
+    assert relay.deliver_step(11.5).kind == "auth_paused"  # a refused one probes: still 404
+    backend.set_default(MSG, None)
+    run(relay, 22.0)
+    assert sorted(texts(backend)) == sorted(f"{p[-4:]} 1" for p in (ALICE, BOB, CAROL))
+    assert relay.store.dead_letters() == []
