@@ -18,6 +18,7 @@ from archety_relay.backend.commands import SendNow
 from archety_relay.capture import lateness
 from archety_relay.capture.events import URL_BALLOON
 from archety_relay.capture.new_rows import SKIP_EVENTS_PER_STEP
+from archety_relay.chatdb.reader import ChatDb
 from archety_relay.chatdb.rows import apple_date
 from archety_relay.config import Settings
 from archety_relay.demo.messages_writer import MessagesWriter
@@ -484,3 +485,29 @@ def test_daemon_syncs_soon_after_a_reaction(
     relay.terminate()
     [event] = [e for e in backend.sync_events() if e["event_type"] == "reaction_added"]
     assert (event["details"]["kind"], event["message_guid"]) == ("laugh", writer.guid_of(target))
+
+
+def test_the_late_row_lookups_walk_the_chat_date_index(
+    writer: MessagesWriter, settings: Settings
+) -> None:
+    """What a late row's chat already held is read through the (chat_id, message_date)
+    index and message ROWIDs: no statement scans a table, however long the history."""
+    chat = writer.direct_chat(ALICE)
+    rowid = writer.message("hi", sender=ALICE, chat=chat)
+    chatdb = ChatDb(settings.chat_db)
+    chatdb.max_rowid()
+    conn = chatdb._conn
+    assert conn is not None
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    chatdb.chat_ahead(chat, 0, rowid, "hi")
+    conn.set_trace_callback(None)
+    plans = [
+        row[-1]
+        for sql in statements
+        if sql.lstrip().upper().startswith("SELECT")
+        for row in conn.execute("EXPLAIN QUERY PLAN " + sql)
+    ]
+    chatdb.close()
+    assert len([p for p in plans if "chat_message_join_idx_message_date_id_chat_id" in p]) == 2
+    assert not [p for p in plans if p.startswith("SCAN")]
