@@ -297,6 +297,7 @@ the participant; Messages records what it sent as an is_from_me = 1 row joined t
   FAKE_OSASCRIPT_CHATDB             the chat.db Messages writes to (unset: record argv only)
   FAKE_OSASCRIPT_MODE=silent        exit 0 and write nothing (what macOS 26 does to some groups)
   FAKE_OSASCRIPT_UNKNOWN_CHAT_IDS   guids `chat id` cannot find (-1728), comma-separated
+A group addressed as `…;-;chat…` exits 0 and writes an empty row in no chat (steipete/imsg#90).
   FAKE_OSASCRIPT_FAIL               fail every call with this message
   FAKE_OSASCRIPT_PROBE_FILE         a file holding how the Automation probe answers:
                                     ok (default) | denied (-1743) | hang (a prompt nobody answers)
@@ -313,6 +314,10 @@ fail = os.environ.get("FAKE_OSASCRIPT_FAIL")
 if fail:
     sys.stderr.write(fail + "\\n")
     sys.exit(1)
+script = [value for flag, value in options]
+if any("count of argv" in line for line in script):  # doctor --live's argv self-test
+    print("|".join([str(len(arguments)), *arguments[:2]]))
+    sys.exit(0)
 if not arguments:  # the Automation probe: count of accounts
     probe = os.environ.get("FAKE_OSASCRIPT_PROBE_FILE")
     mode = open(probe).read().strip() if probe and os.path.exists(probe) else "ok"
@@ -333,6 +338,12 @@ if db and os.environ.get("FAKE_OSASCRIPT_MODE") != "silent":
     conn.create_function("verify_chat", 1, lambda guid: None)
     chat, via = None, None
     for guid, form in ((chat_guid, "chat_id"), (alt, "alt_chat_id")):
+        if ";-;chat" in guid:  # macOS 26: "succeeds" and writes an empty row in no chat
+            conn.execute("INSERT INTO message (guid, text, handle_id, service, date, is_from_me) "
+                         "VALUES (?, '', 0, 'SMS', 0, 1)", (str(uuid.uuid4()).upper(),))
+            conn.commit()
+            print("chat_id")
+            sys.exit(0)
         if guid and guid not in unknown:
             chat = conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (guid,)).fetchone()
             if chat:

@@ -135,6 +135,7 @@ def test_a_repeated_bubble_is_confirmed_only_by_a_row_of_its_own(
     relay.outbound.dispatch_step(100.0)
     monkeypatch.setenv("FAKE_OSASCRIPT_MODE", "silent")
     relay.outbound.dispatch_step(110.0)
+    relay.outbound.dispatch_step(150.0)  # the look 30 s later finds no row of its own either
     assert osascript.sent() == [(f"iMessage;-;{ALICE}", "ok")] * 2
     assert _sent_rows(writer, chat) == 1
     (sent,) = _events(relay, "message_sent")
@@ -280,3 +281,45 @@ def test_an_osascript_error_never_carries_the_message_text(
     result = messages_app.send(send_target(f"iMessage;-;{ALICE}", None), "my secret plan")
     assert not result.ok and "my secret plan" not in (result.error or "")
     assert "<message text>" in (result.error or "")
+
+
+def test_a_send_recorded_late_is_found_30_s_later_and_never_sent_twice(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first send after Messages launches can be recorded after the 3 s look: the send is
+    not failed and not sent again; 30 s later it is looked for once more and found (one
+    bubble, message_sent). Not found then either: message_failed, still one call."""
+    chat = writer.direct_chat(ALICE)
+    monkeypatch.setenv("FAKE_OSASCRIPT_MODE", "silent")
+    relay.outbound.confirm_seconds = 0.2
+    relay.outbound.execute(SendNow("late", f"iMessage;-;{ALICE}", "slow start"), 100.0)
+    relay.outbound.execute(SendNow("lost", f"iMessage;-;{BOB}", "never seen"), 100.0)
+    writer.direct_chat(BOB)
+    relay.outbound.dispatch_step(100.0)
+    relay.outbound.dispatch_step(110.0)
+    relay.outbound.dispatch_step(129.0)
+    assert len(osascript.calls()) == 2 and _events(relay, "message_failed") == []
+    writer.record_sent(f"iMessage;-;{ALICE}", "slow start")  # Messages, late
+    relay.outbound.dispatch_step(131.0)
+    assert len(osascript.calls()) == 2
+    assert _sent_rows(writer, chat) == 1
+    assert [e["command_id"] for e in _events(relay, "message_sent")] == ["late"]
+    (failed,) = _events(relay, "message_failed")
+    assert failed["command_id"] == "lost" and "nor 30s later" in failed["details"]["error"]
+
+
+def test_a_group_is_never_addressed_by_the_dash_chat_form(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript
+) -> None:
+    """macOS 26 spells some groups `any;-;chat…`; a send to that form "succeeds" into an empty
+    ghost row. The relay tries only the `+` spellings, and reports the group unsupported when
+    neither exists, instead of a send that went nowhere."""
+    writer.chat("any;-;chat77", 43, [ALICE, BOB], identifier="chat77")
+    relay.outbound.execute(SendNow("g1", "any;-;chat77", "hi all"), 100.0)
+    relay.outbound.dispatch_step(100.0)
+    (call,) = osascript.calls()
+    assert not any(";-;chat" in arg for arg in call)
+    assert call[-5:] == ["any;+;chat77", "hi all", "", "iMessage", "iMessage;+;chat77"]
+    assert send_target("any;-;chat77", None).chat_guids[-1] == "any;-;chat77"  # looked up so
+    (failed,) = _events(relay, "message_failed")
+    assert failed["details"]["error"].startswith("group_send_unsupported")

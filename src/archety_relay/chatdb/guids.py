@@ -56,10 +56,13 @@ class Target:
     alt_chat_guid: str  # "" when there is no other spelling
     handle: str  # "" for a group chat: no participant fallback
     service: str  # "iMessage" | "SMS" | "RCS": the account type for the participant form
+    stored_guid: str = ""  # the guid as chat.db spells it, when no send may use it ("" if same)
 
     @property
     def chat_guids(self) -> tuple[str, ...]:
-        return (self.chat_guid, self.alt_chat_guid) if self.alt_chat_guid else (self.chat_guid,)
+        """Every spelling to look the chat up by in chat.db."""
+        forms = (self.chat_guid, self.alt_chat_guid, self.stored_guid)
+        return tuple(dict.fromkeys(g for g in forms if g))
 
 
 def send_target(guid: str, service_name: str | None) -> Target:
@@ -70,5 +73,11 @@ def send_target(guid: str, service_name: str | None) -> Target:
     prefix, kind, rest = match.groups()
     service = prefix if prefix in SERVICES else service_name if service_name in SERVICES else None
     service = service or "iMessage"
+    if _GROUP_ID.fullmatch(rest):
+        # A group is never addressed as `…;-;chat…`, the form macOS 26 reports for some groups:
+        # a send to it "succeeds" and writes an empty ghost row in no chat (steipete/imsg#90).
+        # Only the `+` spellings are tried; chat.db is still searched under the stored one.
+        kind = "+"
+    first = f"{prefix};{kind};{rest}"
     alt = f"{service};{kind};{rest}" if prefix == "any" else f"any;{kind};{rest}"
-    return Target(guid, alt, direct_handle(guid) or "", service)
+    return Target(first, alt, direct_handle(guid) or "", service, guid if guid != first else "")

@@ -94,6 +94,31 @@ def automation_allowed(timeout: float = PROBE_TIMEOUT_SECONDS) -> SendResult:
     return _run(lambda osascript: [osascript, *_lines(PROBE_SCRIPT)], timeout)
 
 
+# A self-test that needs no permission (no Apple event): osascript must pass what follows `--`
+# to the run handler intact, UTF-8 and a leading-dash-looking value included (../shared/notes/
+# macos.md, "Paper check": BSD getopt consumes the `--`; to be proved on the Mac).
+SELF_TEST_SCRIPT = (
+    "on run argv",
+    'return ((count of argv) as text) & "|" & item 1 of argv & "|" & item 2 of argv',
+    "end run",
+)
+SELF_TEST_ARGS = ("a", "é😀-x")
+SELF_TEST_EXPECTED = "2|a|é😀-x"
+
+
+def argv_self_test(timeout: float = PROBE_TIMEOUT_SECONDS) -> str:
+    """What osascript's run handler received for SELF_TEST_ARGS ("" when it did not run)."""
+    osascript = tool("osascript")
+    if osascript is None:
+        return ""
+    argv = [osascript, *_lines(SELF_TEST_SCRIPT), "--", *SELF_TEST_ARGS]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (done.stdout if done.returncode == 0 else done.stderr).strip()[:200]
+
+
 def _lines(script: tuple[str, ...]) -> list[str]:
     return [arg for line in script for arg in ("-e", line)]
 

@@ -43,6 +43,13 @@ RECOVERY_SLACK_SECONDS = 5.0
 # How long Messages has to record a send osascript reported (imsg waits about as long).
 CONFIRM_SECONDS = 3.0
 CONFIRM_POLL_SECONDS = 0.05
+# A send not recorded within CONFIRM_SECONDS is looked for once more this much later before it
+# counts as failed, and never sent again meanwhile: the first send after Messages launches can
+# be recorded well after 3 s (../shared/notes/macos.md, "Paper check": "First send after
+# Messages launches"). Not measured on a Mac.
+RELOOK_SECONDS = 30.0
+UNCONFIRMED = "unconfirmed: "
+NOT_RECORDED = "not_recorded"
 IDLE_SECONDS = 30.0
 # How long a step waits for one send before it serves the other chats (see underway): Messages
 # answers in well under a second; a send that hangs goes on, and only its own chat waits.
@@ -209,6 +216,14 @@ class Outbound:
         if item.attempts:
             if self._already_sent(item, target, now):
                 return
+            last = item.last_error or ""
+            if last.startswith(UNCONFIRMED):
+                # Looked for twice and not there: failed, and never sent a second time (a row
+                # recorded later still would make that a duplicate bubble).
+                error = last[len(UNCONFIRMED) :] + f", nor {RELOOK_SECONDS:g}s later"
+                self._finish(item, FAILED, now, "message_failed", error)
+                log.error("message_send_failed", outgoing_id=item.id, error=error)
+                return
             log.info("send_recovered_for_retry", outgoing_id=item.id, attempts=item.attempts)
         # Only a row newer than this can be this send's: an earlier bubble with the same text
         # ("ok", "ok") is already in the chat, and must never confirm a send that wrote nothing.
@@ -256,6 +271,11 @@ class Outbound:
             # Not sent: Messages refused the event. Kept, and sent once allowed.
             self.permission.refused(result.error, now)
             self.store.retry_later(item, now, result.error or "", now)
+            return
+        if result.error and result.error.startswith(NOT_RECORDED):
+            # Kept as it is, with no new send: looked for again RELOOK_SECONDS from now.
+            self.store.retry_later(item, now + RELOOK_SECONDS, UNCONFIRMED + result.error, now)
+            log.info("send_unconfirmed", outgoing_id=item.id, relook_s=RELOOK_SECONDS)
             return
         if result.ok:
             self.permission.confirmed(now)
@@ -332,7 +352,7 @@ class Outbound:
             if time.monotonic() >= deadline:
                 return SendResult(
                     False,
-                    f"not_recorded: osascript reported success but Messages recorded no sent "
+                    f"{NOT_RECORDED}: osascript reported success but Messages recorded no sent "
                     f"message in this chat within {self.confirm_seconds:g}s",
                     retryable=False,
                     via=sent.via,

@@ -64,6 +64,8 @@ class Outgoing:
     sending_since: float | None
     # chat.db's MAX(ROWID) before the first attempt: only a newer row can be this send's.
     rowid_floor: int | None = None
+    # Why the last attempt did not finish (an unconfirmed send is looked for again, not resent).
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Event:
 
 _COLUMNS = (
     "id, chat_guid, text, send_at, status, attempts, origin, command_id, reply_to, sending_since, "
-    "rowid_floor"
+    "rowid_floor, last_error"
 )
 
 

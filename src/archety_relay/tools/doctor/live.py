@@ -23,7 +23,7 @@ from ...capture import detection
 from ...chatdb import rows, watcher
 from ...chatdb.reader import ChatDb
 from ...errors import RelayError
-from ...macos import automation, consent, interpreter, launchd
+from ...macos import automation, consent, interpreter, launchd, messages_app
 from ...model import utc_iso
 from .install import relay_identity
 
@@ -67,6 +67,13 @@ def report(
     except RelayError as exc:
         add("chat.db", f"NOT readable: {exc.message}")
         top = None
+    said = messages_app.argv_self_test()
+    add(
+        "osascript",
+        f"argv intact ({said})"
+        if said == messages_app.SELF_TEST_EXPECTED
+        else f"argv NOT intact: got {said!r}, expected {messages_app.SELF_TEST_EXPECTED!r}",
+    )
     # Quietly: doctor never raises the prompt (`automation-check` does, with someone watching).
     add("automation", f"this shell: {automation.describe(consent.determine())} (no prompt)")
     recorded = automation.read(settings.state_dir)
