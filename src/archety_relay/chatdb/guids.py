@@ -61,8 +61,8 @@ class Target:
     @property
     def chat_guids(self) -> tuple[str, ...]:
         """Every spelling to look the chat up by in chat.db."""
-        forms = (self.chat_guid, self.alt_chat_guid, self.stored_guid)
-        return tuple(dict.fromkeys(g for g in forms if g))
+        others = (g for g in (self.alt_chat_guid, self.stored_guid) if g)
+        return tuple(dict.fromkeys((self.chat_guid, *others)))
 
 
 def send_target(guid: str, service_name: str | None) -> Target:
