@@ -93,6 +93,7 @@ def test_doctor_live_reports_the_first_hour_facts_in_one_block(
             proc.communicate()
     text = "".join(out)
     assert f"FDA target  : {os.path.realpath(sys.executable)}" in text
+    assert "argv test   : argv intact (2|a|é😀-x)" in text
     assert "chat.db     : readable by this process" in text
     assert "guid forms  : iMessage;-; 1, any;+; 1" in text
     assert (

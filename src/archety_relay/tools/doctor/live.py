@@ -69,7 +69,7 @@ def report(
         top = None
     said = messages_app.argv_self_test()
     add(
-        "osascript",
+        "argv test",
         f"argv intact ({said})"
         if said == messages_app.SELF_TEST_EXPECTED
         else f"argv NOT intact: got {said!r}, expected {messages_app.SELF_TEST_EXPECTED!r}",
