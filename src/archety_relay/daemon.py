@@ -87,6 +87,7 @@ class Daemon:
         self._observer: Any = None
         self._watcher_failures = 0
         self._watcher_retry_at = 0.0
+        self._wal_inode: int | None = None
         self.watcher_retry_seconds = WATCHER_RETRY_SECONDS
         self._ready = False
         self._on_ready = on_ready
@@ -154,7 +155,9 @@ class Daemon:
     def _ensure_watcher(self, now: float) -> None:
         """Start the file watcher, or retry it with a capped backoff, logging once: without
         it the timer check still finds every message, only later."""
-        if self._observer is not None or now < self._watcher_retry_at:
+        if self._observer is not None and not self._watcher_needs_restart():
+            return
+        if now < self._watcher_retry_at:
             return
         if not self.settings.chat_db.parent.is_dir():
             return
@@ -179,9 +182,27 @@ class Daemon:
                 )
             return
         self.detection.watcher = kind
+        self._wal_inode = watcher.wal_inode(self.settings.chat_db)
         if self._watcher_failures:
             log.info("watcher_recovered", observer=kind, failures=self._watcher_failures)
         self._watcher_failures = 0
+
+    def _watcher_needs_restart(self) -> bool:
+        """Stop a watcher that no longer sees everything (see watcher.restart_reason)."""
+        kind = watcher.observer_kind(self.platform)
+        wal_now = watcher.wal_inode(self.settings.chat_db)
+        reason = watcher.restart_reason(
+            kind, watcher.alive(self._observer), self._wal_inode, wal_now
+        )
+        if wal_now is not None:
+            self._wal_inode = wal_now
+        if reason is None:
+            return False
+        log.warning("watcher_restarted", observer=kind, reason=reason)
+        with contextlib.suppress(Exception):
+            self._observer.stop()
+        self._observer = None
+        return True
 
     def _announce_ready(self) -> None:
         self._ready = True

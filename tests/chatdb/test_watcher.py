@@ -87,3 +87,40 @@ def test_percentiles_are_figures_that_happened() -> None:
     assert detection.percentile([5.0, 1.0, 3.0], 0.5) == 3.0
     assert detection.percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
     assert detection.percentile([7.0], 0.99) == 7.0
+
+
+def test_a_watcher_is_replaced_when_it_stops_seeing_everything() -> None:
+    """kqueue watches each file by descriptor: a WAL re-created (a new inode) is unwatched, and
+    a dead emitter thread sees nothing; both mean a new observer. inotify watches the
+    directory, so there a new WAL is fine. A WAL that is merely gone is not a reason."""
+    assert watcher.restart_reason("kqueue", True, 11, 12) == "wal_recreated"
+    assert watcher.restart_reason("kqueue", True, 11, None) is None
+    assert watcher.restart_reason("kqueue", True, None, 12) is None
+    assert watcher.restart_reason("default", True, 11, 12) is None
+    assert watcher.restart_reason("default", False, 11, 11) == "emitter_died"
+
+
+def test_a_watcher_whose_emitter_died_is_restarted(
+    settings: Settings, store: Store, writer: MessagesWriter, backend: StubBackend
+) -> None:
+    """watchdog never restarts an emitter thread that ended: the daemon notices on its next
+    pass, logs watcher_restarted with the reason, starts a new observer, and the next message
+    is noticed by a file event again."""
+    chat = writer.direct_chat(ALICE)
+    daemon = Daemon(settings, store)
+    with structlog.testing.capture_logs() as logged:
+        daemon.start()
+        try:
+            assert wait_until(lambda: any(e["event"] == "relay_ready" for e in logged))
+            first = daemon._observer
+            for emitter in list(first.emitters):
+                emitter.stop()
+                emitter.join(5)
+            assert wait_until(lambda: daemon._observer not in (None, first), timeout=10)
+            writer.message("after the restart", sender=ALICE, chat=chat)
+            assert backend.wait_for_messages(1, timeout=10)
+        finally:
+            daemon.shutdown()
+    (restarted,) = [e for e in logged if e["event"] == "watcher_restarted"]
+    assert restarted["reason"] == "emitter_died"
+    assert accepted_texts(backend) == ["after the restart"]

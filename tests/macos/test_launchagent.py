@@ -35,6 +35,9 @@ if verb == "bootout":
         state["lingering"] = state["teardown_polls"]  # bootout returns before teardown ends
     else:
         code, out = 113, "Could not find service"
+elif verb == "print" and sys.argv[2].count("/") == 1:  # the gui/<uid> domain itself
+    if state["mode"] in ("no_gui_5", "no_gui_112"):
+        code, out = 113, "Could not find domain for port identifier"
 elif verb == "print":
     if state["loaded"] or state["lingering"] > 0:
         if not state["loaded"]:
@@ -47,6 +50,10 @@ elif verb == "print":
 elif verb == "bootstrap":
     if state["mode"] == "no_gui":
         code, out = 125, "Bootstrap failed: 125: Domain does not support specified action"
+    elif state["mode"] == "no_gui_5":
+        code, out = 5, "Bootstrap failed: 5: Input/output error"
+    elif state["mode"] == "no_gui_112":
+        code, out = 112, "Bootstrap failed: 112: Could not find specified domain"
     elif state["lingering"] > 0 or state["bootstrap_failures"]:
         if state["bootstrap_failures"]:
             state["bootstrap_failures"].pop()
@@ -201,3 +208,28 @@ def test_doctor_resolves_the_settings_as_the_agent_will(
     fine = run_cli(["doctor"], shell, cwd=tmp_path)
     line = next(ln for ln in fine.stdout.splitlines() if "agent settings" in ln)
     assert line.startswith("✓") and str(env_file) in line
+
+
+@pytest.mark.parametrize(("mode", "attempts"), [("no_gui_5", 3), ("no_gui_112", 1)])
+def test_bootstrap_failing_with_no_gui_session_says_log_in_first(
+    fake_launchctl: Any, tmp_path: Path, mode: str, attempts: int
+) -> None:
+    """Over SSH with nobody logged in, bootstrap can fail with 5 (after its retries) or 112
+    rather than 125 (psimaker/vaultsync#89): `launchctl print gui/<uid>` failing as well means
+    there is no GUI login session, and the error says to log in on the Mac first."""
+    fake = fake_launchctl(mode=mode)
+    with pytest.raises(launchctl.InstallFailed) as failed:
+        _install(tmp_path)
+    assert failed.value.hint.startswith("no GUI login session: log in on the Mac (auto-login)")
+    assert fake.verbs().count("bootstrap") == attempts
+    assert ["print", "gui/501"] in fake.state()["calls"]
+
+
+def test_a_5_with_a_gui_session_is_not_blamed_on_the_login(
+    fake_launchctl: Any, tmp_path: Path
+) -> None:
+    """Bootstrap keeps failing with 5 while `launchctl print gui/<uid>` works: not the login."""
+    fake_launchctl(bootstrap_failures=[5, 5, 5])
+    with pytest.raises(launchctl.InstallFailed) as failed:
+        _install(tmp_path)
+    assert "GUI" not in failed.value.hint and "3 attempt" in str(failed.value)

@@ -14,6 +14,7 @@ default (inotify on Linux) watching the directory sees every write and every new
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -59,3 +60,32 @@ def watch(chat_db: Path, wake: threading.Event, *, platform: str | None = None) 
     observer.schedule(_Wake(names, wake), str(chat_db.parent), recursive=False)
     observer.start()
     return observer
+
+
+def wal_inode(chat_db: Path) -> int | None:
+    """The WAL file's inode, None while there is none."""
+    try:
+        return os.stat(f"{chat_db}-wal").st_ino
+    except OSError:
+        return None
+
+
+def alive(observer: BaseObserver) -> bool:
+    """The observer and every emitter thread still run: an emitter that meets an error it
+    cannot handle ends, and watchdog does not start it again."""
+    return observer.is_alive() and all(emitter.is_alive() for emitter in observer.emitters)
+
+
+def restart_reason(
+    kind: str, running: bool, wal_then: int | None, wal_now: int | None
+) -> str | None:
+    """Why a running observer must be replaced, or None. kqueue watches each file by its open
+    descriptor: a WAL deleted and re-created within one batch of events is a new inode nobody
+    watches (../shared/notes/macos.md, "Paper check": "restart the observer when the WAL is
+    re-created or an emitter thread dies"); the 1 s check still finds every message meanwhile.
+    inotify watches the directory, so there only a dead thread counts."""
+    if not running:
+        return "emitter_died"
+    if kind == "kqueue" and None not in (wal_then, wal_now) and wal_then != wal_now:
+        return "wal_recreated"
+    return None

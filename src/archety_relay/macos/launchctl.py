@@ -69,6 +69,13 @@ def install(
             )
         retry = ran.returncode in (launchd.EXIT_IO_ERROR, launchd.EXIT_IN_PROGRESS)
         if not retry or attempts >= BOOTSTRAP_ATTEMPTS:
+            no_session = ran.returncode in (launchd.EXIT_IO_ERROR, launchd.EXIT_NO_DOMAIN)
+            if no_session and runner(launchd.domain_print_argv(uid)).returncode != 0:
+                raise InstallFailed(
+                    f"launchctl bootstrap failed (exit {ran.returncode}: {ran.output}) and "
+                    f"`launchctl print gui/{uid}` fails too",
+                    hint=launchd.NO_GUI_SESSION_HINT,
+                )
             raise InstallFailed(
                 f"launchctl bootstrap failed after {attempts} attempt(s): exit "
                 f"{ran.returncode} {ran.output}",

@@ -20,8 +20,11 @@ THROTTLE_SECONDS = 10
 EXIT_IO_ERROR = 5  # bootstrap right after bootout: the old job is still being torn down
 EXIT_IN_PROGRESS = 37  # "Operation already in progress": the same, seen on some releases
 EXIT_NO_GUI_SESSION = 125  # no Aqua login for this user (SSH only, before auto-login)
+# "Could not find domain": with `launchctl print gui/<uid>` failing as well, the same as 125.
+# Over SSH with no GUI login, bootstrap can also fail with a plain 5 (psimaker/vaultsync#89).
+EXIT_NO_DOMAIN = 112
 NO_GUI_SESSION_HINT = (
-    "launchctl exit 125: there is no graphical login for this user, and a LaunchAgent in "
+    "no GUI login session: log in on the Mac (auto-login) first. A LaunchAgent in "
     "gui/<uid> needs one (Messages, Automation and the login keychain live there too). Log in "
     "on the Mac's screen (or Screen Sharing) first, and for unattended restarts turn on "
     "auto-login (FileVault off, or `sudo fdesetup authrestart` for a planned restart), then "
@@ -103,6 +106,11 @@ def enable_argv(uid: int) -> list[str]:
 
 def bootout_argv(uid: int) -> list[str]:
     return ["launchctl", "bootout", service_target(uid)]
+
+
+def domain_print_argv(uid: int) -> list[str]:
+    """Fails when this user has no GUI (Aqua) session at all."""
+    return ["launchctl", "print", f"gui/{uid}"]
 
 
 def print_argv(uid: int) -> list[str]:
