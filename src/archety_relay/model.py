@@ -51,9 +51,16 @@ class Attachment:
     transfer_name: str | None
     total_bytes: int | None
     uti: str | None
+    # picture | sticker | voice | audio | video | contact | location | file (chatdb.kinds)
+    kind: str | None = None
+    is_sticker: bool = False
+    # attachment.user_info as read (a voice note's transcript may be in it); never sent.
+    user_info: bytes | None = field(default=None, repr=False, compare=False)
+    # What was read about the file beyond its row (a transcript, a contact card), as sent.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "guid": self.guid,
             "path": self.path,
             "mime_type": self.mime_type,
@@ -61,6 +68,12 @@ class Attachment:
             "total_bytes": self.total_bytes,
             "uti": self.uti,
         }
+        if self.kind is not None:
+            out["kind"] = self.kind
+        if self.is_sticker:
+            out["is_sticker"] = True
+        out.update(self.extra)
+        return out
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,15 @@ class Message:
     # An inline reply's original {message_guid, part, text, sender} (see events.reply_to).
     reply_to: Mapping[str, Any] | None = None
     delayed_s: int | None = None  # arrived this late (see lateness): the backend may not answer
+    # What was sent (chatdb.kinds): text, picture, voice, contact, poll, app ...
+    kind: str = "text"
+    # Fields only some kinds carry, at the top of the body (`poll`, `location`).
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    # Added to `metadata` (`effect`, `app`, `app_name`).
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    # The names the Mac's owner gave the sender and the group's members (Contacts).
+    sender_name: str | None = None
+    participant_names: Mapping[str, str] | None = None
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -96,11 +118,18 @@ class Message:
             "message_guid": self.message_guid,
             "chat_identifier": self.chat_identifier or self.sender,
             "service": self.service,
+            "kind": self.kind,
             "metadata": {
                 "has_attachment": bool(self.attachments),
                 "is_first_message": self.is_first_message,
+                **self.meta,
             },
         }
+        body.update(self.fields)
+        if self.sender_name is not None:
+            body["sender_name"] = self.sender_name
+        if self.participant_names:
+            body["participant_names"] = dict(self.participant_names)
         if self.attachments:
             body["attachments"] = [a.to_json() for a in self.attachments]
         if self.reply_to is not None:

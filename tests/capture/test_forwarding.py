@@ -59,6 +59,7 @@ def test_direct_message_carries_every_field(
             "message_guid": "GUID-1",
             "chat_identifier": ALICE,
             "service": "iMessage",
+            "kind": "text",
             "metadata": {"has_attachment": False, "is_first_message": True},
         }
     ]

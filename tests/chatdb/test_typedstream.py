@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_FIXTURES
 
-from archety_relay.chatdb import typedstream
+from archety_relay.chatdb import typedstream, voice
 
 BLOBS = SHARED_FIXTURES / "attributed_body"
 needs_real_blobs = pytest.mark.skipif(
@@ -81,3 +83,63 @@ def test_ten_thousand_random_and_truncated_blobs_never_raise() -> None:
             blob = bytes(mutable)
         result = typedstream.decode(blob)
         assert result is None or isinstance(result, str)
+
+
+# -- voice notes: the transcript attribute ------------------------------------------------------
+# The public blob ReagentX/crabstep `src/test_data/Transcription` (GPL-3.0, not vendored): read
+# from ../shared/fixtures/attributed_body/Transcription.bin or from a fetched crabstep checkout
+# named by ARCHETY_CRABSTEP_TEST_DATA (its src/test_data folder); skipped when neither exists.
+CRABSTEP_GUID = "4C339597-EBBB-4978-9B87-521C0471A848"
+
+
+def _crabstep_transcription() -> bytes | None:
+    candidates = [BLOBS / "Transcription.bin"]
+    if folder := os.environ.get("ARCHETY_CRABSTEP_TEST_DATA"):
+        candidates.append(Path(folder) / "Transcription")
+    for path in candidates:
+        if path.is_file():
+            return path.read_bytes()
+    return None
+
+
+needs_crabstep = pytest.mark.skipif(
+    _crabstep_transcription() is None, reason="crabstep's Transcription blob not fetched"
+)
+
+
+@needs_crabstep
+def test_apples_transcript_is_read_from_the_public_voice_note_blob() -> None:
+    """The real blob, as is: its transcript and the audio file it names."""
+    real = _crabstep_transcription()
+    assert typedstream.attribute_strings(real, "IMAudioTranscription") == ["This is a test"]
+    assert typedstream.attribute_strings(real, "__kIMFileTransferGUIDAttributeName") == [
+        CRABSTEP_GUID
+    ]
+    assert voice.transcript_in_body(real) == "This is a test"
+
+
+@needs_crabstep
+def test_voice_note_encoder_writes_byte_for_byte_the_public_blob() -> None:
+    """Our encoder of a voice note's attributedBody matches the real one exactly, so the blobs
+    tests and the demo write are the ones Messages writes."""
+    assert typedstream.encode_voice(CRABSTEP_GUID, "This is a test") == _crabstep_transcription()
+
+
+@pytest.mark.parametrize("transcript", ["This is a test", "é" * 300, "🎤 " * 70, "a"])
+def test_transcripts_of_any_length_round_trip(transcript: str) -> None:
+    """Short, long (two-byte lengths) and non-ASCII transcripts come back exactly; the body's
+    text is still the attachment placeholder."""
+    blob = typedstream.encode_voice("GUID-1", transcript)
+    assert voice.transcript_in_body(blob) == transcript.strip()
+    assert typedstream.decode(blob) == "\ufffc"
+
+
+def test_a_note_not_yet_transcribed_has_no_transcript() -> None:
+    """Without the attribute, and for damaged or truncated blobs: None, never an exception."""
+    blob = typedstream.encode_voice("GUID-1", None)
+    assert voice.transcript_in_body(blob) is None
+    assert typedstream.attribute_strings(blob, "__kIMFileTransferGUIDAttributeName") == ["GUID-1"]
+    full = typedstream.encode_voice("GUID-1", "hello there")
+    for cut in range(len(full)):
+        assert voice.transcript_in_body(full[:cut]) in (None, "hello there")
+    assert voice.transcript_in_body(None) is None

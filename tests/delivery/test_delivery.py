@@ -53,6 +53,7 @@ def test_request_headers_and_body_follow_the_contract(
         "mode",
         "sender",
         "text",
+        "kind",
         "timestamp",
         "participants",
         "message_guid",

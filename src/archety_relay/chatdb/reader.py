@@ -65,7 +65,17 @@ _EXTRA_COLUMNS = (
     "is_empty",
     "message_summary_info",
     "date_read",
+    "is_audio_message",
+    "expressive_send_style_id",
+    "payload_data",
 )
+# An app's payload is read only where it is worth reading (a poll, a vote, another app's
+# balloon), never for link previews: those carry kilobytes of page metadata per row.
+_COLUMN_EXPRESSIONS = {
+    "payload_data": "CASE WHEN (m.balloon_bundle_id IS NOT NULL AND m.balloon_bundle_id != "
+    "'com.apple.messages.URLBalloonProvider') OR m.associated_message_type = 4000 "
+    "THEN m.payload_data END",
+}
 _MESSAGES_SQL = """
 SELECT m.ROWID, m.guid, m.text, m.attributedBody, h.id, m.service, m.is_from_me, m.item_type,
        m.associated_message_type, m.date, oh.id, {extra}
@@ -102,10 +112,18 @@ SELECT chj.chat_id, h.id FROM chat_handle_join AS chj JOIN handle AS h ON h.ROWI
 WHERE chj.chat_id IN ({ids}) ORDER BY chj.chat_id, h.ROWID
 """
 _ATTACHMENTS_SQL = """
-SELECT j.message_id, a.guid, a.filename, a.mime_type, a.transfer_name, a.total_bytes, a.uti
+SELECT j.message_id, a.guid, a.filename, a.mime_type, a.transfer_name, a.total_bytes, a.uti,
+       {extra}
 FROM message_attachment_join AS j JOIN attachment AS a ON a.ROWID = j.attachment_id
 WHERE j.message_id IN ({ids}) ORDER BY j.message_id, a.ROWID
 """
+# Attachment columns beyond the first six, NULL where this macOS lacks them. user_info is read
+# for audio only: a voice note's transcript may be in it (see voice).
+_ATTACHMENT_EXTRA = ("is_sticker", "user_info")
+_ATTACHMENT_EXPRESSIONS = {
+    "user_info": "CASE WHEN a.uti = 'com.apple.coreaudio-format' OR a.mime_type LIKE 'audio/%' "
+    "THEN a.user_info END",
+}
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,7 @@ class ChatDb:
         # The capture and dispatch threads share this connection; one read at a time on it.
         self._lock = threading.RLock()
         self._columns: frozenset[str] = frozenset()
+        self._attachment_columns: frozenset[str] = frozenset()
 
     # -- connection -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -204,6 +223,9 @@ class ChatDb:
             raise unavailable(f"opening chat.db at {self.path}", exc) from exc
         self._columns = frozenset(
             r[1] for r in conn.execute("PRAGMA table_info(message)").fetchall()
+        )
+        self._attachment_columns = frozenset(
+            r[1] for r in conn.execute("PRAGMA table_info(attachment)").fetchall()
         )
         self._conn = conn
         self._inode = self._current_inode()
@@ -461,7 +483,15 @@ class ChatDb:
         return [seen[k] for k in sorted(seen)]
 
     def _extra(self, names: Sequence[str]) -> str:
-        return ", ".join(f"m.{n}" if n in self._columns else "NULL" for n in names)
+        return ", ".join(
+            _COLUMN_EXPRESSIONS.get(n, f"m.{n}") if n in self._columns else "NULL" for n in names
+        )
+
+    def _attachment_extra(self) -> str:
+        return ", ".join(
+            _ATTACHMENT_EXPRESSIONS.get(n, f"a.{n}") if n in self._attachment_columns else "NULL"
+            for n in _ATTACHMENT_EXTRA
+        )
 
     def _messages_sql(self, where: str) -> str:
         return _MESSAGES_SQL.format(extra=self._extra(_EXTRA_COLUMNS), where=where)
@@ -477,7 +507,9 @@ class ChatDb:
             if chat_ids
             else []
         )
-        files = conn.execute(_ATTACHMENTS_SQL.format(ids=_placeholders(ids)), ids).fetchall()
+        files = conn.execute(
+            _ATTACHMENTS_SQL.format(ids=_placeholders(ids), extra=self._attachment_extra()), ids
+        ).fetchall()
         return _assemble(rows, chats, people, files)
 
     def attachment_states(self, guids: Sequence[str]) -> dict[str, AttachmentState]:
@@ -566,10 +598,19 @@ def _assemble(
         )
         chats_of.setdefault(message_id, []).append(ref)
     files_of: dict[int, list] = {}
-    for message_id, guid, filename, mime, name, size, uti in files:
+    for message_id, guid, filename, mime, name, size, uti, sticker, info in files:
         if guid := _str(guid):
             files_of.setdefault(message_id, []).append(
-                attachment(guid, _str(filename), _str(mime), _str(name), _int(size), _str(uti))
+                attachment(
+                    guid,
+                    _str(filename),
+                    _str(mime),
+                    _str(name),
+                    _int(size),
+                    _str(uti),
+                    _int(sticker),
+                    info if isinstance(info, bytes) else None,
+                )
             )
     return [
         RawMessage(
@@ -595,6 +636,9 @@ def _assemble(
             balloon_bundle_id=_str(extra[6]),
             is_read=_int(extra[7]),
             watch=_watched(rowid, guid, date, is_from_me, item_type, assoc, extra),
+            is_audio_message=_int(extra[12]),
+            expressive_send_style_id=_str(extra[13]),
+            payload_data=extra[14] if isinstance(extra[14], bytes) else None,
         )
         for rowid, guid, text, body, sender, service, is_from_me, item_type, assoc, date, other, *extra in rows
     ]

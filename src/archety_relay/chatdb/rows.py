@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..model import Attachment, Message, Skipped
-from . import typedstream
+from . import kinds, typedstream
 
 # Apple's epoch (2001-01-01T00:00:00Z) in Unix seconds.
 APPLE_EPOCH = 978_307_200
@@ -75,6 +75,10 @@ class RawMessage:
     # The columns the change watch compares, as read with the row (None: a row it never
     # watches): capture stores their fingerprint with the message, see capture.changes.
     watch: WatchedRow | None = None
+    # What kind of thing was sent (see kinds): a voice note, an effect, an app's payload.
+    is_audio_message: int | None = None
+    expressive_send_style_id: str | None = None
+    payload_data: bytes | None = field(default=None, repr=False)  # app balloons and poll votes
 
 
 class WatchedRow(NamedTuple):
@@ -123,8 +127,9 @@ def is_group(chat: ChatRef) -> bool:
 
 
 def is_empty(row: RawMessage) -> bool:
-    """Nothing to forward yet: Messages may fill text or join attachments a moment later."""
-    return not message_text(row) and not row.attachments
+    """Nothing to forward yet: Messages may fill text or join attachments a moment later. An
+    app's balloon (a poll, handwriting, a payment) is something even without text."""
+    return not message_text(row) and not row.attachments and not kinds.is_app_row(row)
 
 
 def chat_for_orphan(row: RawMessage, found: Sequence[ChatRef], any_form: bool) -> ChatRef | None:
@@ -198,9 +203,9 @@ def to_message(row: RawMessage, now: float, max_age: float) -> Message | Skipped
     if reason is not None:
         return Skipped(row.rowid, row.guid, reason)
     assert row.guid is not None
-    text = message_text(row)
-    if not text and not row.attachments:
+    if is_empty(row):
         return Skipped(row.rowid, row.guid, "empty")
+    content = kinds.describe(row, message_text(row))
 
     # A message joined to several chats goes out once, to the oldest of them.
     chat = min(row.chats, key=lambda c: c.rowid) if row.chats else None
@@ -227,13 +232,16 @@ def to_message(row: RawMessage, now: float, max_age: float) -> Message | Skipped
         chat_guid=chat_guid,
         mode=mode,
         sender=sender,
-        text=text,
+        text=content.text,
         timestamp=unix_seconds(row.date) or int(now),
         participants=participants,
-        attachments=row.attachments,
+        attachments=content.attachments,
         chat_identifier=chat_identifier,
         service=row.service or "iMessage",
         is_first_message=first,
+        kind=content.kind,
+        fields=content.fields,
+        meta=content.meta,
     )
 
 
@@ -244,7 +252,18 @@ def attachment(
     transfer_name: str | None,
     total_bytes: int | None,
     uti: str | None,
+    is_sticker: int | None = None,
+    user_info: bytes | None = None,
 ) -> Attachment:
     """An attachment row, its path with `~` expanded for the user the relay runs as."""
     path = os.path.expanduser(filename) if filename else None
-    return Attachment(guid, path, mime_type, transfer_name, total_bytes, uti)
+    return Attachment(
+        guid,
+        path,
+        mime_type,
+        transfer_name,
+        total_bytes,
+        uti,
+        is_sticker=bool(is_sticker),
+        user_info=user_info,
+    )

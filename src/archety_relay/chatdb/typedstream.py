@@ -101,3 +101,101 @@ def encode(text: str) -> bytes:
     utf8 = text.encode("utf-8")
     utf16_units = len(text.encode("utf-16-le")) // 2
     return _PREFIX + _write_int(len(utf8)) + utf8 + _RUN_HEAD + _write_int(utf16_units) + _RUN_TAIL
+
+
+# -- attributes of the text: what voice notes carry next to their U+FFFC --------------------
+# A string value in an attribute dictionary: [type "@"] 84 <class> <type "+"> <len> <utf8> 86,
+# where class and type are back-references (one byte >= 0x92) once NSString and "+" were seen.
+_NEW = 0x84
+_NIL = 0x85
+_END = 0x86
+_REF = 0x92
+
+
+def attribute_strings(blob: bytes | None, key: str) -> list[str | None]:
+    """The string value of every literal `key` attribute in the blob, in order (None for a value
+    that is not a readable string). A key repeated in a later run is archived as a reference,
+    not by name, so only its first run is found: enough for a voice note's single run."""
+    if not blob:
+        return []
+    data = bytes(blob)
+    needle = _write_int(len(key.encode())) + key.encode() + bytes([_END])
+    found: list[str | None] = []
+    at = data.find(needle)
+    while at >= 0:
+        try:
+            found.append(_string_at(data, at + len(needle)))
+        except (IndexError, ValueError, struct.error):
+            found.append(None)
+        at = data.find(needle, at + 1)
+    return found
+
+
+def _string_at(blob: bytes, at: int) -> str | None:
+    if blob[at] == _NEW and blob[at + 1 : at + 3] == b"\x01@":
+        at += 3  # the "@" type written out (first object of the stream)
+    elif blob[at] >= _REF:
+        at += 1  # the "@" type by reference
+    if blob[at] != _NEW:
+        return None
+    at = _skip_class(blob, at + 1)
+    if blob[at : at + 3] == _TEXT_TYPE:
+        at += 3
+    elif blob[at] >= _REF:
+        at += 1
+    else:
+        return None
+    length, start = _read_int(blob, at)
+    raw = blob[start : start + length]
+    if length <= 0 or len(raw) < length or blob[start + length] != _END:
+        return None
+    return raw.decode("utf-8", errors="replace")
+
+
+def _skip_class(blob: bytes, at: int) -> int:
+    """Past an object's class: a reference, or classes written out (name, version) ending in
+    nil or a reference to their superclass."""
+    if blob[at] != _NEW:
+        return at + 1
+    while blob[at] == _NEW:
+        at += 1
+        if blob[at] == _NEW:  # a new shared string: the class name
+            length, at = _read_int(blob, at + 1)
+            at += length
+        else:
+            at += 1  # the name by reference
+        _, at = _read_int(blob, at)  # the class version
+    return at + 1
+
+
+def _string_object(text: str) -> bytes:
+    utf8 = text.encode("utf-8")
+    return b"\x92\x84\x96\x96" + _write_int(len(utf8)) + utf8 + bytes([_END])
+
+
+# A voice note's blob up to its attribute count, and after its file's attributes: byte for byte
+# as in the public crabstep test data `src/test_data/Transcription` (an NSAttributedString of one
+# U+FFFC whose run names the audio file's transfer guid and Apple's transcript).
+_VOICE_HEAD = (
+    _SIGNATURE
+    + b"\x81\xe8\x03\x84\x01@\x84\x84\x84\x12NSAttributedString\x00"
+    + b"\x84\x84\x08NSObject\x00\x85\x92\x84\x84\x84\x08NSString\x01\x94"
+    + _TEXT_TYPE
+    + b"\x03\xef\xbf\xbc\x86\x84\x02iI\x01\x01\x92\x84\x84\x84\x0cNSDictionary\x00\x94\x84\x01i"
+)
+_VOICE_TAIL = (
+    _string_object("__kIMBaseWritingDirectionAttributeName")
+    + b"\x92\x84\x84\x84\x08NSNumber\x00\x84\x84\x07NSValue\x00\x94\x84\x01*\x84\x84\x01q\x9d\xff\x86"
+    + _string_object("__kIMMessagePartAttributeName")
+    + b"\x92\x84\x9f\x9c\xa1\x9d\x00\x86\x86\x86"
+)
+
+
+def encode_voice(file_transfer_guid: str, transcript: str | None) -> bytes:
+    """A voice note's attributedBody as Messages writes it: U+FFFC whose attributes name the
+    audio attachment and, once macOS transcribed it, carry `IMAudioTranscription`."""
+    pairs = [("__kIMFileTransferGUIDAttributeName", file_transfer_guid)]
+    if transcript:
+        pairs.append(("IMAudioTranscription", transcript))
+    body = b"".join(_string_object(k) + _string_object(v) for k, v in pairs)
+    return _VOICE_HEAD + _write_int(len(pairs) + 2) + body + _VOICE_TAIL

@@ -47,6 +47,8 @@ class AttachmentSpec:
     transfer_state: int = 5
     ck_sync_state: int = 0
     guid: str | None = None
+    is_sticker: int = 0
+    user_info: bytes | None = None  # a binary plist (a voice note's transcript, see voice_note)
 
 
 class MessagesWriter:
@@ -273,8 +275,8 @@ class MessagesWriter:
         for spec in attachments:
             att = self.conn.execute(
                 "INSERT INTO attachment (guid, original_guid, filename, mime_type, transfer_name,"
-                " total_bytes, uti, transfer_state, ck_sync_state) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " total_bytes, uti, transfer_state, ck_sync_state, is_sticker, user_info) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (g := spec.guid or str(uuid.uuid4()).upper()),
                     g,
@@ -285,6 +287,8 @@ class MessagesWriter:
                     spec.uti,
                     spec.transfer_state,
                     spec.ck_sync_state,
+                    spec.is_sticker,
+                    spec.user_info,
                 ),
             )
             self.conn.execute(
@@ -292,6 +296,69 @@ class MessagesWriter:
                 (rowid, att.lastrowid),
             )
         return rowid
+
+    def voice_note(
+        self,
+        *,
+        sender: str,
+        chat: int,
+        filename: str,
+        transcript: str | None = None,
+        transcript_in: str = "body",
+        total_bytes: int = 2048,
+        sent_at: float | None = None,
+        guid: str | None = None,
+        attachment_guid: str | None = None,
+    ) -> int:
+        """A voice note as Messages writes it: `is_audio_message = 1`, one CAF attachment and
+        an attributedBody of U+FFFC naming it. Apple's transcript, when given, is in the
+        attributedBody (`transcript_in="body"`) or the attachment's user_info plist
+        ("user_info"); see `transcribe` for one that comes later."""
+        file_guid = attachment_guid or str(uuid.uuid4()).upper()
+        in_body = transcript if transcript_in == "body" else None
+        info = None
+        if transcript is not None and transcript_in == "user_info":
+            info = plistlib.dumps({"audio-transcription": transcript}, fmt=plistlib.FMT_BINARY)
+        spec = AttachmentSpec(
+            filename=filename,
+            mime_type="audio/x-caf",
+            transfer_name="Audio Message.caf",
+            total_bytes=total_bytes,
+            uti="com.apple.coreaudio-format",
+            guid=file_guid,
+            user_info=info,
+        )
+        return self.message(
+            None,
+            sender=sender,
+            chat=chat,
+            sent_at=sent_at,
+            attachments=[spec],
+            attributed_body=typedstream.encode_voice(file_guid, in_body),
+            guid=guid,
+            columns={"is_audio_message": 1},
+        )
+
+    def transcribe(self, rowid: int, transcript: str, *, where: str = "body") -> None:
+        """macOS finished transcribing a voice note: the text lands in the attributedBody or in
+        its attachment's user_info (both are read; which one a given macOS uses is unknown)."""
+        if where == "body":
+            file_guid = self.conn.execute(
+                "SELECT a.guid FROM message_attachment_join AS j JOIN attachment AS a "
+                "ON a.ROWID = j.attachment_id WHERE j.message_id = ?",
+                (rowid,),
+            ).fetchone()[0]
+            self.conn.execute(
+                "UPDATE message SET attributedBody = ? WHERE ROWID = ?",
+                (typedstream.encode_voice(file_guid, transcript), rowid),
+            )
+        else:
+            info = plistlib.dumps({"audio-transcription": transcript}, fmt=plistlib.FMT_BINARY)
+            self.conn.execute(
+                "UPDATE attachment SET user_info = ? WHERE ROWID IN "
+                "(SELECT attachment_id FROM message_attachment_join WHERE message_id = ?)",
+                (info, rowid),
+            )
 
     def finish_download(self, attachment_guid: str) -> None:
         """What Messages does when an attachment's file has landed: transfer_state 5."""

@@ -17,10 +17,10 @@ import json
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any
 
 from ..backend import answers
+from ..chatdb import kinds
 from ..chatdb.rows import AttachmentState
 from ..policy import HttpOutcome, Verdict, verdict
 
@@ -48,36 +48,6 @@ MESSAGES_FOLDERS = ("Attachments", "StickerCache")
 # Messages' transfer_state once a file is complete on disk.
 TRANSFER_FINISHED = 5
 
-_PHOTO_EXTENSIONS = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".png",
-        ".gif",
-        ".webp",
-        ".tif",
-        ".tiff",
-        ".heic",
-        ".heif",
-        ".heics",
-        ".bmp",
-    }
-)
-_PHOTO_UTIS = frozenset(
-    {
-        "public.jpeg",
-        "public.png",
-        "com.compuserve.gif",
-        "org.webmproject.webp",
-        "public.webp",
-        "public.tiff",
-        "public.heic",
-        "public.heif",
-        "public.heics",
-        "com.microsoft.bmp",
-    }
-)
-
 
 @dataclass(frozen=True)
 class UploadResult:
@@ -101,15 +71,10 @@ def attachment_entries(body: bytes) -> list[dict[str, Any]]:
 
 
 def is_photo(entry: dict[str, Any]) -> bool:
-    """A picture Pillow can open (HEIC, stickers included) by MIME type, UTI or file name."""
-    mime = str(entry.get("mime_type") or "").lower()
-    uti = str(entry.get("uti") or "").lower()
-    if mime.startswith("image/") or uti in _PHOTO_UTIS:
-        return True
-    if mime or uti:  # a declared non-picture type (audio, video, vCard, PDF) wins over the name
-        return False
+    """A picture Pillow can open (HEIC, stickers included) by MIME type, UTI or file name;
+    a voice note, a contact card or a video never is (chatdb.kinds decides for both)."""
     name = entry.get("transfer_name") or entry.get("path") or ""
-    return PurePath(str(name)).suffix.lower() in _PHOTO_EXTENSIONS
+    return kinds.is_picture(entry.get("mime_type"), entry.get("uti"), str(name))
 
 
 def within(path: str, roots: Iterable[str]) -> bool:
