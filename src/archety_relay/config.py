@@ -24,6 +24,7 @@ DEFAULT_AGENT_ID = "mac-mini-primary"
 DEFAULT_CHAT_DB = "~/Library/Messages/chat.db"
 DEFAULT_STATE_DIR = "~/Library/Application Support/archety-relay"
 DEFAULT_LOG_FILE = "~/Library/Logs/archety-relay/relay.log"
+DEFAULT_ADDRESS_BOOK = "~/Library/Application Support/AddressBook"
 # Outside 9100-9999, which the Prometheus wiki's exporter port list has fully handed out (so any
 # pick there collides with some exporter), and away from the usual development ports.
 DEFAULT_METRICS_PORT = 18520
@@ -94,6 +95,11 @@ class Settings:
     photo_max_px: int = 1024  # long side of an uploaded picture
     photo_max_bytes: int = 5 * 1024 * 1024
     attachment_wait: float = 60.0  # a message waits this long for its pictures to download
+    transcript_wait: float = 10.0  # a voice note waits this long for Apple's transcript
+    contact_names: bool = True  # sender names from the Mac's Contacts (ARCHETY_CONTACT_NAMES)
+    # Region a number typed without a country code is read in (else the persona's, else US).
+    default_region: str | None = None
+    address_book_dir: Path = field(default_factory=lambda: Path(DEFAULT_ADDRESS_BOOK).expanduser())
     max_in_flight: int = 16  # chats whose message is at the backend at the same time
     poison_attempts: int = 8  # failures of one message, while others go through, before it
     #                           is moved to the dead letters
@@ -250,12 +256,28 @@ def load(
             get, "ARCHETY_PHOTO_MAX_BYTES", 5 * 1024 * 1024, low=10_000, high=50 * 1024 * 1024
         ),
         attachment_wait=_seconds(get, "ARCHETY_ATTACHMENT_WAIT", 60.0, low=0.0, high=3600.0),
+        transcript_wait=_seconds(get, "ARCHETY_TRANSCRIPT_WAIT", 10.0, low=0.0, high=600.0),
+        contact_names=_flag(get, "ARCHETY_CONTACT_NAMES", True),
+        default_region=_region(get("ARCHETY_DEFAULT_REGION")),
+        address_book_dir=Path(get("ARCHETY_ADDRESS_BOOK_DIR") or DEFAULT_ADDRESS_BOOK).expanduser(),
         max_in_flight=_integer(get, "ARCHETY_MAX_IN_FLIGHT", 16, low=1, high=64),
         poison_attempts=_integer(get, "ARCHETY_POISON_ATTEMPTS", 8, low=1, high=1000),
         metrics_port=_integer(get, "ARCHETY_METRICS_PORT", DEFAULT_METRICS_PORT, low=0, high=65535),
         silence_alert=_duration(get, "ARCHETY_SILENCE_ALERT", 21600.0),
         notes=tuple(notes),
     )
+
+
+def _region(raw: str | None) -> str | None:
+    """A two-letter region code (`GB`, `de`), or None when unset."""
+    value = (raw or "").strip().upper()
+    if not value:
+        return None
+    if len(value) != 2 or not value.isalpha() or not value.isascii():
+        raise ConfigError(
+            f"ARCHETY_DEFAULT_REGION must be a two-letter region code like US or GB, got {raw!r}"
+        )
+    return value
 
 
 def _backend_url(raw: str, get: Callable[[str], str | None]) -> str:

@@ -28,6 +28,7 @@ from .chatdb.guids import Target
 from .chatdb.reader import ChatDb
 from .config import Secret, Settings
 from .delivery.attempt import Deliverer, Delivery
+from .delivery.contents import Contents
 from .delivery.lanes import Lanes
 from .errors import ChatDbUnavailable
 from .health.checks import Snapshot
@@ -65,6 +66,7 @@ class Relay:
         self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
         self.outbound.send = self._counted(self.outbound.send)
         self.photos = Photos(settings, chatdb, store, self.backend)
+        self.contents = Contents(settings, chatdb, store)
         self._reload_secret = reload_secret
         self._rng = rng or random.Random()
         self.inbound = Inbound(settings, store)
@@ -88,6 +90,7 @@ class Relay:
             self.lanes,
             secret=lambda: self.secret,
             refresh_secret=self._refresh_secret,
+            contents=self.contents,
         )
         self.delivery.deliver_item = self._counted_delivery(  # type: ignore[method-assign,assignment]
             self.delivery.deliver_item
@@ -225,9 +228,13 @@ class Relay:
         return self.sync.status_payload(now)
 
     def photos_step(self, now: float) -> tuple[int, float | None]:
-        """Pictures posted as pending: upload those that landed (wall-clock `now`). Returns
+        """Pictures posted as pending: upload those that landed; voice notes posted without a
+        transcript: report one that came (wall-clock `now`). Returns
         (events added, seconds until the next look or None)."""
-        return self.photos.follow_up_step(now)
+        events, wait = self.photos.follow_up_step(now)
+        heard, heard_wait = self.contents.follow_up_step(now)  # voice notes' late transcripts
+        waits = [w for w in (wait, heard_wait) if w is not None]
+        return events + heard, (min(waits) if waits else None)
 
     def sync_step(self, now: float) -> HttpOutcome:
         """Report status and events; carry out the commands and settings that come back."""

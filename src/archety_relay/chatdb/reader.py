@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ChatDbUnavailable
-from . import typedstream
+from . import typedstream, voice
 from .rows import AttachmentState, ChatRef, RawMessage, WatchedRow, apple_date, attachment
 
 FULL_DISK_ACCESS_HINT = (
@@ -511,6 +511,32 @@ class ChatDb:
             _ATTACHMENTS_SQL.format(ids=_placeholders(ids), extra=self._attachment_extra()), ids
         ).fetchall()
         return _assemble(rows, chats, people, files)
+
+    def voice_transcripts(self, message_guid: str) -> tuple[str | None, dict[str, str]]:
+        """Apple's transcript of a voice note as it is now: the one in the message's
+        attributedBody, and those in its attachments' user_info by attachment guid (see voice).
+        Two lookups by unique index; nothing else of the row is read."""
+        with self._snapshot() as conn:
+            body = conn.execute(
+                "SELECT attributedBody FROM message WHERE guid = ?", (message_guid,)
+            ).fetchone()
+            files = (
+                conn.execute(
+                    "SELECT a.guid, a.user_info FROM message AS m "
+                    "JOIN message_attachment_join AS j ON j.message_id = m.ROWID "
+                    "JOIN attachment AS a ON a.ROWID = j.attachment_id WHERE m.guid = ?",
+                    (message_guid,),
+                ).fetchall()
+                if "user_info" in self._attachment_columns
+                else []
+            )
+        blob = body[0] if body and isinstance(body[0], bytes) else None
+        by_file = {}
+        for guid, info in files:
+            text = voice.transcript_in_user_info(info if isinstance(info, bytes) else None)
+            if text and (key := _str(guid)):
+                by_file[key] = text
+        return voice.transcript_in_body(blob), by_file
 
     def attachment_states(self, guids: Sequence[str]) -> dict[str, AttachmentState]:
         """Whether these attachments' files are there yet: a lookup by the unique `guid`

@@ -23,6 +23,7 @@ from ..pictures.upload import Photos
 from ..policy import HttpOutcome, Verdict, backoff_seconds, verdict
 from ..redact import scrub_body
 from ..store import NewOutgoing, QueuedItem, Store
+from .contents import Contents
 from .lanes import Decision, Lanes
 
 log = structlog.get_logger("archety_relay.relay")
@@ -55,8 +56,10 @@ class Deliverer:
         *,
         secret: Callable[[], Secret],
         refresh_secret: Callable[[], None],
+        contents: Contents | None = None,
     ) -> None:
         self.settings = settings
+        self.contents = contents
         self.store = store
         self.backend = backend
         self.outbound = outbound
@@ -140,11 +143,20 @@ class Deliverer:
             # persona answer twice, so retry just the write.
             self._record_delivery(item, *unrecorded)
             return Delivery("delivered", 0.0)
-        # Pictures first: the message goes once they are uploaded or given up on (photos).
+        # A voice note's transcript, a card's contents, then pictures: the message goes once
+        # they are read, uploaded or given up on (contents, photos). Either failing is
+        # contained like a picture step (`_picture_step_failed`).
+        body = item.body
         try:
-            settled = self.photos.settle(
-                item.message_guid, item.body, item.enqueued_at, time.time()
-            )
+            if self.contents is not None:
+                opened = self.contents.settle(
+                    item.message_guid, body, item.enqueued_at, time.time()
+                )
+                if opened.wait is not None:  # only this chat waits, the other lanes go on
+                    self.lanes.hold_chat(item.chat_guid, now, opened.wait)
+                    return Delivery("held", opened.wait)
+                body = opened.body
+            settled = self.photos.settle(item.message_guid, body, item.enqueued_at, time.time())
         except Exception as exc:
             return self._picture_step_failed(item, exc, now)
         if settled.kind == "waiting":
@@ -155,7 +167,7 @@ class Deliverer:
         if settled.outcome is not None:  # an upload failed the way a message can: wait it out
             outcome = settled.outcome
         else:
-            outcome = self.backend.post_message(settled.body or item.body, item.message_guid)
+            outcome = self.backend.post_message(settled.body or body, item.message_guid)
         decided = verdict(outcome)
         replies: list[NewOutgoing] = []
         reply = None

@@ -5,6 +5,7 @@ outbox    cursor, queued messages, dead letters, delivered guids, facts for stat
 outgoing  replies and sends waiting for Messages.app, events for the backend, seen commands
 uploads   pictures on their way to /photo/upload, message bodies frozen once settled
 watch     fingerprints of recent chat.db rows, and the events their changes produced
+transcripts voice notes sent without Apple's transcript, watched for a late one
 alerts    alerts raised and not yet cleared, with their `alert` / `alert_cleared` events
 commands  one sync command's work in one transaction; rules and per-chat context it keeps
 
@@ -13,6 +14,7 @@ Owns the state database's file and SQL. May import: the top-level values (`model
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from .alerts import AlertQueries
@@ -27,13 +29,21 @@ from .outbox import (
     QueueStats,
 )
 from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
+from .transcripts import TranscriptQueries, TranscriptWatch
+from .transcripts import migrate as transcripts_migrate
 from .uploads import UploadQueries, UploadRecord
 from .uploads import migrate as uploads_migrate
 from .watch import WatchQueries
 
 
 class Store(
-    OutboxQueries, OutgoingQueries, UploadQueries, WatchQueries, CommandQueries, AlertQueries
+    OutboxQueries,
+    OutgoingQueries,
+    UploadQueries,
+    WatchQueries,
+    CommandQueries,
+    AlertQueries,
+    TranscriptQueries,
 ):
     """Every query on the state database, sharing one connection and one lock."""
 
@@ -52,11 +62,17 @@ class Store(
         }
 
 
+def _prepare(conn: sqlite3.Connection) -> None:
+    """The tables other modules own, on every state file opened."""
+    uploads_migrate(conn)
+    transcripts_migrate(conn)
+
+
 def open_store(state_dir: Path, now: float | None = None, *, repair: bool = False) -> Store:
     """Open (or create) the state file. A corrupt one raises OutboxCorrupt (exit 6), unless
     `repair` (run, --once): then a fresh one replaces it with every readable row carried over,
     the damaged file is kept aside, and a `state_reset` fact is left for `status`."""
-    conn, path, _reset = open_connection(state_dir, now, repair=repair, prepare=uploads_migrate)
+    conn, path, _reset = open_connection(state_dir, now, repair=repair, prepare=_prepare)
     return Store(conn, path)
 
 
@@ -73,6 +89,7 @@ __all__ = [
     "QueueStats",
     "QueuedItem",
     "Store",
+    "TranscriptWatch",
     "UploadRecord",
     "open_store",
 ]
