@@ -11,6 +11,7 @@ changes, sync, photos, outbound.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from . import __version__
+from . import __version__, phones
 from .backend.client import Backend
 from .capture.changes import Changes, ChangesResult
 from .capture.inbound import Inbound
@@ -27,6 +28,8 @@ from .capture.new_rows import Capture, CaptureResult
 from .chatdb.guids import Target
 from .chatdb.reader import ChatDb
 from .config import Secret, Settings
+from .contacts.names import names_for
+from .contacts.reader import AddressBook
 from .delivery.attempt import Deliverer, Delivery
 from .delivery.contents import Contents
 from .delivery.lanes import Lanes
@@ -72,6 +75,11 @@ class Relay:
         self.inbound = Inbound(settings, store)
         self.inbound.notify = lambda: self.outbound.notify()
         self.capture = Capture(settings, chatdb, store, self.inbound.admit)
+        self.contacts: AddressBook | None = None
+        if settings.contact_names:
+            region = phones.region_of(settings.persona_phone, settings.default_region)
+            self.contacts = AddressBook(settings.address_book_dir, region)
+            self.capture.names = functools.partial(names_for, self.contacts)
         self.chatdb_ok = True
         self.changes = Changes(chatdb, store, lambda: self.capture.captured_to)
         self.lanes = Lanes(

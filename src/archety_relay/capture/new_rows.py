@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -62,6 +63,9 @@ class Capture:
         self.store = store
         # The message path's one hook (inbound.admit): rules, persona and the chat's context.
         self.admit = admit
+        # The names Contacts gives the sender and a group's members (set by the relay when
+        # ARCHETY_CONTACT_NAMES is on): `sender_name`, `participant_names`.
+        self.names: Callable[[Message], Mapping[str, Any]] = lambda message: {}
         self._held_since: dict[int, float] = {}
         self.arrivals = Arrivals(chatdb, store, settings.max_message_age)
         self.placement = Placement(chatdb, store, settings.max_message_age)
@@ -153,7 +157,7 @@ class Capture:
             extra = self.arrivals.judge(raw, outcome, now)
             if isinstance(extra, Skipped):
                 return extra
-            outcome = replace(outcome, **extra)
+            outcome = replace(outcome, **extra, **self.names(outcome))
             if self.admit is None:
                 return outcome, outcome.frozen_body(self.settings.persona_fields())
         except RelayError:  # chat.db or the state database failed: retry the step, skip nothing

@@ -5,7 +5,7 @@ ones found (no secret: the backend check says so instead of guessing). Nothing h
 
     install      the Python, the LaunchAgent and its settings, the log
     network      the backend's URL, DNS, and whether it takes the secret
-    data         chat.db (Full Disk Access, WAL) and the state file
+    data         chat.db (Full Disk Access, WAL), the state file, Contacts
     automation   the Automation grant for Messages
     live         `doctor --live`: the first-hour report on a real Mac
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from ... import config
 from ...errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from .automation import automation_check
-from .data import chatdb_check, state_check, wal_check
+from .data import chatdb_check, contacts_check, state_check, wal_check
 from .install import (
     agent_settings_check,
     identity_check,
@@ -101,6 +101,7 @@ def run_checks(
         chatdb_check(settings, who),
         wal_check(settings, who),
         state_check(settings),
+        contacts_check(settings, who),
         identity_check(who, home or Path.home()),
         launchagent_check(home or Path.home()),
         agent_settings_check(settings, home or Path.home()),

@@ -1,11 +1,14 @@
-"""Checks of the two databases: Apple's chat.db (Full Disk Access, its WAL) and our state file."""
+"""Checks of the databases: Apple's chat.db (Full Disk Access, its WAL), our state file, and
+the Mac's Contacts (sender names)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ... import phones
 from ...chatdb.reader import ChatDb
 from ...config import Settings
+from ...contacts.reader import FILE_NAME, AddressBook
 from ...errors import (
     EXIT_CHATDB,
     EXIT_STATE,
@@ -86,3 +89,33 @@ def state_check(settings: Settings) -> Check:
         else "new outbox created"
     )
     return Check("state directory", True, f"{settings.state_dir} writable; {what}")
+
+
+def contacts_check(settings: Settings, who: Identity | None = None) -> Check:
+    """Whether sender names can be read from Contacts. Never fails the doctor: without Contacts
+    messages simply go without `sender_name`. Counts only, never a name."""
+    name = "Contacts (sender names)"
+    if not settings.contact_names:
+        return Check(name, True, "off (ARCHETY_CONTACT_NAMES=0)", skipped=True)
+    region = phones.region_of(settings.persona_phone, settings.default_region)
+    found = AddressBook(settings.address_book_dir, region).availability()
+    if found.readable:
+        return Check(
+            name,
+            True,
+            f"{found.files} address book file(s) under {settings.address_book_dir}, "
+            f"{found.entries} numbers and addresses with a name (region {region})",
+        )
+    if found.files == 0:
+        detail = f"no {FILE_NAME} under {settings.address_book_dir}"
+    else:
+        detail = f"{found.files} address book file(s), unreadable ({found.problem})"
+    return Check(
+        name,
+        False,
+        detail,
+        "messages go without sender_name; "
+        + _fda_fix(who)
+        + " (Full Disk Access covers Contacts), or set ARCHETY_CONTACT_NAMES=0",
+        skipped=True,
+    )
