@@ -16,13 +16,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..model import Attachment
 from . import balloons, vcard, voice
 
-if TYPE_CHECKING:
-    from .rows import RawMessage
+
+class RowLike(Protocol):
+    """The columns of a row (rows.RawMessage) that say what was sent; named here, not
+    imported, so kinds stays below rows."""
+
+    @property
+    def attributed_body(self) -> bytes | None: ...
+    @property
+    def attachments(self) -> tuple[Attachment, ...]: ...
+    @property
+    def balloon_bundle_id(self) -> str | None: ...
+    @property
+    def is_audio_message(self) -> int | None: ...
+    @property
+    def expressive_send_style_id(self) -> str | None: ...
+    @property
+    def payload_data(self) -> bytes | None: ...
+
 
 # message.expressive_send_style_id → effect name (imessage-exporter
 # `imessage-database/src/message_types/expressives.rs` and `Message::get_expressive`).
@@ -145,13 +161,13 @@ class Content:
     meta: Mapping[str, Any] = field(default_factory=dict)  # metadata: effect, app, app_name
 
 
-def is_app_row(row: RawMessage) -> bool:
+def is_app_row(row: RowLike) -> bool:
     """A balloon of an iMessage app (not a link preview): a message even without text."""
     app = balloons.app_id(row.balloon_bundle_id)
     return app is not None and app != balloons.URL_BALLOON
 
 
-def describe(row: RawMessage, text: str) -> Content:
+def describe(row: RowLike, text: str) -> Content:
     """Kind, text, attachments (each with its kind) and the fields only some kinds carry."""
     audio = bool(row.is_audio_message)
     attachments = tuple(_described_attachment(a, row, audio) for a in row.attachments)
@@ -179,7 +195,7 @@ def describe(row: RawMessage, text: str) -> Content:
     return Content(kind, text, attachments, fields, meta)
 
 
-def _described_attachment(item: Attachment, row: RawMessage, audio_message: bool) -> Attachment:
+def _described_attachment(item: Attachment, row: RowLike, audio_message: bool) -> Attachment:
     kind = attachment_kind(
         item.mime_type,
         item.uti,
