@@ -233,10 +233,16 @@ def test_version_and_module_entry_point(env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    """The README's first command: sample chat.db, stand-in backend, messages arrive."""
+    """The README's first command: sample chat.db, stand-in backend, messages arrive; a voice
+    note reaches the backend as Apple's transcript, a contact card as the person, and Alice's
+    name comes from the demo's Contacts."""
     result = run_cli(["demo"], {}, cwd=tmp_path, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "✅ 6 of 6 messages relayed" in result.stdout
+    assert "✅ 8 of 8 messages relayed" in result.stdout
+    assert '[voice]: "running ten minutes late, order me the risotto"' in result.stdout
+    assert "voice note, 3.4 s, Apple's transcript" in result.stdout
+    assert '"name": "Dana Scully", "phones": ["+15555550142"]' in result.stdout
+    assert "(Alice Liddell, from Contacts)" in result.stdout
     assert "3 reply bubbles handed to Messages.app" in result.stdout
     assert "1 photo uploaded before its message" in result.stdout
     assert "image/jpeg 1024x768 JPEG, no EXIF/GPS/XMP" in result.stdout

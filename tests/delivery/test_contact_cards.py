@@ -31,8 +31,12 @@ PIN = (
 )
 
 
-def card(tmp_path: Path, name: str, text: str, *, downloaded: bool = True) -> AttachmentSpec:
-    path = tmp_path / name
+def card(
+    tmp_path: Path, name: str, text: str, *, downloaded: bool = True, folder: str = "Attachments"
+) -> AttachmentSpec:
+    """A .vcf attachment; its file where Messages keeps attachments (beside chat.db)."""
+    path = tmp_path / "Messages" / folder / "0c" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     if downloaded:
         path.write_text(text)
     return AttachmentSpec(
@@ -143,3 +147,22 @@ def test_vcard_reading_is_lenient() -> None:
     ]
     assert vcard.contacts("not a card", "US") == []
     assert vcard.location("BEGIN:VCARD\nURL:https://example.com/\nEND:VCARD\n") is None
+
+
+def test_a_card_outside_messages_folders_is_not_read(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+) -> None:
+    """A filename in chat.db pointing elsewhere on the Mac (here beside chat.db, not in
+    Attachments) is never opened: the message goes without the card's contents."""
+    relay = make_relay(ARCHETY_ATTACHMENT_WAIT="0")
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    writer.message(
+        None,
+        sender=ALICE,
+        chat=chat,
+        guid="C4",
+        attachments=[card(tmp_path, "x.vcf", JOHN, folder="Elsewhere")],
+    )
+    got = posted(relay, backend)["C4"]
+    assert got["kind"] == "contact" and "contact" not in got["attachments"][0]

@@ -37,7 +37,10 @@ def body_of(backend: StubBackend, guid: str) -> dict[str, Any]:
 
 
 def recording(tmp_path: Path, seconds: float = 4.2) -> str:
-    path = tmp_path / "Audio Message.caf"
+    """A voice note's CAF file where Messages keeps attachments (beside chat.db)."""
+    folder = tmp_path / "Messages" / "Attachments" / "4f" / "15"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "Audio Message.caf"
     path.write_bytes(voice.caf_file(seconds))
     return str(path)
 

@@ -49,7 +49,10 @@ class Arrivals:
             if age > self.max_age or lateness.verdict(arrival) == "backfill":
                 return None
         kind = events.message_kind(raw)
-        if kind in ("reaction", "group_event"):
+        if kind == "poll_vote":  # the option's text is in the poll's row
+            poll, _ = events.target_of(raw.associated_message_guid)
+            return events.poll_vote_event(raw, self.chatdb.read_guid(poll) if poll else None)
+        if kind in events.ROW_EVENT_KINDS:
             return events.new_row_event(raw)
         # An empty own row, or one in no chat, is Messages' trace of a failed send, not a send.
         if (

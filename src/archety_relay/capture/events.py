@@ -24,7 +24,7 @@ from __future__ import annotations
 import plistlib
 from typing import Any
 
-from ..chatdb import rows, typedstream
+from ..chatdb import balloons, rows, typedstream
 from ..chatdb.rows import RawMessage, WatchedRow
 from ..model import ChatEvent, Fingerprint, clean_text, utc_iso
 
@@ -76,21 +76,37 @@ def chat_guid_of(row: RawMessage) -> str | None:
     return None
 
 
+# item_type → what the row is (imessage-exporter `Message::variant`, `is_shareplay`; its txt
+# exporter's "Started/Stopped sharing location" tests): 4 a location share started or stopped
+# (`share_status` 0/1), 6 FaceTime / SharePlay. Not checked on a real Mac here.
+_ITEM_KINDS = {
+    1: "group_event",
+    2: "group_event",
+    3: "group_event",
+    4: "location_share",
+    6: "shareplay",
+}
+# New rows that stand for a conversation event (new_row_event), not a message.
+ROW_EVENT_KINDS = frozenset({"reaction", "group_event", "location_share", "shareplay", "poll_vote"})
+
+
 def message_kind(row: RawMessage) -> str:
-    """What a new row is: `message`, `reaction`, `group_event`, or a reason it is neither."""
+    """What a new row is: `message`, `reaction`, `group_event`, `location_share`, `shareplay`,
+    `poll_vote`, or a reason it is none of them."""
     associated = rows.associated_kind(row.associated_message_type)
     if associated is None:
-        if row.item_type in (1, 2, 3):
-            return "group_event"
+        if row.item_type in _ITEM_KINDS:
+            return _ITEM_KINDS[row.item_type]
         return "not_ordinary_item" if row.item_type else "message"
     return "reaction" if associated in ("reaction", "sticker_placed") else associated
 
 
 def wants_chat(row: RawMessage) -> bool:
     """Whether this row's meaning depends on its chat join (worth waiting for, like a message's):
-    reactions, group changes and the persona's own messages become events about a chat."""
+    reactions, group changes, shares, votes and the persona's own messages become events about
+    a chat."""
     kind = message_kind(row)
-    return kind in ("reaction", "group_event") or (kind == "message" and bool(row.is_from_me))
+    return kind in ROW_EVENT_KINDS or (kind == "message" and bool(row.is_from_me))
 
 
 def target_of(associated_guid: str | None) -> tuple[str | None, int | None]:
@@ -165,13 +181,67 @@ def sent_elsewhere_event(row: RawMessage) -> ChatEvent | None:
     return ChatEvent("message_sent_elsewhere", row.guid, chat_guid_of(row), row.guid, details)
 
 
+def location_share_event(row: RawMessage) -> ChatEvent | None:
+    """`location_shared` / `location_stopped` (item_type 4, `share_status` 0 / 1)."""
+    if row.guid is None:
+        return None
+    details: dict[str, Any] = {
+        "sender": None if row.is_from_me else row.sender,
+        "handle": row.other_handle,
+        "direction": row.share_direction,
+    }
+    if row.is_from_me:
+        details["from_me"] = True
+    event_type = "location_stopped" if row.share_status else "location_shared"
+    return ChatEvent(event_type, row.guid, chat_guid_of(row), row.guid, details)
+
+
+def shareplay_event(row: RawMessage) -> ChatEvent | None:
+    """A FaceTime or SharePlay row (item_type 6): someone started a call or a shared activity."""
+    if row.guid is None:
+        return None
+    details: dict[str, Any] = {"sender": None if row.is_from_me else row.sender}
+    if row.is_from_me:
+        details["from_me"] = True
+    return ChatEvent("shareplay", row.guid, chat_guid_of(row), row.guid, details)
+
+
+def poll_vote_event(row: RawMessage, poll: RawMessage | None) -> ChatEvent | None:
+    """`poll_voted` {poll_message_guid, option, sender}: a vote row (associated type 4000) names
+    its poll; the option's text comes from the poll's own payload when it can be read (else its
+    identifier). A changed vote is a new row: the last one stands."""
+    if row.guid is None:
+        return None
+    target, _part = target_of(row.associated_message_guid)
+    found = balloons.poll(poll.payload_data) if poll is not None else None
+    texts = found["option_ids"] if found else {}
+    votes = balloons.poll_votes(row.payload_data)
+    options = [texts.get(v["option_id"] or "", v["option_id"]) for v in votes]
+    voter = next((v["participant"] for v in votes if v["participant"]), None)
+    details: dict[str, Any] = {
+        "poll_message_guid": target,
+        "option": options[0] if options else None,
+        "options": options,
+        "sender": None if row.is_from_me else (row.sender or voter),
+        "question": found["question"] if found else None,
+    }
+    if row.is_from_me:
+        details["from_me"] = True
+    return ChatEvent("poll_voted", row.guid, chat_guid_of(row), target, details)
+
+
 def new_row_event(row: RawMessage) -> ChatEvent | None:
-    """The event a newly inserted row stands for, or None (an ordinary message, or nothing)."""
+    """The event a newly inserted row stands for, or None (an ordinary message, or nothing).
+    A poll vote needs its poll (see poll_vote_event), which only the caller can read."""
     kind = message_kind(row)
     if kind == "reaction":
         return reaction_event(row)
     if kind == "group_event":
         return group_event(row)
+    if kind == "location_share":
+        return location_share_event(row)
+    if kind == "shareplay":
+        return shareplay_event(row)
     return None
 
 

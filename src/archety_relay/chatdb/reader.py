@@ -68,6 +68,8 @@ _EXTRA_COLUMNS = (
     "is_audio_message",
     "expressive_send_style_id",
     "payload_data",
+    "share_status",
+    "share_direction",
 )
 # An app's payload is read only where it is worth reading (a poll, a vote, another app's
 # balloon), never for link previews: those carry kilobytes of page metadata per row.
@@ -665,6 +667,8 @@ def _assemble(
             is_audio_message=_int(extra[12]),
             expressive_send_style_id=_str(extra[13]),
             payload_data=extra[14] if isinstance(extra[14], bytes) else None,
+            share_status=_int(extra[15]),
+            share_direction=_int(extra[16]),
         )
         for rowid, guid, text, body, sender, service, is_from_me, item_type, assoc, date, other, *extra in rows
     ]

@@ -79,6 +79,8 @@ class RawMessage:
     is_audio_message: int | None = None
     expressive_send_style_id: str | None = None
     payload_data: bytes | None = field(default=None, repr=False)  # app balloons and poll votes
+    share_status: int | None = None  # item_type 4: 0 location sharing started, 1 stopped
+    share_direction: int | None = None
 
 
 class WatchedRow(NamedTuple):

@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 from .. import config, logs
+from ..chatdb import voice
 from ..chatdb.guids import Target
 from ..daemon import Daemon
+from ..demo.address_book import AddressBookWriter
 from ..demo.camera import iphone_photo
 from ..demo.messages_writer import AttachmentSpec, MessagesWriter
 from ..demo.stub_backend import Behaviour, Received, StubBackend
@@ -33,9 +35,12 @@ CAROL = "+15555550103"
 
 def _show(received: Received) -> None:
     body = received.body or {}
+    name = f" ({body['sender_name']}, from Contacts)" if body.get("sender_name") else ""
+    kind = f" [{body['kind']}]" if body.get("kind") not in (None, "text") else ""
     print(
         f"  backend ← {body.get('mode', '?'):6} {body.get('chat_guid')}  "
-        f"from {body.get('sender')}: {json.dumps(body.get('text'), ensure_ascii=False)}"
+        f"from {body.get('sender')}{name}{kind}: "
+        f"{json.dumps(body.get('text'), ensure_ascii=False)}"
     )
     for entry in body.get("attachments") or []:
         print(
@@ -43,6 +48,14 @@ def _show(received: Received) -> None:
             + (f" as {entry['uploaded_photo_id']}" if entry.get("uploaded_photo_id") else "")
             + (f" ({entry['skip_reason']})" if entry.get("skip_reason") else "")
         )
+        if entry.get("kind") == "voice":
+            print(
+                f"            voice note, {entry.get('duration_s')} s, Apple's transcript "
+                f"({entry.get('transcript_source')}): "
+                f"{json.dumps(entry.get('transcript'), ensure_ascii=False)}"
+            )
+        if entry.get("contact"):
+            print(f"            contact card: {json.dumps(entry['contact'], ensure_ascii=False)}")
 
 
 def _show_upload(received: Received) -> None:
@@ -75,6 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "ARCHETY_LOG_FILE": str(workdir / "relay.log"),
             "EDGE_AGENT_ID": "demo-mac-mini",
             "ARCHETY_CHAT_JOIN_WAIT": "2",
+            "ARCHETY_ADDRESS_BOOK_DIR": str(_address_book(workdir)),
         },
         cwd=workdir,
     )
@@ -197,6 +211,27 @@ def _write_sample(writer: MessagesWriter) -> list[float]:
             )
         ],
     )
+    # A voice note macOS already transcribed (the transcript inside attributedBody, as in the
+    # public crabstep blob), and a contact card: the persona reads the words and the person.
+    attachments = writer.path.parent / "Attachments" / "cd"
+    attachments.mkdir(parents=True, exist_ok=True)
+    audio = attachments / "Audio Message.caf"
+    audio.write_bytes(voice.caf_file(3.4))
+    writer.voice_note(
+        sender=ALICE,
+        chat=alice,
+        filename=str(audio),
+        transcript="running ten minutes late, order me the risotto",
+    )
+    committed.append(time.time())
+    time.sleep(0.25)
+    card = attachments / "Dana Scully.vcf"
+    card.write_text(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nN:Scully;Dana;;;\r\nFN:Dana Scully\r\n"
+        "TEL;type=CELL:(555) 555-0142\r\nEMAIL:dana@example.com\r\nEND:VCARD\r\n"
+    )
+    spec = AttachmentSpec(str(card), "text/vcard", card.name, card.stat().st_size, "public.vcard")
+    send("her number \ufffc", sender=BOB, chat=bob, attachments=[spec])
     # Rows that are not messages but events: the persona's account used on its phone, and
     # Alice loving her own first message.
     writer.message("sure!", sender=None, chat=alice, is_from_me=1)
@@ -213,6 +248,15 @@ def _write_sample(writer: MessagesWriter) -> list[float]:
     # Alice edits her first message: text NULL, the new text only in attributedBody.
     writer.edit(first, "hey, are you around? (edited a moment later)")
     return committed
+
+
+def _address_book(workdir: Path) -> Path:
+    """The Mac owner's Contacts, as the address book keeps them: Alice has a card."""
+    root = workdir / "AddressBook"
+    book = AddressBookWriter(root)
+    book.card("Alice", "Liddell", phones=["+1 (555) 555-0101"])
+    book.close()
+    return root
 
 
 DEMO_EVENTS = frozenset({"message_edited", "reaction_added", "message_sent_elsewhere"})

@@ -83,9 +83,10 @@ class Contents:
             or (e.get("kind") in _CARD_KINDS and not _has_card(e))
         ]
         states = self.chatdb.attachment_states([str(e.get("guid")) for e in files])
+        roots = [os.path.realpath(self.settings.chat_db.parent / f) for f in rules.MESSAGES_FOLDERS]
         unread_cards = 0
         for entry in files:
-            data = _read(states.get(str(entry.get("guid"))))
+            data = _read(states.get(str(entry.get("guid"))), roots)
             if entry.get("kind") == "voice":
                 if data is not None:
                     entry["duration_s"] = voice.caf_duration(data)
@@ -182,18 +183,24 @@ def _has_card(entry: dict[str, Any]) -> bool:
     return "contact" in entry or "location" in entry
 
 
-def _read(state: AttachmentState | None) -> bytes | None:
-    """The file's bytes once Messages finished it (see pictures.rules.readiness), else None."""
+def _read(state: AttachmentState | None, roots: list[str]) -> bytes | None:
+    """The file's bytes once Messages finished it (see pictures.rules.readiness), else None;
+    only from the folders where Messages keeps attachments, like a picture (`..` and symlinks
+    resolved first: a filename in chat.db must not make the relay read any file of the Mac)."""
     if state is None or not state.path:
         return None
+    path = os.path.realpath(state.path)
+    if not rules.within(path, roots):
+        log.warning("attachment_outside_messages_folders", attachment_guid=state.guid)
+        return None
     try:
-        size = os.stat(state.path).st_size
+        size = os.stat(path).st_size
     except OSError:
         return None
     if rules.readiness(state, size) != "ready" or size > MAX_READ_BYTES:
         return None
     try:
-        with open(state.path, "rb") as handle:
+        with open(path, "rb") as handle:
             return handle.read(MAX_READ_BYTES)
     except OSError:
         return None
