@@ -428,3 +428,12 @@ def attachments(writer: MessagesWriter) -> Path:
     folder = writer.path.parent / "Attachments"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+def posted(relay: Relay, backend: StubBackend) -> dict[str, dict[str, Any]]:
+    """Capture every new row and deliver what may go now; the bodies the backend got so far,
+    by message guid."""
+    relay.capture_step(time.time())
+    while relay.deliver_step(time.monotonic()).kind == "delivered":
+        pass
+    return {m.body["message_guid"]: m.body for m in backend.messages()}

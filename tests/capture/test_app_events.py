@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import ALICE, BOB
+from conftest import ALICE, BOB, posted
 
 from archety_relay.chatdb import balloons
 from archety_relay.demo.messages_writer import MessagesWriter
@@ -18,9 +18,7 @@ POLLS = "com.apple.messages.MSMessageExtensionBalloonPlugin:0000000000:com.apple
 
 
 def synced(relay: Relay, backend: StubBackend) -> list[dict[str, Any]]:
-    relay.capture_step(time.time())
-    while relay.deliver_step(time.monotonic()).kind == "delivered":
-        pass
+    posted(relay, backend)
     relay.sync_step(time.time())
     return backend.sync_events()
 

@@ -5,9 +5,8 @@ through the real relay, judged by the JSON the backend got."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from conftest import ALICE, BOB, no_picture_wait
+from conftest import ALICE, BOB, no_picture_wait, posted
 
 from archety_relay.chatdb import balloons
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
@@ -15,14 +14,6 @@ from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.relay import Relay
 
 PLUGIN = "com.apple.messages.MSMessageExtensionBalloonPlugin:0000000000:"
-
-
-def sent(relay: Relay, backend: StubBackend) -> dict[str, dict[str, Any]]:
-    """Capture and deliver everything; the bodies the backend got, by message guid."""
-    relay.capture_step(time.time())
-    while relay.deliver_step(time.monotonic()).kind == "delivered":
-        pass
-    return {r.body["message_guid"]: r.body for r in backend.messages()}
 
 
 def start(relay: Relay, writer: MessagesWriter) -> int:
@@ -42,7 +33,7 @@ def test_text_and_picture_say_their_kind(
         "~/Library/Messages/Attachments/x/IMG_1.HEIC", "image/heic", uti="public.heic"
     )
     writer.message(None, sender=ALICE, chat=chat, guid="P", attachments=[photo])
-    got = sent(relay, backend)
+    got = posted(relay, backend)
     assert got["T"]["kind"] == "text"
     assert got["P"]["kind"] == "picture"
     assert got["P"]["attachments"][0]["kind"] == "picture"
@@ -66,7 +57,7 @@ def test_effects_are_named_and_unknown_ones_pass_through(
             "wow", sender=ALICE, chat=chat, guid=guid, columns={"expressive_send_style_id": style}
         )
     writer.message("plain", sender=ALICE, chat=chat, guid="N")
-    got = sent(relay, backend)
+    got = posted(relay, backend)
     assert {g: got[g]["metadata"].get("effect") for g in [*styles, "N"]} == {
         "S": "slam",
         "I": "invisible_ink",
@@ -87,8 +78,8 @@ def test_a_sticker_is_a_sticker_and_still_a_picture(
         "~/Library/Messages/StickerCache/a/b.heic", "image/heic", uti="public.heic", is_sticker=1
     )
     writer.message(None, sender=ALICE, chat=chat, guid="K", attachments=[sticker])
-    (entry,) = sent(relay, backend)["K"]["attachments"]
-    assert sent(relay, backend)["K"]["kind"] == "sticker"
+    (entry,) = posted(relay, backend)["K"]["attachments"]
+    assert posted(relay, backend)["K"]["kind"] == "sticker"
     assert (entry["kind"], entry["is_sticker"], entry["is_photo"]) == ("sticker", True, True)
 
 
@@ -114,7 +105,7 @@ def test_app_balloons_arrive_with_their_kind_even_without_text(
             attributed_body=b"",
             columns={"balloon_bundle_id": bundle},
         )
-    got = sent(relay, backend)
+    got = posted(relay, backend)
     assert {g: got[g]["kind"] for g in apps} == {
         "H": "handwriting",
         "D": "digital_touch",
@@ -160,7 +151,7 @@ def test_a_poll_carries_its_question_and_options(
         attributed_body=b"",
         columns={"balloon_bundle_id": bundle, "payload_data": b"damaged"},
     )
-    got = sent(relay, backend)
+    got = posted(relay, backend)
     assert got["Q"]["kind"] == "poll"
     assert got["Q"]["poll"] == {"question": "Dinner?", "options": ["Pizza", "Sushi"]}
     assert got["R"]["kind"] == "poll" and "poll" not in got["R"]
@@ -179,7 +170,7 @@ def test_a_maps_link_is_a_location(
         guid="L",
     )
     writer.message("https://example.com/?ll=1,2", sender=ALICE, chat=chat, guid="X")
-    got = sent(relay, backend)
+    got = posted(relay, backend)
     assert got["L"]["kind"] == "location"
     assert got["L"]["location"] == {
         "latitude": 37.3349,

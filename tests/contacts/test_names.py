@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from conftest import ALICE, BOB, read_log, run_cli
+from conftest import ALICE, BOB, posted, read_log, run_cli
 
 from archety_relay.contacts.reader import RECHECK_SECONDS, AddressBook
 from archety_relay.demo.address_book import AddressBookWriter
@@ -18,13 +17,6 @@ from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.relay import Relay
 
 BOB_MAIL = "Bob.Builder@Example.com"
-
-
-def posted(relay: Relay, backend: StubBackend) -> dict[str, dict[str, Any]]:
-    relay.capture_step(time.time())
-    while relay.deliver_step(time.monotonic()).kind == "delivered":
-        pass
-    return {m.body["message_guid"]: m.body for m in backend.messages()}
 
 
 def address_book(tmp_path: Path) -> tuple[Path, AddressBookWriter]:

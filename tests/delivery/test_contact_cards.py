@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from conftest import ALICE
+from conftest import ALICE, posted
 
 from archety_relay.chatdb import vcard
 from archety_relay.demo.messages_writer import AttachmentSpec, MessagesWriter
@@ -48,13 +47,6 @@ def card(
         5 if downloaded else 0,
         0 if downloaded else 1,
     )
-
-
-def posted(relay: Relay, backend: StubBackend) -> dict[str, dict[str, Any]]:
-    relay.capture_step(time.time())
-    while relay.deliver_step(time.monotonic()).kind == "delivered":
-        pass
-    return {m.body["message_guid"]: m.body for m in backend.messages()}
 
 
 def test_a_contact_card_carries_the_person(

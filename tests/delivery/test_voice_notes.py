@@ -45,20 +45,35 @@ def recording(tmp_path: Path, seconds: float = 4.2) -> str:
     return str(path)
 
 
+def alice_sends_a_voice_note(
+    make_relay: Callable[..., Relay],
+    writer: MessagesWriter,
+    tmp_path: Path,
+    guid: str,
+    env: dict[str, str] | None = None,
+    **note: Any,
+) -> tuple[Relay, int]:
+    """A relay (with `env`) watching Alice's chat, then her voice note as Messages writes it."""
+    relay = make_relay(**(env or {}))
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    rowid = writer.voice_note(
+        sender=ALICE, chat=chat, filename=recording(tmp_path), guid=guid, **note
+    )
+    return relay, rowid
+
+
 def test_transcript_in_the_attributed_body_is_the_text(
     make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend, tmp_path: Path
 ) -> None:
     """A note transcribed before it was captured (IMAudioTranscription in attributedBody): the
     persona gets the words as `text`, and the entry says voice, the transcript, its source and
     the recording's length; the audio is not uploaded."""
-    relay = make_relay()
-    chat = writer.direct_chat(ALICE)
-    relay.capture_step(time.time())
-    writer.voice_note(
-        sender=ALICE,
-        chat=chat,
-        filename=recording(tmp_path),
-        guid="V1",
+    relay, _ = alice_sends_a_voice_note(
+        make_relay,
+        writer,
+        tmp_path,
+        "V1",
         transcript="Running ten minutes late, order for me",
     )
     deliver_all(relay)
@@ -77,14 +92,11 @@ def test_transcript_in_the_attachment_user_info_is_read_too(
     make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend, tmp_path: Path
 ) -> None:
     """The other place: attachment.user_info's `audio-transcription` (what imsg reads)."""
-    relay = make_relay()
-    chat = writer.direct_chat(ALICE)
-    relay.capture_step(time.time())
-    writer.voice_note(
-        sender=ALICE,
-        chat=chat,
-        filename=recording(tmp_path),
-        guid="V2",
+    relay, _ = alice_sends_a_voice_note(
+        make_relay,
+        writer,
+        tmp_path,
+        "V2",
         transcript="call me when you land",
         transcript_in="user_info",
     )
@@ -121,10 +133,9 @@ def test_a_late_transcript_goes_as_an_event(
     """Past the wait the note goes with `text: ""` and `transcript: null`; when macOS writes the
     transcript later, the next sync carries `voice_transcribed` {message_guid, chat_guid,
     details: {text}}, once."""
-    relay = make_relay(ARCHETY_TRANSCRIPT_WAIT="0")
-    chat = writer.direct_chat(ALICE)
-    relay.capture_step(time.time())
-    rowid = writer.voice_note(sender=ALICE, chat=chat, filename=recording(tmp_path), guid="V4")
+    relay, rowid = alice_sends_a_voice_note(
+        make_relay, writer, tmp_path, "V4", env={"ARCHETY_TRANSCRIPT_WAIT": "0"}
+    )
     deliver_all(relay)
     got = body_of(backend, "V4")
     assert (got["kind"], got["text"]) == ("voice", "")
@@ -145,14 +156,11 @@ def test_upload_retry_of_a_voice_note_never_uploads_audio(
 ) -> None:
     """An `upload_retry` naming a voice note's attachment is answered `attachment_unavailable`
     (`unsupported_type`); nothing reaches /photo/upload."""
-    relay = make_relay()
-    chat = writer.direct_chat(ALICE)
-    relay.capture_step(time.time())
-    writer.voice_note(
-        sender=ALICE,
-        chat=chat,
-        filename=recording(tmp_path),
-        guid="V5",
+    relay, _ = alice_sends_a_voice_note(
+        make_relay,
+        writer,
+        tmp_path,
+        "V5",
         attachment_guid="AUDIO-5",
         transcript="hi",
     )
