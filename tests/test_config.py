@@ -88,6 +88,9 @@ def test_missing_secret_shows_the_three_ways(tmp_path: Path) -> None:
         ("ARCHETY_SYNC_INTERVAL", "-5", "ARCHETY_SYNC_INTERVAL"),
         ("ARCHETY_MAX_MESSAGE_AGE", "nan", "ARCHETY_MAX_MESSAGE_AGE"),
         ("EDGE_AGENT_ID", "has space", "EDGE_AGENT_ID"),
+        ("ARCHETY_TRANSCRIPT_WAIT", "forever", "ARCHETY_TRANSCRIPT_WAIT"),
+        ("ARCHETY_DEFAULT_REGION", "USA", "ARCHETY_DEFAULT_REGION"),
+        ("ARCHETY_CONTACT_NAMES", "maybe", "ARCHETY_CONTACT_NAMES"),
     ],
 )
 def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str, fragment: str) -> None:
