@@ -14,6 +14,11 @@ or 0x82 + int32 LE):
     <length> <bytes>     the text, UTF-8
 
 `encode()` writes the same layout Messages.app writes, for tests, the demo and the benchmarks.
+
+One more field is read for voice notes: a string value in the text's attribute dictionary
+(`attribute_strings(blob, "IMAudioTranscription")`), found after its key written out by name
+(see there). `encode_voice()` writes a voice note's blob byte for byte as the public crabstep
+test data `Transcription` holds it.
 """
 
 from __future__ import annotations
