@@ -130,7 +130,9 @@ class AddressBook:
         region: str,
         *,
         clock: Callable[[], float] = time.monotonic,
+        log_reads: bool = True,
     ) -> None:
+        self._log_reads = log_reads  # doctor prints its own line instead
         self.root = root
         self.region = region
         self._clock = clock
@@ -187,6 +189,8 @@ class AddressBook:
         self._index = build_index(read, self.region)
         self._signature = signature
         self.problem = problem
+        if not self._log_reads:
+            return
         log.info(
             "contacts_read",
             files=len(files),

@@ -98,7 +98,7 @@ def contacts_check(settings: Settings, who: Identity | None = None) -> Check:
     if not settings.contact_names:
         return Check(name, True, "off (ARCHETY_CONTACT_NAMES=0)", skipped=True)
     region = phones.region_of(settings.persona_phone, settings.default_region)
-    found = AddressBook(settings.address_book_dir, region).availability()
+    found = AddressBook(settings.address_book_dir, region, log_reads=False).availability()
     if found.readable:
         return Check(
             name,
