@@ -112,12 +112,12 @@ def test_doctor_says_whether_contacts_can_be_read(env: dict[str, str], tmp_path:
     does not fail the doctor on its own, with what to do."""
     root, _ = address_book(tmp_path)
     found = run_cli(["doctor"], {**env, "ARCHETY_ADDRESS_BOOK_DIR": str(root)}, cwd=tmp_path)
-    (line,) = [x for x in found.stdout.splitlines() if "Contacts (sender names)" in x]
+    (line,) = [x for x in found.stdout.splitlines() if "Contacts names" in x]
     assert "1 address book file(s)" in line and "2 numbers and addresses" in line
     assert "Liddell" not in found.stdout
     empty = tmp_path / "nothing"
     missing = run_cli(["doctor"], {**env, "ARCHETY_ADDRESS_BOOK_DIR": str(empty)}, cwd=tmp_path)
     text = missing.stdout
-    (line,) = [x for x in text.splitlines() if "Contacts (sender names)" in x]
+    (line,) = [x for x in text.splitlines() if "Contacts names" in x]
     assert line.lstrip().startswith("–") and "no AddressBook-v22.abcddb" in line
     assert "ARCHETY_CONTACT_NAMES=0" in text

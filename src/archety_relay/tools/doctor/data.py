@@ -94,7 +94,7 @@ def state_check(settings: Settings) -> Check:
 def contacts_check(settings: Settings, who: Identity | None = None) -> Check:
     """Whether sender names can be read from Contacts. Never fails the doctor: without Contacts
     messages simply go without `sender_name`. Counts only, never a name."""
-    name = "Contacts (sender names)"
+    name = "Contacts names"
     if not settings.contact_names:
         return Check(name, True, "off (ARCHETY_CONTACT_NAMES=0)", skipped=True)
     region = phones.region_of(settings.persona_phone, settings.default_region)
