@@ -17,8 +17,10 @@ from collections.abc import Callable
 
 from conftest import ALICE, BOB
 
+from archety_relay.delivery.lanes import Decision, Lanes
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.policy import HttpOutcome, Verdict, verdict
 from archety_relay.relay import Relay
 
 MSG = "/orchestrator/message"
@@ -210,3 +212,33 @@ def test_when_only_refused_messages_are_left_one_of_them_probes_so_none_is_stran
     run(relay, 22.0)
     assert sorted(texts(backend)) == sorted(f"{p[-4:]} 1" for p in (ALICE, BOB, CAROL))
     assert relay.store.dead_letters() == []
+
+
+def test_a_reply_sent_before_a_redeploy_does_not_wipe_the_refusals_the_redeploy_made() -> None:
+    """The orchestrator's answers take seconds and several run at once: a 200 whose request
+    went 30 s before a redeploy arrives between the redeploy's 404s. It says nothing about the
+    backend after its request left, so it neither clears the refusals nor lifts the pause, and
+    when the storm is recognised every refused message is put back, the first ones included
+    (attack on issue #21: B's and C's messages stayed dead letters for good)."""
+    lanes = Lanes(max_in_flight=16, max_backoff=60.0, probe_interval=60.0, poison_attempts=5)
+    not_found = HttpOutcome(404, body='{"detail": "Not Found"}', elapsed_ms=50)
+
+    def refused(chat: str, now: float) -> Decision:
+        return lanes.decide(
+            f"chat-{chat}", f"m{chat}", 1, not_found, verdict(not_found), now, sender=chat
+        )
+
+    assert refused("B", 100.0).action == "dead_letter"
+    assert refused("C", 100.05).action == "dead_letter"
+    late_reply = HttpOutcome(200, body="{}", elapsed_ms=30_000)
+    assert lanes.decide("chat-A", "mA", 1, late_reply, Verdict.DELIVERED, 100.1).action == (
+        "delivered"
+    )
+    storm = refused("D", 100.2)  # the third chat and sender refused alike: the backend
+    assert storm.action == "paused"
+    assert set(storm.restore) == {"mB", "mC"}
+    # Another reply that left before the pause began does not lift it either.
+    assert lanes.decide("chat-A", "mA2", 1, late_reply, Verdict.DELIVERED, 100.4).action == (
+        "delivered"
+    )
+    assert lanes.gate(100.5) is not None

@@ -77,6 +77,7 @@ class Refusal:
     chat_guid: str
     sender: str
     status: int
+    at: float = 0.0  # when the refusal was answered
 
 
 def is_storm(refusals: Sequence[Refusal]) -> bool:
@@ -122,6 +123,7 @@ class Lanes:
         self.retry_at = 0.0  # shared backoff while the backend is down
         self.paused_until: float | None = None
         self.pause_reason: str | None = None  # "auth_401" | "rejected_404" ...
+        self._paused_at = float("-inf")  # when the current pause began
         self._delivered = 0
         self._failing_since: dict[str, int] = {}  # message guid -> deliveries at 1st failure
         self._storm: list[Refusal] = []  # refused alike since the last 2xx
@@ -205,29 +207,37 @@ class Lanes:
         """Record one answer; `attempts` counts this one. Returns what to do with the message."""
         with self._lock:
             if decided is Verdict.DELIVERED:
-                return self._delivered_now(chat_guid, message_guid)
+                sent = now - outcome.elapsed_ms / 1000
+                return self._delivered_now(chat_guid, message_guid, sent)
             if decided is Verdict.AUTH_PAUSED:
                 return self._pause(f"auth_{outcome.status}", now, "auth_paused")
             if decided is Verdict.DEAD_LETTER:
-                refusal = Refusal(message_guid, chat_guid, sender, outcome.status or 0)
+                refusal = Refusal(message_guid, chat_guid, sender, outcome.status or 0, now)
                 return self._refused(refusal, now)
             return self._failed(chat_guid, message_guid, attempts, outcome, now)
 
-    def _delivered_now(self, chat_guid: str, message_guid: str) -> Decision:
+    def _delivered_now(self, chat_guid: str, message_guid: str, sent: float) -> Decision:
         self._delivered += 1
         self.failures = 0
         self._rounds = 0
         self._round_at = float("-inf")
         self.down = False
         self.retry_at = 0.0
-        self.paused_until = self.pause_reason = None
-        self._storm.clear()
+        # An answer is evidence only about what happened after its request went: a reply the
+        # orchestrator took 30 s to write, sent before a redeploy, neither lifts the pause the
+        # redeploy caused nor clears the refusals it made (their messages would stay dead
+        # letters when the storm is recognised a moment later).
+        if sent >= self._paused_at:
+            self.paused_until = self.pause_reason = None
+        self._storm = [r for r in self._storm if r.at > sent]
         self.chat_retry_at.pop(chat_guid, None)
         self._failing_since.pop(message_guid, None)
         self._suspects.pop(message_guid, None)
         return Decision("delivered")
 
     def _pause(self, reason: str, now: float, action: str) -> Decision:
+        if self.paused_until is None:
+            self._paused_at = now
         self.paused_until = now + self.probe_interval
         self.pause_reason = reason
         return Decision(action, self.probe_interval, reason=reason)
