@@ -13,6 +13,8 @@
                      hangs holds only its chat
     photos thread    uploads pictures that landed after their message went (`photos_step`);
                      what it reports also asks for a prompt sync (`sync_soon`)
+    health thread    every HEALTH_INTERVAL_SECONDS: Messages.app running and signed in (macOS),
+                     incoming messages still arriving (`health_step`); alerts ask for a sync
     metrics thread   `/metrics` and `/healthz` on 127.0.0.1:ARCHETY_METRICS_PORT (health.server);
                      its handlers only read `relay.health_snapshot()`
     watchdog         sets the capture thread's wake event (see watcher)
@@ -60,6 +62,9 @@ SYNC_DEBOUNCE_SECONDS = 1.0
 # `status` reads what is in flight from the state file, written at most once a second: look
 # again this soon when a change is still to be written.
 IN_FLIGHT_PUBLISH_SECONDS = 0.5
+# Messages.app and inbound silence are looked at this often (a pgrep and, on a Mac, one
+# osascript of a read-only property).
+HEALTH_INTERVAL_SECONDS = 30.0
 
 
 class Daemon:
@@ -111,6 +116,7 @@ class Daemon:
             ("timer", self._timer_loop),
             ("dispatch", self._dispatch_loop),
             ("photos", self._photos_loop),
+            ("health", self._health_loop),
         ):
             thread = threading.Thread(target=target, name=f"relay-{name}", daemon=True)
             thread.start()
@@ -420,3 +426,15 @@ class Daemon:
             self.stop.wait(
                 IDLE_RECHECK_SECONDS if wait is None else min(wait, IDLE_RECHECK_SECONDS)
             )
+
+    def _health_loop(self) -> None:
+        errors = _ErrorLog("health_check_failed")
+        while not self.stop.is_set():
+            try:
+                if self.relay.health_step(time.time()):
+                    self.sync_soon.set()
+                errors.ok(time.monotonic())
+                wait = HEALTH_INTERVAL_SECONDS
+            except Exception as exc:
+                wait = max(errors.failed(exc, time.monotonic()), HEALTH_INTERVAL_SECONDS)
+            self.stop.wait(wait)

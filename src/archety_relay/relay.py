@@ -25,6 +25,7 @@ from .backend.client import Backend
 from .capture.changes import Changes, ChangesResult
 from .capture.inbound import Inbound
 from .capture.new_rows import Capture, CaptureResult
+from .capture.outcomes import Outcomes
 from .chatdb.guids import Target
 from .chatdb.reader import ChatDb
 from .config import Secret, Settings
@@ -35,6 +36,8 @@ from .delivery.contents import Contents
 from .delivery.lanes import Lanes
 from .errors import ChatDbUnavailable
 from .health.checks import Snapshot
+from .health.keepalive import TIMED_OUT, MessagesKeeper
+from .health.silence import Silence
 from .health.tally import Tally
 from .macos.messages_app import SendResult
 from .outbound.dispatch import Outbound, Sender
@@ -82,6 +85,10 @@ class Relay:
             self.capture.names = functools.partial(names_for, self.contacts)
         self.chatdb_ok = True
         self.changes = Changes(chatdb, store, lambda: self.capture.captured_to)
+        self.outcomes = Outcomes(chatdb, store)
+        self.silence = Silence(chatdb, store, settings.silence_alert, time.time())
+        # Only on macOS (or with `platform="darwin"` and fake tools, in tests).
+        self.keeper = MessagesKeeper(store)
         self.lanes = Lanes(
             max_in_flight=settings.max_in_flight,
             max_backoff=settings.max_backoff,
@@ -134,8 +141,23 @@ class Relay:
         return "active" if self.chatdb_ok else "degraded"
 
     def changes_step(self, now: float) -> ChangesResult:
-        """Find edits, unsends and read receipts in the recent window; store them as events."""
-        return self.changes.step(now)
+        """Find edits, unsends and read receipts in the recent window, and what became of the
+        persona's sends of the last day; store them as events."""
+        result = self.changes.step(now)
+        found = self.outcomes.step(now)
+        if found:
+            result.emitted += sum(found.values())
+            self.tally.outcome("delivered", found["message_delivered"])
+            self.tally.outcome("not_delivered", found["message_not_delivered"])
+        return result
+
+    def health_step(self, now: float) -> int:
+        """Messages.app running and signed in, and incoming messages still arriving (wall-clock
+        `now`); returns how many alert events were stored."""
+        events = self.keeper.check(now)
+        events += self.silence.step(now)
+        self.last_inbound_at = self.silence.last_inbound_at
+        return events
 
     # -- delivery: outbox -> backend (delivery.py) -----------------------------------------
     def next_deliveries(
@@ -182,6 +204,7 @@ class Relay:
         def counted(target: Target, text: str) -> SendResult:
             result = send(target, text)
             self.tally.sent(send_outcome(result))
+            self.keeper.observe_send(result, time.time())
             return result
 
         return counted
@@ -265,6 +288,6 @@ def send_outcome(result: SendResult) -> str:
     if result.ok:
         return "ok"
     error = result.error or ""
-    if "did not finish within" in error:
+    if TIMED_OUT in error:
         return "timeout"
     return "error" if result.retryable else "refused"

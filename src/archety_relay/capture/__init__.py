@@ -6,6 +6,7 @@
     lateness    late message or iCloud back-fill, a pure rule
     inbound     the backend's message rules and a chat's context, applied before the enqueue
     changes     edits, unsends and read receipts found by re-reading a recent window
+    outcomes    what became of the persona's sends: delivered, or failed after going out
     events      conversation events as pure functions over rows and fingerprints
     backfill    `archety-relay backfill`: replaying recent history on purpose
     detection   how fast new messages were noticed (kept by the daemon, shown by `status`)

@@ -25,11 +25,19 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import ChatDbUnavailable
 from . import typedstream, voice
-from .rows import AttachmentState, ChatRef, RawMessage, WatchedRow, apple_date, attachment
+from .rows import (
+    AttachmentState,
+    ChatRef,
+    RawMessage,
+    WatchedRow,
+    apple_date,
+    attachment,
+    unix_time,
+)
 
 FULL_DISK_ACCESS_HINT = (
     "On a Mac this is almost always missing Full Disk Access: open System Settings > "
@@ -187,6 +195,30 @@ def unavailable(action: str, exc: sqlite3.Error) -> ChatDbUnavailable:
         hint = OTHER_HINT
     kind = code or type(exc).__name__
     return ChatDbUnavailable(f"{action} failed ({kind})", hint=hint)
+
+
+# The persona's sends of a recent window (see capture.outcomes): reactions (associated 1000+)
+# and group events (item_type) have no receipt worth reporting.
+_SENT_SQL = (
+    "SELECT ROWID, guid, date, is_delivered, date_delivered, error FROM message "
+    "WHERE date >= ? AND is_from_me = 1 AND COALESCE(item_type, 0) = 0 "
+    "AND COALESCE(associated_message_type, 0) < 1000"
+)
+
+
+class OwnSend(NamedTuple):
+    """One of the persona's sent rows: what a delivery receipt or a late failure changes."""
+
+    rowid: int
+    guid: str
+    date: int
+    is_delivered: int
+    date_delivered: int
+    error: int
+
+    @property
+    def delivered(self) -> bool:
+        return bool(self.is_delivered or self.date_delivered)
 
 
 class ChatDb:
@@ -557,6 +589,44 @@ class ChatDb:
             )
             for guid, filename, state, ck, size in rows
         }
+
+    def sent_since(self, since_apple_date: int) -> list[OwnSend]:
+        """The persona's ordinary messages dated at or after `since_apple_date`, with what a
+        receipt or a late failure changes. A range on `message_idx_date`: the cost follows the
+        rows in the window, not chat.db's size."""
+        with self._snapshot() as conn:
+            rows = conn.execute(_SENT_SQL, (since_apple_date,)).fetchall()
+        return [
+            OwnSend(
+                int(r[0]), r[1], _int(r[2]) or 0, _int(r[3]) or 0, _int(r[4]) or 0, _int(r[5]) or 0
+            )
+            for r in rows
+            if isinstance(r[1], str)
+        ]
+
+    def chat_guids_of(self, rowids: Sequence[int]) -> dict[int, str]:
+        """Each message's chat (its oldest joined chat, as `events.chat_guid_of` picks)."""
+        if not rowids:
+            return {}
+        ids = list(rowids)
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT j.message_id, c.guid FROM chat_message_join AS j "
+                "JOIN chat AS c ON c.ROWID = j.chat_id "
+                f"WHERE j.message_id IN ({_placeholders(ids)}) ORDER BY c.ROWID DESC",
+                ids,
+            ).fetchall()
+        return {int(m): g for m, g in rows if isinstance(g, str)}
+
+    def last_inbound_at(self) -> float | None:
+        """Unix time of the newest incoming message, or None: walks `message_idx_date` from the
+        newest row down to the first one not from the persona."""
+        with self._snapshot() as conn:
+            row = conn.execute(
+                "SELECT date FROM message WHERE is_from_me = 0 AND date > 0 "
+                "ORDER BY date DESC LIMIT 1"
+            ).fetchone()
+        return unix_time(row[0]) if row and isinstance(row[0], int) else None
 
     def __enter__(self) -> ChatDb:
         return self

@@ -418,6 +418,21 @@ class MessagesWriter:
             (apple_date(time.time() if at is None else at),) * 2 + (rowid,),
         )
 
+    def mark_delivered(self, rowid: int, *, at: float | None = None) -> None:
+        """The recipient's phone got the persona's message: `is_delivered`, `date_delivered`."""
+        self.conn.execute(
+            "UPDATE message SET is_delivered = 1, date_delivered = ? WHERE ROWID = ?",
+            (apple_date(time.time() if at is None else at), rowid),
+        )
+
+    def mark_failed(self, rowid: int, error: int) -> None:
+        """Messages gave up on a sent row, possibly minutes after the send: `error` set (22:
+        the number is not on iMessage), not delivered."""
+        self.conn.execute(
+            "UPDATE message SET error = ?, is_delivered = 0, date_delivered = 0 WHERE ROWID = ?",
+            (error, rowid),
+        )
+
     def guid_of(self, rowid: int) -> str:
         return str(
             self.conn.execute("SELECT guid FROM message WHERE ROWID = ?", (rowid,)).fetchone()[0]

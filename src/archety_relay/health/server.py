@@ -45,6 +45,7 @@ log = structlog.get_logger("archety_relay.health")
 HOST = "127.0.0.1"
 ATTEMPT_OUTCOMES = ("delivered", "retry", "auth_paused", "dead_lettered")
 SEND_OUTCOMES = ("ok", "timeout", "refused", "error")
+RECEIPT_OUTCOMES = ("delivered", "not_delivered")
 ALERT_KINDS = (INBOUND_SILENCE, *FAILING_ALERTS, MESSAGES_UNRESPONSIVE)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -53,7 +54,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 def _empty_tally() -> TallyView:
     none = Histogram(DELIVERY_BUCKETS).cumulative(), 0.0
     return TallyView(
-        0, 0, {}, {}, none, (Histogram(DETECTION_BUCKETS).cumulative(), 0.0), None, None
+        0, 0, {}, {}, {}, none, (Histogram(DETECTION_BUCKETS).cumulative(), 0.0), None, None
     )
 
 
@@ -85,6 +86,12 @@ class RelayCollector(Collector):
             SEND_OUTCOMES,
             t.sends,
         )
+        yield _by_outcome(
+            p + "outcomes_total",
+            "The persona's sent messages Messages marked delivered, or failed after sending.",
+            RECEIPT_OUTCOMES,
+            t.outcomes,
+        )
         for name, doc, (buckets, total) in (
             (
                 "delivery_latency_seconds",
@@ -114,6 +121,7 @@ class RelayCollector(Collector):
                 "0 while the backend rejects the webhook secret.",
                 0 if (s.pause_reason or "").startswith("auth_") else 1,
             ),
+            ("chatdb_readable", "0 while chat.db cannot be read.", int(s.chatdb_ok)),
             (
                 "last_inbound_timestamp_seconds",
                 "Unix time of the newest incoming message in chat.db (0: none).",

@@ -48,6 +48,7 @@ class TallyView:
     delivered: int
     attempts: dict[str, int]
     sends: dict[str, int]
+    outcomes: dict[str, int]
     delivery_latency: tuple[list[tuple[str, int]], float]
     detection_latency: tuple[list[tuple[str, int]], float]
     backend_ok_at: float | None
@@ -61,6 +62,7 @@ class Tally:
         self.delivered = 0
         self.attempts: Counter[str] = Counter()
         self.sends: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()  # receipts: delivered / not_delivered
         self.delivery_latency = Histogram(DELIVERY_BUCKETS)
         self.detection_latency = Histogram(DETECTION_BUCKETS)
         self.backend_ok_at: float | None = None
@@ -87,6 +89,10 @@ class Tally:
         with self._lock:
             self.sends[outcome] += 1
 
+    def outcome(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.outcomes[kind] += n
+
     def backend(self, reachable: bool, now: float) -> None:
         """Whether the backend answered (any status below 500) at wall-clock `now`."""
         with self._lock:
@@ -103,6 +109,7 @@ class Tally:
                 delivered=self.delivered,
                 attempts=dict(self.attempts),
                 sends=dict(self.sends),
+                outcomes=dict(self.outcomes),
                 delivery_latency=(self.delivery_latency.cumulative(), self.delivery_latency.total),
                 detection_latency=(
                     self.detection_latency.cumulative(),

@@ -9,6 +9,7 @@ is not macOS, unless a test passes `platform="darwin"` with a fake tool first on
     macos.interpreter     which binary Full Disk Access must be granted to
     macos.keychain        the secret in the login Keychain (`security`, or keyring elsewhere)
     macos.messages_app    the only caller of osascript: sending through Messages.app
+    macos.messages_process  Messages.app running, started hidden, quit; the iMessage account's state
     macos.automation      whether the relay may control Messages, as the daemon found it
 
 May import: chatdb (the pure `guids`), jsonfile and the top-level values; never config (config

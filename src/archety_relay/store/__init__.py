@@ -7,6 +7,7 @@ uploads   pictures on their way to /photo/upload, message bodies frozen once set
 watch     fingerprints of recent chat.db rows, and the events their changes produced
 transcripts voice notes sent without Apple's transcript, watched for a late one
 alerts    alerts raised and not yet cleared, with their `alert` / `alert_cleared` events
+outcomes  what became of the persona's sent messages (delivered, failed late), for a day
 commands  one sync command's work in one transaction; rules and per-chat context it keeps
 
 Owns the state database's file and SQL. May import: the top-level values (`model`, `errors`).
@@ -28,6 +29,7 @@ from .outbox import (
     QueuedItem,
     QueueStats,
 )
+from .outcomes import OutcomeQueries
 from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
 from .transcripts import TranscriptQueries, TranscriptWatch
 from .transcripts import migrate as transcripts_migrate
@@ -44,6 +46,7 @@ class Store(
     CommandQueries,
     AlertQueries,
     TranscriptQueries,
+    OutcomeQueries,
 ):
     """Every query on the state database, sharing one connection and one lock."""
 

@@ -131,6 +131,15 @@ CREATE TABLE IF NOT EXISTS rule_hits (
     rule TEXT NOT NULL,
     created_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sent_outcomes (
+    guid TEXT PRIMARY KEY,
+    rowid INTEGER NOT NULL,
+    date INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    error INTEGER NOT NULL,
+    changed_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_outcomes_date ON sent_outcomes (date);
 """
 
 
