@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -246,6 +247,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "3 reply bubbles handed to Messages.app" in result.stdout
     assert "1 photo uploaded before its message" in result.stdout
     assert "image/jpeg 1024x768 JPEG, no EXIF/GPS/XMP" in result.stdout
+    # Where its metrics are, and what a scrape of them said.
+    assert re.search(r"metrics on http://127\.0\.0\.1:\d+/metrics", result.stdout)
+    assert "archety_relay_messages_delivered_total 6.0; /healthz: ok" in result.stdout
 
 
 def test_file_events_wake_the_reader_without_waiting_for_the_poll(

@@ -11,10 +11,12 @@ import argparse
 import json
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from .. import config, logs
@@ -89,6 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "EDGE_AGENT_ID": "demo-mac-mini",
             "ARCHETY_CHAT_JOIN_WAIT": "2",
             "ARCHETY_ADDRESS_BOOK_DIR": str(_address_book(workdir)),
+            # A port of its own: a relay running on this Mac keeps the default one.
+            "ARCHETY_METRICS_PORT": str(_free_port()),
         },
         cwd=workdir,
     )
@@ -127,6 +131,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not ready.wait(10):
             print("❌ the relay did not become ready", file=sys.stderr)
             return 1
+        if daemon.metrics is not None:
+            print(f"  metrics on {daemon.metrics.url}/metrics and {daemon.metrics.url}/healthz")
         print("  relay ready; writing messages as Messages.app would:\n")
         committed = _write_sample(writer)
         expected = len(committed)
@@ -158,6 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{len(uploads)} photo uploaded before its message; "
                 f"events synced: {', '.join(sorted(synced))}"
             )
+            if daemon.metrics is not None:
+                print(f"  {_scrape_summary(daemon.metrics.url)}")
         else:
             print(
                 f"❌ only {len(received)} of {expected} messages arrived, events synced: "
@@ -260,6 +268,26 @@ def _address_book(workdir: Path) -> Path:
 
 
 DEMO_EVENTS = frozenset({"message_edited", "reaction_added", "message_sent_elsewhere"})
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _scrape_summary(url: str) -> str:
+    """One scrape of the demo relay's /metrics and /healthz, as an operator's Prometheus sees it."""
+    wanted = ("archety_relay_messages_captured_total", "archety_relay_messages_delivered_total")
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as answer:
+            status = json.loads(answer.read()).get("status")
+    except (OSError, ValueError) as exc:
+        return f"metrics not readable: {exc}"
+    found = [line for line in text.splitlines() if line.split(" ")[0] in wanted]
+    return f"{url}/metrics: " + ", ".join(found) + f"; /healthz: {status}"
 
 
 def _event_types(backend: StubBackend) -> set[str]:

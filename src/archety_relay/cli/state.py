@@ -10,7 +10,10 @@ import time
 from typing import Any
 
 from ..capture import detection
+from ..capture.outcomes import WINDOW_SECONDS as OUTCOME_WINDOW_SECONDS
+from ..capture.outcomes import reason
 from ..chatdb.reader import ChatDb
+from ..chatdb.rows import apple_date
 from ..config import Settings
 from ..errors import RelayError
 from ..model import utc_iso
@@ -55,6 +58,9 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         "state_dir": str(settings.state_dir),
         "chat_db": str(settings.chat_db),
         "backend": settings.backend_url,
+        "metrics_url": (
+            f"http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else None
+        ),
     }
     report["daemon_running"] = report["daemon_pid"] is not None
     noticed = detection.read(settings.state_dir)
@@ -83,6 +89,8 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
             rules=[],
             skipped_backfill=0,
             state_reset=None,
+            alerts=[],
+            delivery_outcomes_24h=None,
         )
         return report
     try:
@@ -92,6 +100,8 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         dead = store.dead_letters()
         outgoing = store.outgoing_counts()
         rules = [_rule_summary(source) for source in store.rules()]
+        alerts = store.active_alerts()
+        outcomes = store.outcome_summary(apple_date(now - OUTCOME_WINDOW_SECONDS))
     finally:
         store.close()
     last_delivery = meta.get("last_delivery_at")
@@ -122,6 +132,18 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         # iCloud history not posted (see lateness): a jump here is a restore, not a fault.
         skipped_backfill=int(meta.get("count_backfill") or 0),
         state_reset=_state_reset(meta.get("state_reset")),
+        alerts=[
+            {"kind": kind, "since": _iso(a.get("since")), **(a.get("details") or {})}
+            for kind, a in sorted(alerts.items())
+            if isinstance(a, dict)
+        ],
+        # What became of the persona's messages of the last day (receipts, late failures).
+        delivery_outcomes_24h={
+            **{k: v for k, v in outcomes.items() if k != "errors"},
+            "not_delivered_by_reason": {
+                reason(int(code)): n for code, n in outcomes["errors"].items()
+            },
+        },
     )
     return report
 
@@ -213,6 +235,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
         f"rules         : {len(report['rules']) or 'none'}",
         f"detection     : {_detection_line(report['detection'])}",
+        f"alerts        : {len(report['alerts']) or 'none'}",
+    ]
+    for alert in report["alerts"]:
+        lines.append(f"  - {alert['kind']} since {alert['since']}")
+    lines += [
+        f"sent, last 24h: {_outcomes_line(report['delivery_outcomes_24h'])}",
+        f"metrics       : {report['metrics_url'] or 'off (ARCHETY_METRICS_PORT=0)'}",
     ]
     for rule in report["rules"]:
         state = "enabled" if rule["enabled"] else "disabled"
@@ -220,6 +249,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     # Everything above may carry text from outside (answers, errors, chat.db guids).
     print("\n".join(escape_controls(line) for line in lines))
     return 0
+
+
+def _outcomes_line(outcomes: dict[str, Any] | None) -> str:
+    """The persona's messages of the last day: delivered, waiting for a receipt, failed."""
+    if not outcomes:
+        return "nothing watched yet"
+    failed = ", ".join(f"{n} {r}" for r, n in sorted(outcomes["not_delivered_by_reason"].items()))
+    return (
+        f"{outcomes['delivered']} delivered, {outcomes['pending']} without a receipt yet, "
+        f"{outcomes['not_delivered']} not delivered" + (f" ({failed})" if failed else "")
+    )
 
 
 def _reset_line(reset: dict[str, Any] | None) -> str:

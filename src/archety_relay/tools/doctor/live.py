@@ -25,6 +25,7 @@ from ...chatdb.reader import ChatDb
 from ...errors import RelayError
 from ...macos import automation, consent, interpreter, launchd, messages_app
 from ...model import utc_iso
+from . import health
 from .install import relay_identity
 
 Line = tuple[str, str]
@@ -88,6 +89,8 @@ def report(
             f"{noticed.get('watcher')}: p50 {noticed['p50_ms']:g} ms, p99 "
             f"{noticed['p99_ms']:g} ms over {noticed['messages']} ({noticed.get('noticed_by')})",
         )
+    for name, value in health.lines(settings, platform):
+        add(name, value)
     add("power", _pmset(platform))
     add("FileVault", _first_line(["fdesetup", "status"], platform))
     add(
