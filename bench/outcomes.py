@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import shutil
+import socket
 import statistics
 import tempfile
 import threading
@@ -96,7 +97,10 @@ def main() -> None:
         settings = config.load(environ=env, cwd=root)
         relay = Relay(settings, chatdb, store)
         relay.health_step(time.time())
-        server = health_server.bind(18599, lambda: relay.health_snapshot(time.time()))
+        with socket.socket() as probe:  # a free port: the Mac's own relay may hold the default
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = health_server.bind(port, lambda: relay.health_snapshot(time.time()))
         assert server is not None
         threading.Thread(target=server.serve, daemon=True).start()
         scrape, health, size = [], [], 0
