@@ -39,6 +39,7 @@ from .health.checks import Snapshot
 from .health.keepalive import TIMED_OUT, MessagesKeeper
 from .health.silence import Silence
 from .health.tally import Tally
+from .macos import automation
 from .macos.messages_app import SendResult
 from .outbound.dispatch import Outbound, Sender
 from .outbound.sync import Sync
@@ -154,7 +155,8 @@ class Relay:
     def health_step(self, now: float) -> int:
         """Messages.app running and signed in, and incoming messages still arriving (wall-clock
         `now`); returns how many alert events were stored."""
-        events = self.keeper.check(now)
+        allowed = self.outbound.permission.state == automation.ALLOWED
+        events = self.keeper.check(now, may_script=allowed)
         events += self.silence.step(now)
         self.last_inbound_at = self.silence.last_inbound_at
         return events

@@ -18,7 +18,7 @@ import pytest
 from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.health import keepalive
 from archety_relay.health.checks import healthz
-from archety_relay.macos import messages_app
+from archety_relay.macos import automation, messages_app
 from archety_relay.macos.messages_app import SendResult
 from archety_relay.relay import Relay
 
@@ -89,6 +89,7 @@ def mac(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relay: Relay) -> FakeMa
     fake = FakeMac(tmp_path / "fakemac")
     monkeypatch.setenv("PATH", f"{fake.dir}{os.pathsep}{os.environ['PATH']}")
     relay.keeper.platform = "darwin"
+    relay.outbound.permission.state = automation.ALLOWED  # as a confirmed send records it
     fake.messages_running(True)
     fake.account("true,connected")
     return fake
@@ -114,7 +115,7 @@ def test_messages_not_running_is_launched_in_the_background_and_reported(
     mac.messages_running(False)
     now = time.time()
     relay.health_step(now)
-    assert ["open", "-g", "-j", "-a", "Messages"] in mac.calls()
+    assert ["open", "-g", "-j", "-b", "com.apple.MobileSMS"] in mac.calls()
     assert healthz(relay.health_snapshot(now))[0] == 503
     relay.health_step(now + 30)
     assert healthz(relay.health_snapshot(now + 30))[0] == 200
@@ -158,7 +159,7 @@ def test_two_send_timeouts_restart_messages_at_most_once_in_ten_minutes(
     keeper.observe_send(TIMEOUT, t)
     assert mac.restarts() == 0
     keeper.observe_send(TIMEOUT, t + 31)
-    assert mac.restarts() == 1 and ["open", "-g", "-j", "-a", "Messages"] in mac.calls()
+    assert mac.restarts() == 1 and ["open", "-g", "-j", "-b", "com.apple.MobileSMS"] in mac.calls()
     for step in range(2, 8):
         keeper.observe_send(TIMEOUT, t + 31 * step)
     assert mac.restarts() == 1
@@ -186,6 +187,18 @@ def test_a_send_past_its_deadline_reads_as_a_timeout_to_the_keeper(
     monkeypatch.setenv("FAKE_OSASCRIPT_SLEEP", "5")
     result = messages_app.automation_allowed(timeout=0.3)
     assert not result.ok and keepalive.TIMED_OUT in (result.error or "")
+
+
+def test_the_account_is_not_asked_before_automation_is_known_allowed(
+    relay: Relay, mac: FakeMac, backend: StubBackend
+) -> None:
+    """Reading the account is an Apple event: while Automation is not known to be allowed the
+    keeper only runs pgrep (no osascript that could raise the consent prompt unattended)."""
+    relay.outbound.permission.state = automation.UNKNOWN
+    mac.account(None)
+    relay.health_step(time.time())
+    assert [c[0] for c in mac.calls()] == ["pgrep"]
+    assert alerts(backend, relay) == []
 
 
 def test_off_macos_the_keeper_calls_nothing(

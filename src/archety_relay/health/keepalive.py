@@ -43,8 +43,11 @@ class MessagesKeeper:
         self.timeouts_in_a_row = 0
         self.last_restart_at = float("-inf")
 
-    def check(self, now: float) -> int:
-        """One look at Messages.app; returns how many alert events were stored."""
+    def check(self, now: float, *, may_script: bool) -> int:
+        """One look at Messages.app; returns how many alert events were stored. The account
+        is read with an Apple event, so only when `may_script` (Automation known to be
+        allowed): any earlier one would raise the consent prompt with nobody at the screen
+        (see outbound.permission)."""
         if not is_macos(self.platform):
             return 0
         running = messages_process.is_running(self.platform)
@@ -56,6 +59,8 @@ class MessagesKeeper:
             log.warning("messages_not_running", launched=launched)
             return int(raised)
         events = int(self.store.clear_alert(MESSAGES_NOT_RUNNING, now))
+        if not may_script:
+            return events
         account = messages_process.imessage_account(self.platform)
         if not account.known:
             return events

@@ -6,7 +6,8 @@ tests put fake `pgrep`, `open`, `pkill` and `osascript` first on PATH and pass
 `platform="darwin"`.
 
 Public evidence, none of it checked on a real Mac by us (README "Unverified"):
-- `open -g` does not bring the app to the foreground and `-j` launches it hidden (open(1)).
+- `open -g` does not bring the app to the foreground and `-j` launches it hidden (open(1));
+  outbound.permission starts Messages for its quiet Automation look the same way.
 - The Messages scripting dictionary's `account` class has `enabled` (boolean) and
   `connection status` (connected / connecting / disconnected / disconnecting): the scripting
   bridge headers generated from it (`MessagesConnectionStatus` 'conn' 'cong' 'dcon' 'dcng',
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import run
+from .consent import MESSAGES_BUNDLE_ID
 
 PROCESS = "Messages"
 QUIT_SCRIPT = ("with timeout of 10 seconds", 'tell application "Messages" to quit', "end timeout")
@@ -57,9 +59,8 @@ def is_running(platform: str | None = None) -> bool | None:
 
 def launch_hidden(platform: str | None = None) -> bool:
     """Start Messages in the background, without taking focus from whoever uses the Mac."""
-    return (
-        run(["open", "-g", "-j", "-a", PROCESS], TIMEOUT_SECONDS, platform=platform).returncode == 0
-    )
+    argv = ["open", "-g", "-j", "-b", MESSAGES_BUNDLE_ID]  # by bundle id: the name is localised
+    return run(argv, TIMEOUT_SECONDS, platform=platform).returncode == 0
 
 
 def quit(platform: str | None = None) -> bool:
