@@ -8,12 +8,15 @@ tests put fake `pgrep`, `open`, `pkill` and `osascript` first on PATH and pass
 Public evidence, none of it checked on a real Mac by us (README "Unverified"):
 - `open -g` does not bring the app to the foreground and `-j` launches it hidden (open(1));
   outbound.permission starts Messages for its quiet Automation look the same way.
-- The Messages scripting dictionary's `account` class has `enabled` (boolean) and
-  `connection status` (connected / connecting / disconnected / disconnecting): the scripting
-  bridge headers generated from it (`MessagesConnectionStatus` 'conn' 'cong' 'dcon' 'dcng',
-  `MessagesServiceType` … 'sims'), and the 4D Messages plugin's service list (enabled,
-  connectionStatus, serviceType). Signed out of iMessage is taken to be the iMessage account
-  disabled, disconnected, or absent (AppleScript -1728/-1719: no such account).
+- Messages' scripting dictionary: its service class has `enabled` ("Is the service
+  enabled?"), `connection status` (connected / connecting / disconnected / disconnecting) and
+  `service type` (iMessage …), as the scripting-bridge header generated from it shows
+  (tingraldi/SwiftScripting `Frameworks/MessagesScripting/MessagesScripting/Messages.h`,
+  `MessagesService`); the 4D Messages plugin lists the same three per service
+  (miyako/4d-plugin-messages README). Recent macOS names that class `account` (the send script's
+  `1st account whose service type = iMessage` works there); that it kept `enabled` and
+  `connection status` is our assumption. Signed out of iMessage is taken to be the iMessage
+  account disabled, disconnected, or absent (AppleScript -1728/-1719: no such account).
 """
 
 from __future__ import annotations
