@@ -428,7 +428,7 @@ class Daemon:
             )
 
     def _health_loop(self) -> None:
-        errors = _ErrorLog("health_check_failed")
+        errors = ErrorLog("health_check_failed", log)
         while not self.stop.is_set():
             try:
                 if self.relay.health_step(time.time()):

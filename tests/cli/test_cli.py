@@ -249,7 +249,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "image/jpeg 1024x768 JPEG, no EXIF/GPS/XMP" in result.stdout
     # Where its metrics are, and what a scrape of them said.
     assert re.search(r"metrics on http://127\.0\.0\.1:\d+/metrics", result.stdout)
-    assert "archety_relay_messages_delivered_total 6.0; /healthz: ok" in result.stdout
+    assert "archety_relay_messages_delivered_total 8.0; /healthz: ok" in result.stdout
 
 
 def test_file_events_wake_the_reader_without_waiting_for_the_poll(
