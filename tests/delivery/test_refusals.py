@@ -228,6 +228,10 @@ def test_a_reply_sent_before_a_redeploy_does_not_wipe_the_refusals_the_redeploy_
             f"chat-{chat}", f"m{chat}", 1, not_found, verdict(not_found), now, sender=chat
         )
 
+    earlier = HttpOutcome(200, body="{}", elapsed_ms=50)
+    assert lanes.decide("chat-B", "mB0", 1, earlier, Verdict.DELIVERED, 50.0).action == (
+        "delivered"
+    )
     assert refused("B", 100.0).action == "dead_letter"
     assert refused("C", 100.05).action == "dead_letter"
     late_reply = HttpOutcome(200, body="{}", elapsed_ms=30_000)
@@ -242,3 +246,35 @@ def test_a_reply_sent_before_a_redeploy_does_not_wipe_the_refusals_the_redeploy_
         "delivered"
     )
     assert lanes.gate(100.5) is not None
+
+
+def test_a_wave_of_strangers_the_backend_never_knew_pauses_nobody() -> None:
+    """Once the backend has accepted a chat, refusals count as an outage only if one of them
+    is from a chat it accepted before: six new numbers refused 404 one after another are six
+    dead letters, and Alice's chat, accepted a minute earlier, never waits (attack on issue
+    #21: they paused every chat four times over, Alice 45 s late at a 10 s probe interval)."""
+    lanes = Lanes(max_in_flight=16, max_backoff=60.0, probe_interval=60.0, poison_attempts=5)
+    ok = HttpOutcome(200, body="{}", elapsed_ms=50)
+    assert lanes.decide("chat-alice", "m0", 1, ok, Verdict.DELIVERED, 40.0).action == "delivered"
+    not_found = HttpOutcome(404, body='{"detail": "User not found"}', elapsed_ms=50)
+    for n in range(6):
+        stranger = f"+1555000{n:04d}"
+        decision = lanes.decide(
+            f"iMessage;-;{stranger}",
+            f"s{n}",
+            1,
+            not_found,
+            verdict(not_found),
+            100.0 + n,
+            sender=stranger,
+        )
+        assert decision.action == "dead_letter"
+    assert lanes.gate(106.0) is None and lanes.free_slots(106.0) == 16
+    # The same refusals from chats the backend accepted before are a redeploy: a pause.
+    for chat in ("b", "c"):
+        lanes.decide(f"chat-{chat}", f"{chat}0", 1, ok, Verdict.DELIVERED, 107.0)
+    for chat in ("alice", "b", "c"):
+        last = lanes.decide(
+            f"chat-{chat}", f"{chat}1", 1, not_found, verdict(not_found), 110.0, sender=chat
+        )
+    assert last.action == "paused"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -80,9 +80,15 @@ class Refusal:
     at: float = 0.0  # when the refusal was answered
 
 
-def is_storm(refusals: Sequence[Refusal]) -> bool:
-    """Refusals alike from enough distinct chats and senders to blame the backend, not them."""
+def is_storm(refusals: Sequence[Refusal], accepted: Set[str] = frozenset()) -> bool:
+    """Refusals alike from enough distinct chats and senders to blame the backend, not them.
+    Once the backend has accepted anything (`accepted`: chats it answered 2xx), one of the
+    refused chats must be among those: a redeploy refuses chats that worked a moment ago, a
+    wave of strangers the backend never knew is about them (attack on issue #21: six new
+    numbers held every chat for four probe intervals)."""
     if not refusals:
+        return False
+    if accepted and not any(r.chat_guid in accepted for r in refusals):
         return False
     spread = STORM_SPREAD.get(refusals[-1].status, DEFAULT_STORM_SPREAD)
     chats = {r.chat_guid for r in refusals}
@@ -127,6 +133,7 @@ class Lanes:
         self._delivered = 0
         self._failing_since: dict[str, int] = {}  # message guid -> deliveries at 1st failure
         self._storm: list[Refusal] = []  # refused alike since the last 2xx
+        self._accepted: set[str] = set()  # chats the backend has answered 2xx (this run)
         # Messages that took part in a storm (message guid -> chat guid): never the probe while
         # another message waits; refused again after a 2xx, a dead letter with no new storm.
         self._suspects: dict[str, str] = {}
@@ -218,6 +225,7 @@ class Lanes:
 
     def _delivered_now(self, chat_guid: str, message_guid: str, sent: float) -> Decision:
         self._delivered += 1
+        self._accepted.add(chat_guid)
         self.failures = 0
         self._rounds = 0
         self._round_at = float("-inf")
@@ -257,7 +265,7 @@ class Lanes:
             self._storm.clear()
         if all(r.message_guid != guid for r in self._storm):
             self._storm.append(refusal)
-        if not is_storm(self._storm):
+        if not is_storm(self._storm, self._accepted):
             return Decision("dead_letter")  # about this chat or sender: nobody else waits
         self._suspects.update((r.message_guid, r.chat_guid) for r in self._storm)
         earlier = tuple(r.message_guid for r in self._storm if r.message_guid != guid)
