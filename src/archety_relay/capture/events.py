@@ -21,10 +21,10 @@ ignored. After an edit `text` may be NULL: the current text is in `attributedBod
 
 from __future__ import annotations
 
-import plistlib
 from typing import Any
 
 from ..chatdb import balloons, rows, typedstream
+from ..chatdb.plists import plist_dict
 from ..chatdb.rows import RawMessage, WatchedRow
 from ..model import ChatEvent, Fingerprint, clean_text, utc_iso
 
@@ -320,13 +320,7 @@ def reply_to(row: RawMessage) -> dict[str, Any] | None:
 
 def summary_info(blob: bytes | None) -> dict[str, Any]:
     """`message_summary_info` (a binary plist); {} when absent or unreadable."""
-    if not blob:
-        return {}
-    try:
-        value = plistlib.loads(bytes(blob))
-    except Exception:  # plistlib raises several unrelated types on damaged input
-        return {}
-    return value if isinstance(value, dict) else {}
+    return plist_dict(blob)
 
 
 def unsent_parts(info: dict[str, Any]) -> tuple[int, ...]:

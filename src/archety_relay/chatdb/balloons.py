@@ -23,6 +23,8 @@ import plistlib
 import urllib.parse
 from typing import Any
 
+from .plists import plist_dict
+
 URL_BALLOON = "com.apple.messages.URLBalloonProvider"
 POLLS = "com.apple.messages.Polls"
 # App bundle id → the message kind it is (anything else is kind `app`).
@@ -56,21 +58,15 @@ def app_id(balloon_bundle_id: str | None) -> str | None:
 
 
 def _data_url(payload: bytes | None) -> str | None:
-    if not payload:
-        return None
-    try:
-        archive: Any = plistlib.loads(bytes(payload))
-    except Exception:  # plistlib raises several types on damaged input; none may escape
-        return None
-    if isinstance(archive, dict):
-        url = archive.get("URL")
-        if isinstance(url, str) and url.startswith("data:"):
-            return url
-        objects = archive.get("$objects")
-        if isinstance(objects, list):
-            for item in objects:
-                if isinstance(item, str) and item.startswith("data:"):
-                    return item
+    archive = plist_dict(payload)
+    url = archive.get("URL")
+    if isinstance(url, str) and url.startswith("data:"):
+        return url
+    objects = archive.get("$objects")
+    if isinstance(objects, list):
+        for item in objects:
+            if isinstance(item, str) and item.startswith("data:"):
+                return item
     return None
 
 

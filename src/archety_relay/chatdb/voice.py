@@ -16,11 +16,10 @@ read, and a note without one waits a little (ARCHETY_TRANSCRIPT_WAIT, see delive
 
 from __future__ import annotations
 
-import plistlib
 import struct
-from typing import Any
 
 from . import typedstream
+from .plists import plist_dict
 
 TRANSCRIPT_ATTRIBUTE = "IMAudioTranscription"
 USER_INFO_KEY = "audio-transcription"
@@ -44,13 +43,7 @@ def transcript_in_body(blob: bytes | None) -> str | None:
 
 def transcript_in_user_info(blob: bytes | None) -> str | None:
     """The transcript in an attachment's user_info plist, or None."""
-    if not blob:
-        return None
-    try:
-        info: Any = plistlib.loads(bytes(blob))
-    except Exception:  # plistlib raises several types on damaged input; none may escape
-        return None
-    value = info.get(USER_INFO_KEY) if isinstance(info, dict) else None
+    value = plist_dict(blob).get(USER_INFO_KEY)
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
