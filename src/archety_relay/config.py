@@ -100,6 +100,7 @@ class Settings:
     # Region a number typed without a country code is read in (else the persona's, else US).
     default_region: str | None = None
     address_book_dir: Path = field(default_factory=lambda: Path(DEFAULT_ADDRESS_BOOK).expanduser())
+    send_file_max_bytes: int = 100 * 1024 * 1024  # a file the persona sends (iMessage's limit)
     max_in_flight: int = 16  # chats whose message is at the backend at the same time
     poison_attempts: int = 8  # failures of one message, while others go through, before it
     #                           is moved to the dead letters
@@ -260,6 +261,9 @@ def load(
         contact_names=_flag(get, "ARCHETY_CONTACT_NAMES", True),
         default_region=_region(get("ARCHETY_DEFAULT_REGION")),
         address_book_dir=Path(get("ARCHETY_ADDRESS_BOOK_DIR") or DEFAULT_ADDRESS_BOOK).expanduser(),
+        send_file_max_bytes=_integer(
+            get, "ARCHETY_SEND_FILE_MAX_BYTES", 100 * 1024 * 1024, low=1024, high=2 * 1024**3
+        ),
         max_in_flight=_integer(get, "ARCHETY_MAX_IN_FLIGHT", 16, low=1, high=64),
         poison_attempts=_integer(get, "ARCHETY_POISON_ATTEMPTS", 8, low=1, high=1000),
         metrics_port=_integer(get, "ARCHETY_METRICS_PORT", DEFAULT_METRICS_PORT, low=0, high=65535),

@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -26,6 +27,7 @@ from .. import __version__
 from ..config import Secret, Settings
 from ..policy import HttpOutcome
 from . import transport
+from . import files
 
 MESSAGE_PATH = "/orchestrator/message"
 HEARTBEAT_PATH = "/orchestrator/heartbeat"
@@ -106,6 +108,19 @@ class Backend:
             session.trust_env = False
             session.max_redirects = 0
             self._local.session = session
+            self._sessions.append(session)
+        return session
+
+    @property
+    def _file_session(self) -> requests.Session:
+        """Fetches get their own session: `max_redirects = 0` makes requests raise on any 3xx
+        even with allow_redirects off (it computes the next hop anyway), and files.fetch
+        follows redirects itself, each hop checked."""
+        session: requests.Session | None = getattr(self._local, "file_session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+            self._local.file_session = session
             self._sessions.append(session)
         return session
 
@@ -198,6 +213,36 @@ class Backend:
         body, content_type = encode_multipart_formdata(parts)
         extra = {"Content-Type": content_type, "Idempotency-Key": header_value(attachment_guid)}
         return self.post(PHOTO_UPLOAD_PATH, body, extra)
+
+    def fetch_file(
+        self,
+        url: str,
+        dest: Path,
+        max_bytes: int,
+        deadline_seconds: float = files.FETCH_DEADLINE_SECONDS,
+    ) -> files.Fetched | files.FetchFailed:
+        """A file the persona sends, into `dest` (see files): the secret goes with the request
+        only when the URL is on the backend's own origin."""
+        own = files.origin(self.base_url)
+
+        def headers_for(url: str) -> dict[str, str]:
+            headers = {
+                "Accept-Encoding": "identity",
+                "User-Agent": f"Archety-Edge-Client/{self.agent_id}",
+            }
+            if own is not None and files.origin(url) == own:
+                headers["Authorization"] = f"Bearer {self._secret().reveal()}"
+            return headers
+
+        return files.fetch(
+            self._file_session,
+            url,
+            dest,
+            headers_for=headers_for,
+            max_bytes=max_bytes,
+            connect_timeout=self._timeout[0],
+            deadline_seconds=deadline_seconds,
+        )
 
     def heartbeat(self) -> HttpOutcome:
         return self.post(

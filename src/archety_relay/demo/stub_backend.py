@@ -5,7 +5,9 @@ Used by the demo, the tests and the benchmarks. It checks the Bearer secret like
 a hang (accept, never answer), or a reset mid-response; unscripted requests get 200.
 `POST /photo/upload` is parsed as the multipart form it is (text fields and the file part) and
 answered like the real endpoint: `photo_id` and `photo_url`, the same id again for an
-Idempotency-Key it has already accepted.
+Idempotency-Key it has already accepted. `GET /files/<name>` serves what `serve_file` put there
+(a picture the persona sends), behind the same secret; every GET is recorded with its headers,
+so a test can see which origin got the secret.
 
 Like the real orchestrator where it matters: `answer_delay` makes every message answer take
 that long (an LLM writes the reply), `sender_limit=(n, seconds)` answers 429 with Retry-After
@@ -115,6 +117,7 @@ class StubBackend:
         self._on_message = on_message
         self._on_upload = on_upload
         self._photo_ids: dict[str, str] = {}  # Idempotency-Key -> photo_id already given
+        self._files: dict[str, tuple[bytes, str, bool]] = {}  # path -> data, type, needs secret
         # Acknowledge every event a sync carries, as the real backend does once it stored them.
         self.ack_events = False
         self._server = _Server(("127.0.0.1", port), self._handler_class())
@@ -204,6 +207,20 @@ class StubBackend:
             hits.append(now)
         return None
 
+    def serve_file(
+        self, name: str, data: bytes, content_type: str, *, needs_secret: bool = True
+    ) -> str:
+        """Serve `data` at `GET /files/<name>`; returns its URL."""
+        path = f"/files/{name}"
+        with self._lock:
+            self._files[path] = (data, content_type, needs_secret)
+        return self.url + path
+
+    def gets(self) -> list[Received]:
+        """Every GET, in arrival order (the headers show whether the secret came with it)."""
+        with self._lock:
+            return [r for r in self.received if r.body == "GET"]
+
     # -- what arrived -----------------------------------------------------------------------
     def sync_events(self) -> list[dict[str, Any]]:
         """Every event carried by an accepted `/edge/sync`, in arrival order (repeats included)."""
@@ -278,6 +295,26 @@ class StubBackend:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                headers = {k: v for k, v in self.headers.items()}
+                behaviour = stub._next(self.path, None)
+                with stub._lock:
+                    served = stub._files.get(self.path)
+                status = behaviour.status if served is not None or behaviour.status != 200 else 404
+                secret_ok = self.headers.get("Authorization") == f"Bearer {stub.secret}"
+                if served is not None and served[2] and not secret_ok:
+                    status = 401
+                stub._record(Received(self.path, headers, "GET", b"", time.time(), status))
+                payload = served[0] if served is not None and status == 200 else b""
+                self.send_response(status)
+                if served is not None:
+                    self.send_header("Content-Type", served[1])
+                self.send_header("Content-Length", str(len(payload)))
+                for key, value in behaviour.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
