@@ -181,6 +181,20 @@ def cli_env(env: dict[str, str]) -> dict[str, str]:
     return merged
 
 
+def killable_relay(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """`archety-relay run` in a session of its own, so a test can kill -9 it together with the
+    osascript it is waiting on (os.killpg)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "archety_relay", "run"],
+        env=cli_env(env),
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 def run_cli(
     args: list[str],
     env: dict[str, str],
@@ -291,7 +305,9 @@ script and Messages would do with its arguments.
 
 Options are read as osascript reads them (POSIX getopt: until `--` or the first non-option), so
 an argument that would be taken for an option is caught here as it would be on the Mac.
-The send script's arguments are: chat guid, text, handle, service, the guid's other spelling.
+The send script's arguments are: chat guid, text, handle, service, the guid's other spelling,
+and (a file) its path: the row then has text U+FFFC and one attachment, a copy Messages keeps
+in its own Attachments folder (or, with FAKE_OSASCRIPT_FILE_MODE=reference, the staged path).
 Like the script it tries `chat id` with the guid, then the other spelling, then (direct chats)
 the participant; Messages records what it sent as an is_from_me = 1 row joined to the chat.
   FAKE_OSASCRIPT_CHATDB             the chat.db Messages writes to (unset: record argv only)
@@ -330,7 +346,10 @@ if not arguments:  # the Automation probe: count of accounts
     print(1)
     sys.exit(0)
 time.sleep(float(os.environ.get("FAKE_OSASCRIPT_SLEEP_BEFORE", "0")))
-chat_guid, text, handle, service, alt = (arguments + [""] * 5)[:5]
+chat_guid, text, handle, service, alt, file_path = (arguments + [""] * 6)[:6]
+if file_path and not os.path.isfile(file_path):
+    sys.stderr.write("execution error: file_unreadable: Can't make file into type alias. (-1700)\\n")
+    sys.exit(1)
 db = os.environ.get("FAKE_OSASCRIPT_CHATDB")
 unknown = set(os.environ.get("FAKE_OSASCRIPT_UNKNOWN_CHAT_IDS", "").split(","))
 if db and os.environ.get("FAKE_OSASCRIPT_MODE") != "silent":
@@ -364,7 +383,23 @@ if db and os.environ.get("FAKE_OSASCRIPT_MODE") != "silent":
     date = int((time.time() - 978307200) * 1e9)
     cur = conn.execute("INSERT INTO message (guid, text, handle_id, service, date, is_from_me, "
                        "is_sent, is_finished) VALUES (?, ?, 0, ?, ?, 1, 1, 1)",
-                       (str(uuid.uuid4()).upper(), text, service or "iMessage", date))
+                       (str(uuid.uuid4()).upper(), "\\ufffc" if file_path else text,
+                        service or "iMessage", date))
+    if file_path:
+        import shutil
+        guid = str(uuid.uuid4()).upper()
+        kept = file_path
+        if os.environ.get("FAKE_OSASCRIPT_FILE_MODE") != "reference":
+            store = os.path.join(os.path.dirname(db), "Attachments", guid[:2].lower(), guid)
+            os.makedirs(store)
+            kept = shutil.copy(file_path, store)
+        att = conn.execute("INSERT INTO attachment (guid, original_guid, filename, "
+                           "transfer_name, total_bytes, is_outgoing, transfer_state) "
+                           "VALUES (?, ?, ?, ?, ?, 1, 5)",
+                           (guid, guid, kept, os.path.basename(file_path),
+                            os.path.getsize(file_path))).lastrowid
+        conn.execute("INSERT INTO message_attachment_join (message_id, attachment_id) "
+                     "VALUES (?, ?)", (cur.lastrowid, att))
     conn.execute("INSERT INTO chat_message_join (chat_id, message_id, message_date) "
                  "VALUES (?, ?, ?)", (chat[0], cur.lastrowid, date))
     conn.commit()

@@ -22,6 +22,26 @@ def clean_text(value: str) -> str:
 MAX_JSON_DEPTH = 32
 
 
+@dataclass(frozen=True)
+class FileToSend:
+    """A file the persona sends (issue #19): where to fetch it, and what the backend named it."""
+
+    url: str
+    filename: str | None = None
+    mime_type: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"url": self.url, "filename": self.filename, "mime_type": self.mime_type},
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FileToSend:
+        data = json.loads(text)
+        return cls(data["url"], data.get("filename"), data.get("mime_type"))
+
+
 def clean_json(value: Any, depth: int = 0) -> Any:
     """A JSON value from the backend with every string cleaned (`clean_text`), keys included.
     Raises ValueError beyond MAX_JSON_DEPTH levels, or for a number that is not finite."""

@@ -40,6 +40,7 @@ from .health.keepalive import TIMED_OUT, MessagesKeeper
 from .health.silence import Silence
 from .health.tally import Tally
 from .macos import automation
+from .macos import messages_app
 from .macos.messages_app import SendResult
 from .outbound.dispatch import Outbound, Sender
 from .outbound.sync import Sync
@@ -70,7 +71,9 @@ class Relay:
         # What /metrics counts: the steps below add to it, the metrics server only reads it.
         self.tally = Tally()
         self.last_inbound_at: float | None = None
-        self.outbound = Outbound(settings, store, chatdb, **({"send": send} if send else {}))
+        self.outbound = Outbound(
+            settings, store, chatdb, send or messages_app.send, self.backend.fetch_file
+        )
         self.outbound.send = self._counted(self.outbound.send)
         self.photos = Photos(settings, chatdb, store, self.backend)
         self.contents = Contents(settings, chatdb, store)
@@ -203,8 +206,8 @@ class Relay:
     def _counted(self, send: Sender) -> Sender:
         """The sender, with each result added to the tally (`sends_total{outcome}`)."""
 
-        def counted(target: Target, text: str) -> SendResult:
-            result = send(target, text)
+        def counted(target: Target, text: str, *file: str) -> SendResult:
+            result = send(target, text, *file)
             self.tally.sent(send_outcome(result))
             self.keeper.observe_send(result, time.time())
             return result

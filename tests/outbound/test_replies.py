@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -23,7 +21,7 @@ from conftest import (
     BOB,
     FakeOsascript,
     RelayProcess,
-    cli_env,
+    killable_relay,
     log_events,
     osascript_arguments,
     wait_until,
@@ -424,18 +422,6 @@ def test_schedule_survives_a_restart_and_a_long_outage_is_reported_missed(
     )
 
 
-def _killable(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "archety_relay", "run"],
-        env=cli_env(env),
-        cwd=cwd,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
 @pytest.mark.parametrize("messages_wrote_it", [True, False])
 def test_kill_9_mid_send_neither_loses_nor_doubles_the_reply(
     replying: dict[str, str],
@@ -453,7 +439,7 @@ def test_kill_9_mid_send_neither_loses_nor_doubles_the_reply(
         "FAKE_OSASCRIPT_SLEEP_AFTER" if messages_wrote_it else "FAKE_OSASCRIPT_SLEEP_BEFORE": "30"
     }
     log = Path(replying["ARCHETY_LOG_FILE"])
-    proc = _killable({**replying, **slow}, tmp_path)
+    proc = killable_relay({**replying, **slow}, tmp_path)
     try:
         assert wait_until(lambda: bool(log_events(log, "relay_ready")), 20)
         writer.message("say it once", sender=ALICE, chat=chat)
@@ -473,7 +459,7 @@ def test_kill_9_mid_send_neither_loses_nor_doubles_the_reply(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    restarted = _killable(replying, tmp_path)
+    restarted = killable_relay(replying, tmp_path)
     try:
         assert wait_until(lambda: len(log_events(log, "relay_ready")) == 2, 20)
         expected_calls = 1 if messages_wrote_it else 2

@@ -26,8 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from ..chatdb.guids import is_chat_guid
-from ..model import clean_json, clean_text
-from . import answers, rules
+from ..model import FileToSend, clean_json, clean_text
+from . import answers, files, rules
 
 SYNC_INTERVAL_RANGE = (10.0, 3600.0)
 HEARTBEAT_INTERVAL_RANGE = (5.0, 3600.0)
@@ -56,6 +56,7 @@ class SendNow:
     text: str
     reflex: bool = False  # bubble_type reflex: goes without the pacing gap
     chat_identifier: str | None = None  # the previous client's key, when no guid was given
+    files: tuple[FileToSend, ...] = ()  # sent after the text ("" when only files), in order
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Schedule:
     send_at: float  # Unix time
     immediate: bool = False  # priority immediate: runs now, whatever send_at says
     chat_identifier: str | None = None
+    files: tuple[FileToSend, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,11 @@ def _text(params: dict[str, Any], *names: str) -> str | None:
     return None
 
 
+def _text_given(params: dict[str, Any], *names: str) -> bool:
+    """Whether a text with something in it was given (too long is then an error, not absent)."""
+    return any(isinstance(params.get(n), str) and params[n].strip() for n in names)
+
+
 def _id(value: Any) -> int | None:
     """A stored row's id as the backend hands it back: 1 .. 2^63-1, as a number or digits."""
     if isinstance(value, bool):
@@ -355,11 +362,16 @@ def _action(command_id: str, kind: str, command: dict[str, Any]) -> Action:
         ident = None if chat else _identifier(params)
         if chat is None and ident is None:
             return Invalid(command_id, kind, "missing or malformed chat_guid or thread_id")
+        attached = files.parse_attachments(params.get("attachments"))
+        if isinstance(attached, str):
+            return Invalid(command_id, kind, attached)
+        if text is None and attached and not _text_given(params, "text", "message_text"):
+            text = ""  # only files: text is optional then
         if text is None:
             return Invalid(command_id, kind, "missing, empty or too long text")
         if canonical == "send_message":
             reflex = params.get("bubble_type") == "reflex"
-            return SendNow(command_id, chat or "", text, reflex, ident)
+            return SendNow(command_id, chat or "", text, reflex, ident, attached)
         immediate = "immediate" in (command.get("priority"), params.get("priority"))
         send_at = parse_time(params.get("send_at"))
         if send_at is None and not immediate:
@@ -368,7 +380,7 @@ def _action(command_id: str, kind: str, command: dict[str, Any]) -> Action:
                 kind,
                 "send_at must be ISO 8601 with a time zone, between 1970 and 9999",
             )
-        return Schedule(command_id, chat or "", text, send_at or 0.0, immediate, ident)
+        return Schedule(command_id, chat or "", text, send_at or 0.0, immediate, ident, attached)
     if canonical == "cancel_message":
         key = "schedule_id" if kind == "cancel_scheduled" else "message_id"
         raw = params.get(key, params.get("message_id", params.get("schedule_id")))

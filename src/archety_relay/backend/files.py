@@ -29,8 +29,12 @@ import requests
 import urllib3
 
 from ..config import is_loopback
+from ..model import FileToSend, clean_text
 
 MAX_REDIRECTS = 3
+MAX_FILES = 10  # per command or answer
+MAX_URL_CHARS = 4096
+MAX_FILENAME_CHARS = 255
 FETCH_DEADLINE_SECONDS = 120.0
 _READ_SIZE = 64 * 1024
 SCHEME_NOT_ALLOWED = "scheme_not_allowed"
@@ -49,6 +53,32 @@ class Fetched:
 @dataclass(frozen=True)
 class FetchFailed:
     reason: str  # scheme_not_allowed | too_large | not_found | download_failed: …
+
+
+def parse_attachments(value: object) -> tuple[FileToSend, ...] | str:
+    """`attachments: [{url, filename?, mime_type?}]` as files to send, or why the field is
+    malformed. The URL's scheme is judged when the file is fetched, so a refused file is reported
+    on its own (message_failed, scheme_not_allowed) while the rest of the command still goes."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        return "attachments must be a list of {url, filename?, mime_type?}"
+    if len(value) > MAX_FILES:
+        return f"at most {MAX_FILES} attachments"
+    found = []
+    for index, item in enumerate(value):
+        url = item.get("url") if isinstance(item, dict) else None
+        if not isinstance(url, str) or not url.strip() or len(url) > MAX_URL_CHARS:
+            return f"attachments[{index}] needs a url (at most {MAX_URL_CHARS} characters)"
+        name, mime = item.get("filename"), item.get("mime_type")
+        found.append(
+            FileToSend(
+                clean_text(url.strip()),
+                clean_text(name)[:MAX_FILENAME_CHARS] if isinstance(name, str) else None,
+                clean_text(mime)[:100] if isinstance(mime, str) else None,
+            )
+        )
+    return tuple(found)
 
 
 def url_problem(url: str) -> str | None:

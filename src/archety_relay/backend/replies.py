@@ -5,6 +5,11 @@ Every shape the backend has used is accepted; unknown fields are ignored, missin
     {"should_respond": true, "reply_text": "…"}
     {"should_respond": true, "reply_bubbles": ["…", "…"]}
     {"should_respond": true, "reflex_message": "…", "burst_messages": ["…"], "burst_delay_ms": 2000}
+    {"should_respond": true, "reply_text": "…", "attachments": [{"url": "…", "filename": "…"}]}
+
+Files (issue #19) go after the text, in the order given, each a bubble of its own; the text is
+optional when there are files. A malformed `attachments` field sends no file (the reason is the
+plan's) but the text still goes.
 
 `should_respond` false or absent, or a body that is not JSON: nothing is sent (and the caller
 logs why). Bubbles after the first are spaced by a short natural gap. Reading an answer never
@@ -17,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import clean_text
-from . import answers
+from ..model import FileToSend, clean_text
+from . import answers, files
 
 BUBBLE_GAP_SECONDS = 1.2
 MAX_BURST_DELAY_SECONDS = 60.0
@@ -29,6 +34,7 @@ MAX_BUBBLES = 20
 class Bubble:
     text: str
     delay: float  # seconds after the reply arrived
+    file: FileToSend | None = None  # a file bubble: text is ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,15 @@ def _plan(data: Any) -> ReplyPlan:
         texts = _texts(data.get("reply_bubbles")) or _texts(data.get("reply_text"))
         bubbles = [Bubble(t, i * BUBBLE_GAP_SECONDS) for i, t in enumerate(texts)]
         shape = "reply_bubbles" if data.get("reply_bubbles") else "reply_text"
+    bubbles = bubbles[:MAX_BUBBLES]
+    attached = files.parse_attachments(data.get("attachments"))
+    if isinstance(attached, str):
+        shape = f"{shape}; attachments ignored: {attached}"
+        attached = ()
+    files_at = max(b.delay for b in bubbles) + BUBBLE_GAP_SECONDS if bubbles else 0.0
+    bubbles += [Bubble("", files_at + i * BUBBLE_GAP_SECONDS, f) for i, f in enumerate(attached)]
     if not bubbles:
         return ReplyPlan((), "nothing_to_say")
-    return ReplyPlan(tuple(bubbles[:MAX_BUBBLES]), shape)
+    if not bubbles[0].text:
+        shape = "attachments"
+    return ReplyPlan(tuple(bubbles), shape)

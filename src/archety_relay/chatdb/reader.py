@@ -383,16 +383,31 @@ class ChatDb:
         since_unix: float,
         after_rowid: int = 0,
         exclude: Collection[str] = (),
+        file_path: str | None = None,
     ) -> SentRow | None:
         """The newest outgoing row with this text that Messages joined to one of these chats
         (or, for a direct chat, to the chat with this handle, however its guid is spelled),
-        above ROWID `after_rowid` and not one of the guids in `exclude`."""
+        above ROWID `after_rowid` and not one of the guids in `exclude`.
+
+        With `file_path` (a file the persona sent, issue #19) the row must carry an attachment
+        that is that file: Messages' `attachment.filename` names it (`~/…` spelled out), or
+        its own copy keeps the name (`transfer_name`, or the copy's last part). Its text, U+FFFC,
+        is not compared."""
         guids = list(chat_guids)
+        found = "m.text, m.attributedBody"
+        attachments = ""
+        if file_path is not None:
+            found = "a.filename, a.transfer_name"
+            attachments = (
+                "JOIN message_attachment_join AS k ON k.message_id = m.ROWID "
+                "JOIN attachment AS a ON a.ROWID = k.attachment_id "
+            )
         with self._snapshot() as conn:
             rows = conn.execute(
-                "SELECT m.ROWID, m.error, m.text, m.attributedBody, m.guid FROM chat AS c "
+                f"SELECT m.ROWID, m.error, m.guid, {found} FROM chat AS c "
                 "JOIN chat_message_join AS j ON j.chat_id = c.ROWID "
                 "JOIN message AS m ON m.ROWID = j.message_id "
+                f"{attachments}"
                 f"WHERE (c.guid IN ({_placeholders(guids)}) "
                 "OR (? != '' AND c.chat_identifier = ? AND c.style = 45)) "
                 "AND m.is_from_me = 1 AND m.date >= ? AND m.ROWID > ? "
@@ -400,10 +415,25 @@ class ChatDb:
                 (*guids, handle, handle, apple_date(since_unix), after_rowid),
             ).fetchall()
         wanted = text.strip()
-        for rowid, error, t, b, guid in rows:
-            if _row_text(t, b) == wanted and _str(guid) not in exclude:
+        for rowid, error, guid, first, second in rows:
+            if file_path is not None:
+                same = same_file(file_path, _str(first), _str(second))
+            else:
+                same = _row_text(first, second) == wanted
+            if same and _str(guid) not in exclude:
                 return SentRow(int(rowid), _int(error) or 0, _str(guid))
         return None
+
+    def attachment_paths(self, message_guid: str) -> list[str]:
+        """Where Messages keeps the files of one of its rows (`~` spelled out)."""
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT a.filename FROM message AS m "
+                "JOIN message_attachment_join AS k ON k.message_id = m.ROWID "
+                "JOIN attachment AS a ON a.ROWID = k.attachment_id WHERE m.guid = ?",
+                (message_guid,),
+            ).fetchall()
+        return [os.path.expanduser(r[0]) for r in rows if isinstance(r[0], str)]
 
     def guid_forms(self) -> dict[str, int]:
         """How this database spells chat guids (`iMessage;-;`, `any;+;` …), with counts: macOS 26
@@ -633,6 +663,15 @@ class ChatDb:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def same_file(path: str, filename: str | None, transfer_name: str | None) -> bool:
+    """Whether an attachment row is the file at `path`: the same path, or a copy Messages made
+    under the same name (it keeps the name it was given)."""
+    name = os.path.basename(path)
+    if filename and os.path.expanduser(filename) == path:
+        return True
+    return name in (transfer_name, os.path.basename(filename or ""))
 
 
 def _str(value: object) -> str | None:

@@ -86,6 +86,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
             last_error=None,
             auth_state=None,
             outgoing={},
+            files_waiting=0,
             rules=[],
             skipped_backfill=0,
             state_reset=None,
@@ -99,6 +100,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         meta = store.meta()
         dead = store.dead_letters()
         outgoing = store.outgoing_counts()
+        files_waiting = store.files_waiting()
         rules = [_rule_summary(source) for source in store.rules()]
         alerts = store.active_alerts()
         outcomes = store.outcome_summary(apple_date(now - OUTCOME_WINDOW_SECONDS))
@@ -128,6 +130,7 @@ def collect_status(settings: Settings, now: float) -> dict[str, Any]:
         last_error=meta.get("last_error"),
         auth_state=meta.get("auth_state", "ok"),
         outgoing=outgoing,
+        files_waiting=files_waiting,
         rules=rules,
         # iCloud history not posted (see lateness): a jump here is a restore, not a fault.
         skipped_backfill=int(meta.get("count_backfill") or 0),
@@ -233,6 +236,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"backfill      : {report['skipped_backfill']} old rows skipped (iCloud history)",
         "outgoing      : "
         + (", ".join(f"{n} {k}" for k, n in sorted(report["outgoing"].items())) or "none"),
+        f"files waiting : {report['files_waiting']} (pictures and files the persona sends)",
         f"rules         : {len(report['rules']) or 'none'}",
         f"detection     : {_detection_line(report['detection'])}",
         f"alerts        : {len(report['alerts']) or 'none'}",

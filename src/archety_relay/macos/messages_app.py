@@ -19,7 +19,11 @@ from dataclasses import dataclass, replace
 from ..chatdb.guids import Target, is_chat_guid
 from . import tool
 
-# argv: chat guid, text, handle ("" for a group), service, the guid's other spelling ("" if none)
+# argv: chat guid, text, handle ("" for a group), service, the guid's other spelling ("" if none),
+# and a file's POSIX path ("" for text). A file is sent instead of the text, through the same
+# chat forms: `POSIX file … as alias`, the form imsg uses (openclaw/imsg MessageSender.swift), which
+# works for files staged under ~/Library/Messages (anthropics/claude-plugins-official#1113).
+# The coercion fails here (not inside Messages) when the file is missing: "file_unreadable".
 # -1728 is "Can't get chat id …": try the next form. Anything else is the answer.
 SCRIPT = (
     "on run argv",
@@ -28,17 +32,25 @@ SCRIPT = (
     "set handleId to item 3 of argv",
     "set serviceName to item 4 of argv",
     "set altChatId to item 5 of argv",
+    "set payload to messageText",
+    'if (count of argv) > 5 and item 6 of argv is not "" then',
+    "try",
+    "set payload to (POSIX file (item 6 of argv)) as alias",
+    "on error errText number errNum",
+    'error "file_unreadable: " & errText number errNum',
+    "end try",
+    "end if",
     "with timeout of 20 seconds",
     'tell application "Messages"',
     "try",
-    "send messageText to chat id chatId",
+    "send payload to chat id chatId",
     'return "chat_id"',
     "on error errText number errNum",
     "if errNum is not -1728 then error errText number errNum",
     "end try",
     'if altChatId is not "" then',
     "try",
-    "send messageText to chat id altChatId",
+    "send payload to chat id altChatId",
     'return "alt_chat_id"',
     "on error errText number errNum",
     "if errNum is not -1728 then error errText number errNum",
@@ -47,9 +59,9 @@ SCRIPT = (
     'if handleId is "" then error "group_send_unsupported: no chat with this id (-1728)" '
     "number -1728",
     'if serviceName is "iMessage" then',
-    "send messageText to participant handleId of (1st account whose service type = iMessage)",
+    "send payload to participant handleId of (1st account whose service type = iMessage)",
     "else",
-    "send messageText to participant handleId of (1st account whose service type = SMS)",
+    "send payload to participant handleId of (1st account whose service type = SMS)",
     "end if",
     'return "participant"',
     "end tell",
@@ -123,7 +135,9 @@ def _lines(script: tuple[str, ...]) -> list[str]:
     return [arg for line in script for arg in ("-e", line)]
 
 
-def send_argv(target: Target, text: str, osascript: str = "osascript") -> list[str]:
+def send_argv(
+    target: Target, text: str, osascript: str = "osascript", file: str | None = None
+) -> list[str]:
     return [
         osascript,
         *_lines(SCRIPT),
@@ -133,6 +147,7 @@ def send_argv(target: Target, text: str, osascript: str = "osascript") -> list[s
         target.handle,
         target.service,
         target.alt_chat_guid,
+        *([file] if file else []),
     ]
 
 
@@ -145,11 +160,16 @@ def refusal(chat_guid: str, text: str) -> str | None:
     return None
 
 
-def send(target: Target, text: str, timeout: float = SEND_TIMEOUT_SECONDS) -> SendResult:
+def send(
+    target: Target, text: str, file: str | None = None, timeout: float = SEND_TIMEOUT_SECONDS
+) -> SendResult:
+    """Send `text`, or the file at the absolute path `file` (staged where Messages may read it)."""
     refused = next((r for g in target.chat_guids if (r := refusal(g, text)) is not None), None)
+    if file is not None and not file.startswith("/"):  # never an option, never relative
+        refused = "invalid_file: not an absolute path"
     if refused is not None:
         return SendResult(False, refused, retryable=False)
-    result = _run(lambda osascript: send_argv(target, text, osascript), timeout)
+    result = _run(lambda osascript: send_argv(target, text, osascript, file), timeout)
     if result.error and text.strip() and text.strip() in result.error:
         # AppleScript quotes the value it could not handle: never the message text in a log.
         result = replace(result, error=result.error.replace(text.strip(), "<message text>"))
@@ -175,6 +195,10 @@ def _run(argv: Callable[[str], list[str]], timeout: float) -> SendResult:
     denied = next((code for code in NOT_AUTHORIZED if code in detail), None)
     if denied is not None:
         return SendResult(False, f"{AUTOMATION_DENIED} ({denied}): {AUTOMATION_HINT}", False)
+    if "file_unreadable" in detail:  # before NOT_FOUND: a failed coercion is -1700 too
+        return SendResult(
+            False, f"file_unreadable: osascript exit {done.returncode}: {detail}", False
+        )
     if any(code in detail for code in NOT_FOUND):
         reason = "group_send_unsupported" if "group_send_unsupported" in detail else "no_such_chat"
         return SendResult(False, f"{reason}: osascript exit {done.returncode}: {detail}", False)

@@ -4,6 +4,11 @@ Everything outgoing is stored before it is acted on (see store.outgoing). `dispa
 sends what is due, the earliest bubble of each chat first, and reports each outcome as an event
 that the next sync carries to the backend. `execute(action, now)` turns one sync command into
 stored work plus an event (see executor).
+
+A file the persona sends (issue #19) is an outgoing row like a bubble: when due it is fetched
+(`backend.files`), staged where Messages may read it (`staging`), passed to the send script as
+one more argument, and counted sent only when chat.db has a from-me row in the chat carrying
+that file with error 0. Its staged copy is removed once Messages shows a copy of its own.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from ..backend import commands, replies
+from ..backend.client import Backend
 from ..backend.commands import Action
+from ..backend.files import Fetched, FetchFailed
 from ..chatdb.guids import Target, is_chat_guid, send_target, service_of
 from ..chatdb.reader import ChatDb, SentRow
 from ..config import Settings
@@ -26,9 +34,9 @@ from ..error_log import ErrorLog, retry_in
 from ..macos import messages_app
 from ..macos.messages_app import SendResult
 from ..model import utc_iso
-from ..store import NewOutgoing, Outgoing, QueuedItem, Store
+from ..store import NewOutgoing, Outgoing, QueuedItem, StagedFile, Store
 from ..store.outgoing import FAILED, MISSED, SENT
-from . import executor
+from . import executor, staging
 from .permission import Permission
 from .underway import Underway
 
@@ -59,17 +67,33 @@ MAX_SENDS_UNDER_WAY = 3
 # While a send is under way, the dispatcher looks again this often (it is also woken at once).
 UNDER_WAY_RECHECK_SECONDS = 1.0
 
-Sender = Callable[[Target, str], SendResult]
+# (target, text) for a bubble; (target, "", staged path) for a file.
+Sender = Callable[..., SendResult]
+Fetcher = Callable[[str, Path, int], Fetched | FetchFailed]
+
+
+def _with_file(send: Sender, path: str) -> Sender:
+    def send_file(target: Target, text: str) -> SendResult:
+        return send(target, text, path)
+
+    return send_file
 
 
 class Outbound:
     def __init__(
-        self, settings: Settings, store: Store, chatdb: ChatDb, send: Sender = messages_app.send
+        self,
+        settings: Settings,
+        store: Store,
+        chatdb: ChatDb,
+        send: Sender = messages_app.send,
+        fetch: Fetcher | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.chatdb = chatdb
         self.send = send
+        self.fetch: Fetcher = fetch or Backend.from_settings(settings).fetch_file
+        self.staging_root = staging.root_for(settings.chat_db)
         self.notify: Callable[[], None] = lambda: None
         self._last_sent: dict[str, float] = {}
         self.confirm_seconds = CONFIRM_SECONDS
@@ -106,7 +130,9 @@ class Outbound:
             chat_guid=chat_guid,
         )
         return [
-            NewOutgoing(chat_guid, b.text, now + b.delay, "reply", reply_to=item.message_guid)
+            NewOutgoing(
+                chat_guid, b.text, now + b.delay, "reply", reply_to=item.message_guid, file=b.file
+            )
             for b in planned.bubbles
         ], planned.reason
 
@@ -213,6 +239,11 @@ class Outbound:
 
     def _send_one(self, item: Outgoing, now: float) -> None:
         target = self._target(item.chat_guid)
+        if item.file is not None and item.staged is None:
+            staged = self._stage(item, now)
+            if staged is None:
+                return
+            item = replace(item, staged=staged)
         if item.attempts:
             if self._already_sent(item, target, now):
                 return
@@ -231,7 +262,10 @@ class Outbound:
         self.store.mark_sending(item, now, floor)
         if item.rowid_floor is not None:  # kept from the first attempt (see mark_sending)
             floor = item.rowid_floor
-        underway = Underway.start(item, target, floor, now, self.send, lambda: self.notify())
+        send = self.send
+        if item.staged is not None:  # a file: its staged path is the script's next argument
+            send = _with_file(self.send, item.staged.path)
+        underway = Underway.start(item, target, floor, now, send, lambda: self.notify())
         self._last_sent[item.chat_guid] = now
         if not underway.wait(self.send_wait):
             # Still with Messages: the other chats go on, this one waits for it.
@@ -327,8 +361,49 @@ class Outbound:
         chats = list(dict.fromkeys([item.chat_guid, *target.chat_guids]))
         credited = self.store.credited_guids(chats, since - RECOVERY_SLACK_SECONDS)
         return self.chatdb.find_sent(
-            target.chat_guids, target.handle, item.text, since, floor, credited
+            target.chat_guids,
+            target.handle,
+            item.text,
+            since,
+            floor,
+            credited,
+            item.staged.path if item.staged else None,
         )
+
+    def _stage(self, item: Outgoing, now: float) -> StagedFile | None:
+        """Fetch the row's file into its staging folder under a safe name (see staging). A file
+        that cannot be fetched is reported at once (message_failed with the reason); the rest
+        of the command's parts still go."""
+        assert item.file is not None
+        folder = staging.folder(self.staging_root, item.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / staging.DOWNLOAD_NAME
+        partial.unlink(missing_ok=True)  # a fetch a crash cut short
+        got = self.fetch(item.file.url, partial, self.settings.send_file_max_bytes)
+        path: Path | None = None
+        if isinstance(got, Fetched):
+            with partial.open("rb") as f:
+                name = staging.safe_name(item.file.filename, item.file.url, f.read(64))
+            try:
+                path = staging.place(self.staging_root, item.id, name)
+            except ValueError:
+                got = FetchFailed("invalid_filename: the staged name would leave its folder")
+        if isinstance(got, FetchFailed) or path is None:
+            staging.remove(self.staging_root, item.id)
+            reason = got.reason if isinstance(got, FetchFailed) else "invalid_filename"
+            log.warning("file_not_sent", outgoing_id=item.id, reason=reason)
+            self._finish(item, FAILED, now, "message_failed", reason)
+            return None
+        partial.rename(path)
+        staged = StagedFile(str(path), got.size, got.sha256)
+        self.store.set_staged(item, staged, now)
+        log.info(
+            "file_staged",
+            outgoing_id=item.id,
+            bytes=got.size,
+            kind=path.suffix.lstrip(".") or "none",
+        )
+        return staged
 
     def _confirm(
         self, item: Outgoing, target: Target, since: float, floor: int, sent: SendResult
@@ -359,6 +434,16 @@ class Outbound:
                 )
             time.sleep(CONFIRM_POLL_SECONDS)
 
+    def _unstage(self, item: Outgoing, status: str, message_guid: str | None) -> None:
+        """A staged file goes once it is no use: the send failed, or Messages shows a copy of
+        its own. If chat.db names our staged path as the file, it is Messages' file: kept."""
+        if status == SENT and item.staged is not None:
+            held = self.chatdb.attachment_paths(message_guid) if message_guid else []
+            if item.staged.path in held or not held:
+                log.info("staged_file_kept", outgoing_id=item.id, by_messages=bool(held))
+                return
+        staging.remove(self.staging_root, item.id)
+
     def _finish(
         self,
         item: Outgoing,
@@ -380,6 +465,13 @@ class Outbound:
             details["reply_to"] = item.reply_to
         if error:
             details["error"] = error
+        if item.file is not None and error:
+            details["reason"] = error.split(":")[0]
+        if item.staged is not None and status == SENT:
+            name = Path(item.staged.path).name
+            details["attachments"] = [
+                {"filename": name, "bytes": item.staged.size, "sha256": item.staged.sha256}
+            ]
         self.store.finish(
             item,
             status,
@@ -395,6 +487,8 @@ class Outbound:
             error,
             message_guid,
         )
+        if item.file is not None:
+            self._unstage(item, status, message_guid)
         if status == MISSED:
             log.warning(
                 "message_missed",

@@ -182,10 +182,19 @@ def _send(tx: CommandTx, action: SendNow | Schedule, base: dict[str, Any]) -> bo
     send_at = action.send_at if isinstance(action, Schedule) and not action.immediate else tx.now
     kind = "schedule_message" if scheduled else "send_message"
     origin = REFLEX_ORIGIN if isinstance(action, SendNow) and action.reflex else kind
-    ids = tx.add_outgoing(
-        [NewOutgoing(action.chat_guid, action.text, send_at, origin, action.command_id)]
-    )
+    # The text first, then each file in the order given: one row each, due together, so the
+    # chat's order (send_at, id) sends them in that order.
+    parts = [NewOutgoing(action.chat_guid, action.text, send_at, origin, action.command_id)]
+    if not action.text:
+        parts = []
+    parts += [
+        NewOutgoing(action.chat_guid, "", send_at, origin, action.command_id, file=f)
+        for f in action.files
+    ]
+    ids = tx.add_outgoing(parts)
     details: dict[str, Any] = {"command_type": kind, "send_at": utc_iso(send_at)}
+    if action.files:
+        details["files"] = len(action.files)
     if scheduled:
         details["schedule_id"] = ids[0]  # what cancel_scheduled takes
     tx.add_event(

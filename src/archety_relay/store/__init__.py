@@ -33,6 +33,7 @@ from .outcomes import OutcomeQueries
 from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
 from .transcripts import TranscriptQueries, TranscriptWatch
 from .transcripts import migrate as transcripts_migrate
+from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries, StagedFile
 from .uploads import UploadQueries, UploadRecord
 from .uploads import migrate as uploads_migrate
 from .watch import WatchQueries
@@ -91,6 +92,7 @@ __all__ = [
     "Outgoing",
     "QueueStats",
     "QueuedItem",
+    "StagedFile",
     "Store",
     "TranscriptWatch",
     "UploadRecord",

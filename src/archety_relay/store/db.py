@@ -81,7 +81,9 @@ CREATE TABLE IF NOT EXISTS outgoing (
     sending_since REAL,
     last_error TEXT,
     rowid_floor INTEGER,
-    apple_guid TEXT
+    apple_guid TEXT,
+    file TEXT,
+    staged TEXT
 );
 CREATE INDEX IF NOT EXISTS outgoing_status_due ON outgoing (status, send_at, id);
 CREATE INDEX IF NOT EXISTS outgoing_unsent_by_chat ON outgoing (chat_guid, send_at, id)
@@ -160,6 +162,9 @@ _ADDED_COLUMNS = (
     ("outgoing", "apple_guid", "TEXT"),
     # Which unacknowledged events go first when there are too many (store.outgoing.EVICT_*).
     ("events", "evict_rank", "INTEGER NOT NULL DEFAULT 1"),
+    # A file the persona sends (issue #19) and, once fetched, where it is staged (JSON).
+    ("outgoing", "file", "TEXT"),
+    ("outgoing", "staged", "TEXT"),
 )
 _AFTER_MIGRATION = """
 UPDATE outbox SET chat_guid = COALESCE(json_extract(CAST(body AS TEXT), '$.chat_guid'), '')

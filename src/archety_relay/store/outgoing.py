@@ -1,5 +1,10 @@
 """Outgoing work (replies, sends, scheduled sends), the events that report it, seen commands.
 
+A file the persona sends (issue #19) is a row of its own (text "", `file` the URL and name):
+the same table, order, confirmation and recovery as text. Once fetched and staged, its path,
+size and sha256 are kept with it (`staged`), so a retry sends the same bytes without fetching
+again.
+
 Outgoing rows are stored before anything is sent. A row is marked `sending` (committed) before
 osascript runs and `sent` after; a row found `sending` after a crash is checked against chat.db
 (Messages writes what it sent as `is_from_me = 1`) before it is tried again.
@@ -11,9 +16,10 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ..model import FileToSend
 from .db import Transactional
 
 # Finished outgoing rows and seen command ids are kept this long (list_scheduled, duplicates).
@@ -48,6 +54,16 @@ class NewOutgoing:
     origin: str  # "reply" | "send_message" | "schedule_message"
     command_id: str | None = None
     reply_to: str | None = None
+    file: FileToSend | None = None
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A fetched file where Messages may read it."""
+
+    path: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,8 @@ class Outgoing:
     rowid_floor: int | None = None
     # Why the last attempt did not finish (an unconfirmed send is looked for again, not resent).
     last_error: str | None = None
+    file: FileToSend | None = None  # a file to send instead of text
+    staged: StagedFile | None = None  # that file, fetched and staged
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,17 @@ class Event:
 _COLUMNS = (
     "id, chat_guid, text, send_at, status, attempts, origin, command_id, reply_to, sending_since, "
     "rowid_floor, last_error"
+    "rowid_floor, file, staged"
 )
+
+
+def _outgoing(row: Sequence[Any]) -> Outgoing:
+    *plain, file, staged = row
+    return replace(
+        Outgoing(*plain),
+        file=FileToSend.from_json(file) if file else None,
+        staged=StagedFile(**json.loads(staged)) if staged else None,
+    )
 
 
 # One pass over the unsent rows in the partial index outgoing_unsent_by_chat, numbered per chat.
@@ -96,7 +124,7 @@ HEADS_DUE_SQL = (
 def insert_outgoing(db: sqlite3.Connection, item: NewOutgoing, now: float) -> int:
     cur = db.execute(
         "INSERT INTO outgoing (chat_guid, text, send_at, origin, command_id, reply_to, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             item.chat_guid,
             item.text,
@@ -106,6 +134,7 @@ def insert_outgoing(db: sqlite3.Connection, item: NewOutgoing, now: float) -> in
             item.reply_to,
             now,
             now,
+            item.file.to_json() if item.file else None,
         ),
     )
     return int(cur.lastrowid or 0)
@@ -155,7 +184,9 @@ def cap_events(db: sqlite3.Connection, now: float) -> int:
 
 
 def cancel_pending(db: sqlite3.Connection, message_id: int, now: float) -> bool:
-    return (
+    """Cancel a pending send; the files of the same scheduled command go with it (its
+    schedule_id names the first part only)."""
+    done = (
         db.execute(
             "UPDATE outgoing SET status = 'cancelled', updated_at = ? "
             "WHERE id = ? AND status = 'pending'",
@@ -163,6 +194,14 @@ def cancel_pending(db: sqlite3.Connection, message_id: int, now: float) -> bool:
         ).rowcount
         == 1
     )
+    if done:
+        db.execute(
+            "UPDATE outgoing SET status = 'cancelled', updated_at = ? WHERE status = 'pending' "
+            "AND file IS NOT NULL AND id > ? AND origin = 'schedule_message' AND command_id = "
+            "(SELECT command_id FROM outgoing WHERE id = ? AND command_id IS NOT NULL)",
+            (now, message_id, message_id),
+        )
+    return done
 
 
 def select_scheduled(
@@ -174,7 +213,7 @@ def select_scheduled(
         "AND (? IS NULL OR status = ?) ORDER BY send_at, id LIMIT ? OFFSET ?",
         (status, status, limit, offset),
     ).fetchall()
-    return [Outgoing(*r) for r in rows]
+    return [_outgoing(r) for r in rows]
 
 
 def count_scheduled(db: sqlite3.Connection, status: str | None) -> int:
@@ -217,7 +256,7 @@ class OutgoingQueries(Transactional):
         and within a chat bubbles keep their order."""
         with self._tx() as db:
             rows = db.execute(HEADS_DUE_SQL, (now,)).fetchall()
-        return [Outgoing(*r) for r in rows]
+        return [_outgoing(r) for r in rows]
 
     def next_due_at(self) -> float | None:
         with self._tx() as db:
@@ -235,6 +274,23 @@ class OutgoingQueries(Transactional):
                 "sending_since = ?, updated_at = ?, rowid_floor = COALESCE(rowid_floor, ?) "
                 "WHERE id = ?",
                 (now, now, rowid_floor, item.id),
+            )
+
+    def set_staged(self, item: Outgoing, staged: StagedFile, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outgoing SET staged = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(staged.__dict__), now, item.id),
+            )
+
+    def files_waiting(self) -> int:
+        """Files stored to send and not sent yet (status)."""
+        with self._tx() as db:
+            return int(
+                db.execute(
+                    "SELECT COUNT(*) FROM outgoing WHERE file IS NOT NULL "
+                    "AND status IN ('pending', 'sending')"
+                ).fetchone()[0]
             )
 
     def credited_guids(self, chat_guids: Sequence[str], since: float) -> set[str]:
