@@ -26,8 +26,7 @@ from urllib3.filepost import encode_multipart_formdata
 from .. import __version__
 from ..config import Secret, Settings
 from ..policy import HttpOutcome
-from . import transport
-from . import files
+from . import files, transport
 
 MESSAGE_PATH = "/orchestrator/message"
 HEARTBEAT_PATH = "/orchestrator/heartbeat"
