@@ -30,10 +30,9 @@ from .outbox import (
     QueueStats,
 )
 from .outcomes import OutcomeQueries
-from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries
+from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries, StagedFile
 from .transcripts import TranscriptQueries, TranscriptWatch
 from .transcripts import migrate as transcripts_migrate
-from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries, StagedFile
 from .uploads import UploadQueries, UploadRecord
 from .uploads import migrate as uploads_migrate
 from .watch import WatchQueries

@@ -96,8 +96,7 @@ class Event:
 
 _COLUMNS = (
     "id, chat_guid, text, send_at, status, attempts, origin, command_id, reply_to, sending_since, "
-    "rowid_floor, last_error"
-    "rowid_floor, file, staged"
+    "rowid_floor, last_error, file, staged"
 )
 
 
