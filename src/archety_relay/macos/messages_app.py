@@ -33,7 +33,7 @@ SCRIPT = (
     "set serviceName to item 4 of argv",
     "set altChatId to item 5 of argv",
     "set payload to messageText",
-    'if (count of argv) > 5 and item 6 of argv is not "" then',
+    'if (length of argv) > 5 and item 6 of argv is not "" then',
     "try",
     "set payload to (POSIX file (item 6 of argv)) as alias",
     "on error errText number errNum",
