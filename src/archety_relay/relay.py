@@ -39,8 +39,7 @@ from .health.checks import Snapshot
 from .health.keepalive import TIMED_OUT, MessagesKeeper
 from .health.silence import Silence
 from .health.tally import Tally
-from .macos import automation
-from .macos import messages_app
+from .macos import automation, messages_app
 from .macos.messages_app import SendResult
 from .outbound.dispatch import Outbound, Sender
 from .outbound.sync import Sync
