@@ -397,6 +397,7 @@ class Daemon:
                     next_prune = now + PRUNE_INTERVAL_SECONDS
                     if any((pruned := self.relay.store.prune(time.time())).values()):
                         log.info("state_pruned", **pruned)
+                    self.relay.prune_staged(time.time())
                 intervals = self.relay.intervals
                 if now >= next_heartbeat:
                     next_heartbeat = now + intervals["heartbeat_interval"]

@@ -42,6 +42,7 @@ from .health.tally import Tally
 from .macos import automation, messages_app
 from .macos.messages_app import SendResult
 from .outbound.dispatch import Outbound, Sender
+from .outbound.retention import StagedFiles
 from .outbound.sync import Sync
 from .pictures.upload import Photos
 from .policy import HttpOutcome
@@ -74,6 +75,7 @@ class Relay:
             settings, store, chatdb, send or messages_app.send, self.backend.fetch_file
         )
         self.outbound.send = self._counted(self.outbound.send)
+        self.staged = StagedFiles(self.outbound.staging_root, store, chatdb)
         self.photos = Photos(settings, chatdb, store, self.backend)
         self.contents = Contents(settings, chatdb, store)
         self._reload_secret = reload_secret
@@ -254,6 +256,10 @@ class Relay:
         self.lanes.probe_now()
 
     # -- heartbeat and sync (sync.py) ------------------------------------------------------
+    def prune_staged(self, now: float) -> int:
+        """Remove the staged files Messages no longer needs (see outbound.retention)."""
+        return self.staged.prune(now, self.outbound.busy_ids())
+
     def heartbeat_step(self) -> HttpOutcome:
         outcome = self.sync.heartbeat_step()
         self.tally.backend(outcome.status is not None and outcome.status < 500, time.time())

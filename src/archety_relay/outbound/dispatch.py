@@ -36,7 +36,7 @@ from ..macos.messages_app import SendResult
 from ..model import utc_iso
 from ..store import NewOutgoing, Outgoing, QueuedItem, StagedFile, Store
 from ..store.outgoing import FAILED, MISSED, SENT
-from . import executor, staging
+from . import executor, retention, staging
 from .permission import Permission
 from .underway import Underway
 
@@ -327,6 +327,10 @@ class Outbound:
                 error=result.error,
             )
 
+    def busy_ids(self) -> set[int]:
+        """Outgoing ids whose staging folder is in use right now (the prune leaves them)."""
+        return {underway.item.id for underway in list(self._underway.values())}
+
     def automation_step(self, now: float) -> str | None:
         """Look at the Automation state if a look is due or an operator asked (see
         permission); wake the dispatcher when sends may go again."""
@@ -436,10 +440,11 @@ class Outbound:
 
     def _unstage(self, item: Outgoing, status: str, message_guid: str | None) -> None:
         """A staged file goes once it is no use: the send failed, or Messages shows a copy of
-        its own. If chat.db names our staged path as the file, it is Messages' file: kept."""
+        its own. If chat.db names our staged path as the file, it is Messages' file: kept, and
+        removed by the prune KEEP_SECONDS later (see retention)."""
         if status == SENT and item.staged is not None:
             held = self.chatdb.attachment_paths(message_guid) if message_guid else []
-            if item.staged.path in held or not held:
+            if retention.messages_holds_it(held, Path(item.staged.path).parent):
                 log.info("staged_file_kept", outgoing_id=item.id, by_messages=bool(held))
                 return
         staging.remove(self.staging_root, item.id)

@@ -30,7 +30,7 @@ from .outbox import (
     QueueStats,
 )
 from .outcomes import OutcomeQueries
-from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries, StagedFile
+from .outgoing import Event, NewOutgoing, Outgoing, OutgoingQueries, StagedFile, StagedRow
 from .transcripts import TranscriptQueries, TranscriptWatch
 from .transcripts import migrate as transcripts_migrate
 from .uploads import UploadQueries, UploadRecord
@@ -92,6 +92,7 @@ __all__ = [
     "QueueStats",
     "QueuedItem",
     "StagedFile",
+    "StagedRow",
     "Store",
     "TranscriptWatch",
     "UploadRecord",

@@ -67,6 +67,17 @@ class StagedFile:
 
 
 @dataclass(frozen=True)
+class StagedRow:
+    """What the staging prune needs of an outgoing row (see outbound.retention)."""
+
+    id: int
+    status: str
+    attempts: int
+    updated_at: float  # when it finished, once it has
+    apple_guid: str | None  # the chat.db row that confirmed it (sent)
+
+
+@dataclass(frozen=True)
 class Outgoing:
     id: int
     chat_guid: str
@@ -281,6 +292,22 @@ class OutgoingQueries(Transactional):
                 "UPDATE outgoing SET staged = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(staged.__dict__), now, item.id),
             )
+
+    def staged_rows(self, ids: Sequence[int]) -> dict[int, StagedRow]:
+        """The rows these outgoing ids name (a staged folder is named by its row's id); an id
+        with no row (pruned after HISTORY_SECONDS, another state file) is absent."""
+        found: dict[int, StagedRow] = {}
+        wanted = list(dict.fromkeys(ids))
+        with self._tx() as db:
+            for start in range(0, len(wanted), 500):  # well under SQLite's variable limit
+                chunk = wanted[start : start + 500]
+                rows = db.execute(
+                    "SELECT id, status, attempts, updated_at, apple_guid FROM outgoing "
+                    f"WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.update((r[0], StagedRow(*r)) for r in rows)
+        return found
 
     def files_waiting(self) -> int:
         """Files stored to send and not sent yet (status)."""
