@@ -10,8 +10,10 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +175,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float
             return True
         time.sleep(step)
     return predicate()
+
+
+def serving(server: HTTPServer) -> Iterator[Any]:
+    """Serve `server` on a thread of its own until the generator ends (a fixture's body)."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 def cli_env(env: dict[str, str]) -> dict[str, str]:

@@ -7,7 +7,6 @@ without a length, a trickle). The relay's own `Backend` client fetches; nothing 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import serving
 
 from archety_relay.backend.client import Backend
 from archety_relay.backend.files import Fetched, FetchFailed, url_problem
@@ -88,12 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def other() -> Iterator[Misbehaving]:
-    server = Misbehaving()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    yield from serving(Misbehaving())
 
 
 @pytest.fixture

@@ -46,6 +46,9 @@ def _command(kind: str, params: dict[str, Any], *, under: str = "params") -> com
 
 
 def _run(relay: Relay, steps: int = 6, start: float = 100.0) -> None:
+    # Each step waits for the fetch it starts, as `--once` does: these tests are about what is
+    # fetched and staged (test_file_fetching proves that a fetch holds only its own chat).
+    relay.outbound.fetch_wait = 30.0
     for step in range(steps):
         relay.outbound.dispatch_step(start + step)
 

@@ -49,6 +49,7 @@ def _send_picture(relay: Relay, backend: StubBackend, name: str = "menu.png") ->
         ),
         100.0,
     )
+    relay.outbound.fetch_wait = 30.0  # each step waits for the fetch it starts, as --once does
     for step in range(6):
         relay.outbound.dispatch_step(100.0 + step)
 

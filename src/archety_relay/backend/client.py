@@ -110,19 +110,6 @@ class Backend:
             self._sessions.append(session)
         return session
 
-    @property
-    def _file_session(self) -> requests.Session:
-        """Fetches get their own session: `max_redirects = 0` makes requests raise on any 3xx
-        even with allow_redirects off (it computes the next hop anyway), and files.fetch
-        follows redirects itself, each hop checked."""
-        session: requests.Session | None = getattr(self._local, "file_session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            self._local.file_session = session
-            self._sessions.append(session)
-        return session
-
     def close(self) -> None:
         for session in self._sessions:
             session.close()
@@ -233,15 +220,22 @@ class Backend:
                 headers["Authorization"] = f"Bearer {self._secret().reveal()}"
             return headers
 
-        return files.fetch(
-            self._file_session,
-            url,
-            dest,
-            headers_for=headers_for,
-            max_bytes=max_bytes,
-            connect_timeout=self._timeout[0],
-            deadline_seconds=deadline_seconds,
-        )
+        # A session of its own, closed after: each fetch runs on a thread of its own (see
+        # outbound.fetches), so a session kept per thread would leave a connection open for
+        # every file ever sent. Not the backend's session either: its `max_redirects = 0` makes
+        # requests raise on any 3xx even with allow_redirects off, and files.fetch follows
+        # redirects itself, each hop checked.
+        with requests.Session() as session:
+            session.trust_env = False
+            return files.fetch(
+                session,
+                url,
+                dest,
+                headers_for=headers_for,
+                max_bytes=max_bytes,
+                connect_timeout=self._timeout[0],
+                deadline_seconds=deadline_seconds,
+            )
 
     def heartbeat(self) -> HttpOutcome:
         return self.post(

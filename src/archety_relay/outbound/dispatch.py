@@ -6,9 +6,10 @@ that the next sync carries to the backend. `execute(action, now)` turns one sync
 stored work plus an event (see executor).
 
 A file the persona sends (issue #19) is an outgoing row like a bubble: when due it is fetched
-(`backend.files`), staged where Messages may read it (`staging`), passed to the send script as
-one more argument, and counted sent only when chat.db has a from-me row in the chat carrying
-that file with error 0. Its staged copy is removed once Messages shows a copy of its own.
+(`backend.files`) on a thread of its own, so only its chat waits for it (`fetches`), staged
+where Messages may read it (`staging`), passed to the send script as one more argument, and
+counted sent only when chat.db has a from-me row in the chat carrying that file with error 0.
+Its staged copy is removed once Messages shows a copy of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import structlog
 from ..backend import commands, replies
 from ..backend.client import Backend
 from ..backend.commands import Action
-from ..backend.files import Fetched, FetchFailed
+from ..backend.files import FetchFailed
 from ..chatdb.guids import Target, is_chat_guid, send_target, service_of
 from ..chatdb.reader import ChatDb, SentRow
 from ..config import Settings
@@ -35,8 +36,9 @@ from ..macos import messages_app
 from ..macos.messages_app import SendResult
 from ..model import utc_iso
 from ..store import NewOutgoing, Outgoing, QueuedItem, StagedFile, Store
-from ..store.outgoing import FAILED, MISSED, SENT
+from ..store.outgoing import FAILED, MISSED, PENDING, SENDING, SENT
 from . import executor, retention, staging
+from .fetches import Fetcher, Fetches, Fetching
 from .permission import Permission
 from .underway import Underway
 
@@ -64,12 +66,16 @@ IDLE_SECONDS = 30.0
 SEND_WAIT_SECONDS = 5.0
 # Sends under way at once, at most (a Messages that hangs every send costs this many osascripts).
 MAX_SENDS_UNDER_WAY = 3
-# While a send is under way, the dispatcher looks again this often (it is also woken at once).
+# While a send or a fetch is under way, the dispatcher looks again this often (it is also woken
+# at once when it is back).
 UNDER_WAY_RECHECK_SECONDS = 1.0
+# How long a step waits for a fetch it started before it serves the other chats: not at all in
+# the daemon (the fetch's thread wakes the dispatcher when it is back); `--once`, which has no
+# later step, waits out the fetch's deadline.
+FETCH_WAIT_SECONDS = 0.0
 
 # (target, text) for a bubble; (target, "", staged path) for a file.
 Sender = Callable[..., SendResult]
-Fetcher = Callable[[str, Path, int], Fetched | FetchFailed]
 
 
 def _with_file(send: Sender, path: str) -> Sender:
@@ -95,6 +101,13 @@ class Outbound:
         self.fetch: Fetcher = fetch or Backend.from_settings(settings).fetch_file
         self.staging_root = staging.root_for(settings.chat_db)
         self.notify: Callable[[], None] = lambda: None
+        self.fetch_wait = FETCH_WAIT_SECONDS
+        self.fetches = Fetches(
+            self.staging_root,
+            lambda: self.fetch,
+            settings.send_file_max_bytes,
+            lambda: self.notify(),
+        )
         self._last_sent: dict[str, float] = {}
         self.confirm_seconds = CONFIRM_SECONDS
         self._disabled_logged = False
@@ -166,11 +179,15 @@ class Outbound:
             if underway.wait(0):
                 del self._underway[chat]
                 self._guarded(underway.item, now, partial(self._record, underway, now))
+        for fetching in self.fetches.finished():
+            self._guarded(fetching.item, now, partial(self._fetched, fetching, now))
         gap = 1.0 / self.settings.send_rate_per_chat
         # A chat whose last send hung goes after the others (sorted() keeps due order within).
         for item in sorted(self.store.heads_due(now), key=lambda h: h.chat_guid in self._slow):
             if item.chat_guid in self._underway:
                 continue  # its bubble before this one is still with Messages
+            if item.chat_guid in self.fetches:
+                continue  # its file is still being fetched: only this chat waits for it
             if self._retry_at(item.chat_guid) > now:
                 continue  # its last step failed: it waits out its backoff
             if len(self._underway) >= MAX_SENDS_UNDER_WAY:
@@ -186,13 +203,20 @@ class Outbound:
                 self._retry_at(head.chat_guid),
             )
             for head in heads
-            if head.chat_guid not in self._underway
+            if not self._waiting(head)
         ]
-        if self._underway:
+        if self._underway or self.fetches:
             ready.append(now + UNDER_WAY_RECHECK_SECONDS)
         return max(0.0, min(ready) - now) if ready else None
 
-    def _guarded(self, item: Outgoing, now: float, step: Callable[[], None]) -> None:
+    def _waiting(self, head: Outgoing) -> bool:
+        """Whether a chat's head waits for something under way rather than for a time: its
+        send or its file's fetch, or a free fetch (it is woken when one is back)."""
+        chat = head.chat_guid
+        needs_fetch = head.file is not None and head.staged is None
+        return chat in self._underway or chat in self.fetches or (needs_fetch and self.fetches.full)
+
+    def _guarded(self, item: Outgoing, now: float, step: Callable[[], object]) -> None:
         chat = item.chat_guid
         try:
             step()
@@ -240,7 +264,7 @@ class Outbound:
     def _send_one(self, item: Outgoing, now: float) -> None:
         target = self._target(item.chat_guid)
         if item.file is not None and item.staged is None:
-            staged = self._stage(item, now)
+            staged = self._fetch_file(item, now)
             if staged is None:
                 return
             item = replace(item, staged=staged)
@@ -329,7 +353,8 @@ class Outbound:
 
     def busy_ids(self) -> set[int]:
         """Outgoing ids whose staging folder is in use right now (the prune leaves them)."""
-        return {underway.item.id for underway in list(self._underway.values())}
+        sending = {underway.item.id for underway in list(self._underway.values())}
+        return sending | self.fetches.ids()
 
     def automation_step(self, now: float) -> str | None:
         """Look at the Automation state if a look is due or an operator asked (see
@@ -374,40 +399,38 @@ class Outbound:
             item.staged.path if item.staged else None,
         )
 
-    def _stage(self, item: Outgoing, now: float) -> StagedFile | None:
-        """Fetch the row's file into its staging folder under a safe name (see staging). A file
-        that cannot be fetched is reported at once (message_failed with the reason); the rest
-        of the command's parts still go."""
-        assert item.file is not None
-        folder = staging.folder(self.staging_root, item.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / staging.DOWNLOAD_NAME
-        partial.unlink(missing_ok=True)  # a fetch a crash cut short
-        got = self.fetch(item.file.url, partial, self.settings.send_file_max_bytes)
-        path: Path | None = None
-        if isinstance(got, Fetched):
-            with partial.open("rb") as f:
-                name = staging.safe_name(item.file.filename, item.file.url, f.read(64))
-            try:
-                path = staging.place(self.staging_root, item.id, name)
-            except ValueError:
-                got = FetchFailed("invalid_filename: the staged name would leave its folder")
-        if isinstance(got, FetchFailed) or path is None:
-            staging.remove(self.staging_root, item.id)
-            reason = got.reason if isinstance(got, FetchFailed) else "invalid_filename"
-            log.warning("file_not_sent", outgoing_id=item.id, reason=reason)
-            self._finish(item, FAILED, now, "message_failed", reason)
+    def _fetch_file(self, item: Outgoing, now: float) -> StagedFile | None:
+        """Start fetching the row's file on a thread of its own (see fetches). None while it is
+        under way (or no fetch is free): its chat waits, the others go on, and the dispatcher
+        is woken when it is back."""
+        fetching = self.fetches.start(item)
+        if fetching is None or not fetching.job.wait(self.fetch_wait):
             return None
-        partial.rename(path)
-        staged = StagedFile(str(path), got.size, got.sha256)
-        self.store.set_staged(item, staged, now)
+        self.fetches.take(item.chat_guid)
+        return self._fetched(fetching, now)
+
+    def _fetched(self, fetching: Fetching, now: float) -> StagedFile | None:
+        """What a fetch came to: the row's file staged (see staging), or the row failed with
+        the reason (message_failed); the rest of the command's parts still go."""
+        item, got = fetching.item, fetching.job.outcome()
+        row = self.store.staged_rows([item.id]).get(item.id)
+        if row is None or row.status not in (PENDING, SENDING):
+            # Cancelled while it was fetched: nothing to send, nothing to keep.
+            staging.remove(self.staging_root, item.id)
+            log.info("file_fetch_dropped", outgoing_id=item.id, status=row and row.status)
+            return None
+        if isinstance(got, FetchFailed):
+            log.warning("file_not_sent", outgoing_id=item.id, reason=got.reason)
+            self._finish(item, FAILED, now, "message_failed", got.reason)
+            return None
+        self.store.set_staged(item, got, now)
         log.info(
             "file_staged",
             outgoing_id=item.id,
             bytes=got.size,
-            kind=path.suffix.lstrip(".") or "none",
+            kind=Path(got.path).suffix.lstrip(".") or "none",
         )
-        return staged
+        return got
 
     def _confirm(
         self, item: Outgoing, target: Target, since: float, floor: int, sent: SendResult

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..backend.files import FETCH_DEADLINE_SECONDS
 from ..errors import EXIT_AUTH, EXIT_BACKEND, EXIT_OK
 from ..policy import HttpOutcome
 from ..relay import Relay
@@ -112,6 +113,8 @@ def run_once(relay: Relay) -> OnceReport:
         relay.photos_step(time.time())  # pictures that landed after their message went
         report.sync = relay.sync_step(time.time())
         # Replies and commanded sends that are due go out now; later bubbles wait for the daemon.
+        # There is no later step to record a fetch that is back: this one waits for its files.
+        relay.outbound.fetch_wait = FETCH_DEADLINE_SECONDS
         relay.outbound.dispatch_step(time.time())
     report.still_queued = relay.store.stats().depth
     report.outgoing = relay.store.outgoing_counts()
