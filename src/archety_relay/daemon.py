@@ -9,8 +9,9 @@
     timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL,
                      and within SYNC_DEBOUNCE_SECONDS of a new conversation event (`sync_soon`)
     dispatch thread  sends due replies and commanded messages through Messages.app; each send
-                     runs on a short-lived thread of its own (outbound.underway), so one that
-                     hangs holds only its chat
+                     and each fetch of a file to send runs on a short-lived daemon thread of
+                     its own (outbound.underway, outbound.fetches), so one that hangs holds only
+                     its chat, and shutdown never waits for it
     photos thread    uploads pictures that landed after their message went (`photos_step`);
                      what it reports also asks for a prompt sync (`sync_soon`)
     health thread    every HEALTH_INTERVAL_SECONDS: Messages.app running and signed in (macOS),
