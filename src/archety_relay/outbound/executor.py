@@ -8,6 +8,7 @@ the backend's next answer brings the command again).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -27,7 +28,7 @@ from ..backend.commands import (
 )
 from ..errors import StateError
 from ..model import utc_iso
-from ..store import CommandTx, NewOutgoing, Store
+from ..store import CommandTx, NewOutgoing, Outgoing, Store
 
 log = structlog.get_logger("archety_relay.executor")
 
@@ -153,11 +154,14 @@ def _schedule_page(tx: CommandTx, action: ListScheduled) -> dict[str, Any]:
     page = tx.scheduled(action.status, action.limit, action.offset)
     total = tx.count_scheduled(action.status)
     end = action.offset + len(page)
+    # A command's text and each of its files are rows of their own: each is listed with its
+    # own message_id and the schedule_id of the command it came with.
+    schedule_of = tx.schedule_ids(page)
     items = []
     for o in page:
         item: dict[str, Any] = {
             "message_id": o.id,
-            "schedule_id": o.id,
+            "schedule_id": schedule_of[o.id],
             "chat_guid": o.chat_guid,
             "send_at": utc_iso(o.send_at),
             "status": o.status,
@@ -165,6 +169,8 @@ def _schedule_page(tx: CommandTx, action: ListScheduled) -> dict[str, Any]:
         }
         if len(o.text) > LIST_TEXT_CHARS:
             item["text_chars"] = len(o.text)  # cut: the full text is the one the backend sent
+        if o.file is not None:
+            item["attachments"] = [_listed_file(o)]
         items.append(item)
     return {
         "command_type": "list_scheduled",
@@ -173,6 +179,16 @@ def _schedule_page(tx: CommandTx, action: ListScheduled) -> dict[str, Any]:
         "offset": action.offset,
         "next_offset": end if end < total else None,
     }
+
+
+def _listed_file(o: Outgoing) -> dict[str, str | None]:
+    """What a list says of a scheduled file: its name and type, never its URL. A signed URL
+    carries its own credentials (in its query), and this event is stored and sent with every
+    sync until the backend acknowledges it. The name is the backend's, or the staged file's
+    once fetched; never one taken from the URL."""
+    assert o.file is not None
+    staged = Path(o.staged.path).name if o.staged is not None else None
+    return {"filename": o.file.filename or staged, "mime_type": o.file.mime_type}
 
 
 def _send(tx: CommandTx, action: SendNow | Schedule, base: dict[str, Any]) -> bool:

@@ -27,6 +27,7 @@ from .outgoing import (
     insert_event,
     insert_outgoing,
     mark_seen,
+    schedule_ids,
     select_scheduled,
 )
 from .uploads import request_upload
@@ -69,6 +70,9 @@ class CommandTx:
 
     def scheduled(self, status: str | None, limit: int = -1, offset: int = 0) -> list[Outgoing]:
         return select_scheduled(self._db, status, limit, offset)
+
+    def schedule_ids(self, rows: Sequence[Outgoing]) -> dict[int, int]:
+        return schedule_ids(self._db, rows)
 
     def count_scheduled(self, status: str | None) -> int:
         return count_scheduled(self._db, status)

@@ -226,6 +226,24 @@ def select_scheduled(
     return [_outgoing(r) for r in rows]
 
 
+def schedule_ids(db: sqlite3.Connection, rows: Sequence[Outgoing]) -> dict[int, int]:
+    """The schedule each of these scheduled rows belongs to: the id of the first row its
+    command stored (what schedule_message reported as `schedule_id`, and what cancel takes).
+    A command's text and files are rows of their own; this says they are one schedule."""
+    commands = list({o.command_id for o in rows if o.command_id is not None})
+    first: dict[str, int] = {}
+    for start in range(0, len(commands), 500):  # well under SQLite's variable limit
+        chunk = commands[start : start + 500]
+        first.update(
+            db.execute(
+                "SELECT command_id, MIN(id) FROM outgoing WHERE origin = 'schedule_message' "
+                f"AND command_id IN ({','.join('?' * len(chunk))}) GROUP BY command_id",
+                chunk,
+            ).fetchall()
+        )
+    return {o.id: first.get(o.command_id or "", o.id) for o in rows}
+
+
 def count_scheduled(db: sqlite3.Connection, status: str | None) -> int:
     return int(
         db.execute(
