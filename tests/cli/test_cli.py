@@ -236,7 +236,9 @@ def test_version_and_module_entry_point(env: dict[str, str], tmp_path: Path) -> 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """The README's first command: sample chat.db, stand-in backend, messages arrive; a voice
     note reaches the backend as Apple's transcript, a contact card as the person, and Alice's
-    name comes from the demo's Contacts."""
+    name comes from the demo's Contacts. The persona answers Alice's photo with a picture the
+    stand-in backend serves: handed to Messages.app, confirmed in chat.db, and reported to the
+    backend in message_sent with the served bytes' size and sha256."""
     result = run_cli(["demo"], {}, cwd=tmp_path, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "✅ 8 of 8 messages relayed" in result.stdout
@@ -244,7 +246,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "voice note, 3.4 s, Apple's transcript" in result.stdout
     assert '"name": "Dana Scully", "phones": ["+15555550142"]' in result.stdout
     assert "(Alice Liddell, from Contacts)" in result.stdout
-    assert "3 reply bubbles handed to Messages.app" in result.stdout
+    assert "4 reply bubbles handed to Messages.app" in result.stdout
+    assert re.search(r"Messages\.app → iMessage;-;\+15555550101: picture menu\.png", result.stdout)
+    assert re.search(
+        r"persona sent 1 picture, confirmed: .*message_sent reported menu\.png, \d+ bytes, "
+        r"sha256 [0-9a-f]{12}… \(as served\)",
+        result.stdout,
+    )
     assert "1 photo uploaded before its message" in result.stdout
     assert "image/jpeg 1024x768 JPEG, no EXIF/GPS/XMP" in result.stdout
     # Where its metrics are, and what a scrape of them said.

@@ -2,12 +2,14 @@
 
 A sample chat.db from Apple's schema, a stand-in backend on 127.0.0.1 that checks the Bearer
 secret and prints what it receives, the real daemon between them, and messages written the way
-Messages.app writes them.
+Messages.app writes them. The persona answers with text bubbles and one picture the stand-in
+backend serves; a stand-in for Messages.app records each send in chat.db, as Messages would.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import secrets
 import shutil
@@ -18,13 +20,14 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .. import config, logs
 from ..chatdb import voice
 from ..chatdb.guids import Target
 from ..daemon import Daemon
 from ..demo.address_book import AddressBookWriter
-from ..demo.camera import iphone_photo
+from ..demo.camera import iphone_photo, menu_card
 from ..demo.messages_writer import AttachmentSpec, MessagesWriter
 from ..demo.stub_backend import Behaviour, Received, StubBackend
 from ..macos.messages_app import SendResult
@@ -93,6 +96,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "ARCHETY_ADDRESS_BOOK_DIR": str(_address_book(workdir)),
             # A port of its own: a relay running on this Mac keeps the default one.
             "ARCHETY_METRICS_PORT": str(_free_port()),
+            # The persona's sends are reported at the next sync: every 2 s here, not 5 minutes.
+            "ARCHETY_SYNC_INTERVAL": "2",
         },
         cwd=workdir,
     )
@@ -111,15 +116,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
         ),
     )
+    # ... and Alice's photo with a picture of its own, which the backend serves behind its secret.
+    menu = menu_card()
+    menu_url = backend.serve_file("menu.png", menu, "image/png")
+    backend.respond_with(
+        "/orchestrator/message",
+        lambda body: (
+            Behaviour(
+                body={
+                    "should_respond": True,
+                    "reply_text": "nice! here's tonight's menu",
+                    "attachments": [{"url": menu_url, "filename": "menu.png"}],
+                }
+            )
+            if "a photo" in str((body or {}).get("text"))
+            else None
+        ),
+    )
     replies: list[tuple[str, str]] = []
+    pictures: list[Path] = []
 
-    def would_send(target: Target, text: str) -> SendResult:
-        replies.append((target.chat_guid, text))
-        print(
-            f"  Messages.app → {target.chat_guid}: {json.dumps(text, ensure_ascii=False)}"
-            "  (would be sent; osascript on a Mac)"
-        )
-        writer.record_sent(target.chat_guid, text)  # as Messages would, so the send confirms
+    def would_send(target: Target, text: str, *file: str) -> SendResult:
+        if file:  # the staged picture: Messages records it as the row's attachment
+            pictures.append(Path(file[0]))
+            shown = f"picture {Path(file[0]).name} ({Path(file[0]).stat().st_size} bytes)"
+        else:
+            replies.append((target.chat_guid, text))
+            shown = json.dumps(text, ensure_ascii=False)
+        print(f"  Messages.app → {target.chat_guid}: {shown}  (would be sent; osascript on a Mac)")
+        # As Messages would, so the send confirms.
+        writer.record_sent(target.chat_guid, text, Path(file[0]) if file else None)
         return SendResult(True, via="demo")
 
     ready = threading.Event()
@@ -138,19 +164,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         expected = len(committed)
         received = backend.wait_for_messages(expected, timeout=15)
         deadline = time.monotonic() + 10
-        while len(replies) < 3 and time.monotonic() < deadline:
+        while (len(replies) < 4 or not pictures) and time.monotonic() < deadline:
             time.sleep(0.05)
         uploads = backend.uploads()
         # An edit, a tapback and a send from the persona's account elsewhere: events, synced
-        # within a second or two instead of at the next scheduled sync.
-        while not _event_types(backend) >= DEMO_EVENTS and time.monotonic() < deadline + 10:
+        # within a second or two instead of at the next scheduled sync; and the picture's
+        # message_sent, at the next sync.
+        while time.monotonic() < deadline + 10 and not (
+            _event_types(backend) >= DEMO_EVENTS and _picture_sent(backend, menu)
+        ):
             time.sleep(0.05)
         synced = DEMO_EVENTS & _event_types(backend)
+        picture = _picture_sent(backend, menu)
         ok = (
             len(received) == expected
-            and len(replies) == 3
+            and len(replies) == 4
             and len(uploads) == 1
             and synced == DEMO_EVENTS
+            and picture is not None
         )
         latencies = sorted(r.at - t for r, t in zip(received, committed, strict=False))
         print()
@@ -164,11 +195,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{len(uploads)} photo uploaded before its message; "
                 f"events synced: {', '.join(sorted(synced))}"
             )
+            assert picture is not None
+            print(
+                f"  persona sent 1 picture, confirmed: fetched from the backend, staged, found "
+                f"in chat.db; message_sent reported {picture['filename']}, "
+                f"{picture['bytes']} bytes, sha256 {picture['sha256'][:12]}… (as served)"
+            )
             if daemon.metrics is not None:
                 print(f"  {_scrape_summary(daemon.metrics.url)}")
         else:
             print(
-                f"❌ only {len(received)} of {expected} messages arrived, events synced: "
+                f"❌ {len(received)} of {expected} messages arrived, {len(replies)} of 4 reply "
+                f"bubbles and {len(pictures)} of 1 picture handed to Messages.app, the picture "
+                f"{'confirmed' if picture else 'not reported sent'}, events synced: "
                 f"{', '.join(sorted(synced)) or 'none'}; see {settings.log_file}"
             )
     finally:
@@ -288,6 +327,19 @@ def _scrape_summary(url: str) -> str:
         return f"metrics not readable: {exc}"
     found = [line for line in text.splitlines() if line.split(" ")[0] in wanted]
     return f"{url}/metrics: " + ", ".join(found) + f"; /healthz: {status}"
+
+
+def _picture_sent(backend: StubBackend, served: bytes) -> dict[str, Any] | None:
+    """What the backend was told of the picture the persona sent: the `message_sent` event's
+    attachment entry, if it names the very bytes the backend served."""
+    digest = hashlib.sha256(served).hexdigest()
+    for event in backend.sync_events():
+        if event.get("event_type") != "message_sent":
+            continue
+        for entry in (event.get("details") or {}).get("attachments") or []:
+            if entry.get("sha256") == digest and entry.get("bytes") == len(served):
+                return dict(entry)
+    return None
 
 
 def _event_types(backend: StubBackend) -> set[str]:

@@ -1,5 +1,6 @@
 """Plays the iPhone camera for the demo and the benchmarks: a HEIC photo as an iPhone writes it
-(sideways pixels with an orientation to apply, GPS in its EXIF), made with Pillow + pillow-heif."""
+(sideways pixels with an orientation to apply, GPS in its EXIF), made with Pillow + pillow-heif;
+and the picture the demo's persona sends back (`menu_card`, a small PNG)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,18 @@ def iphone_photo(path: Path, size: tuple[int, int] = (1600, 1200), quality: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(out.getvalue())
     return path
+
+
+def menu_card(size: tuple[int, int] = (360, 480)) -> bytes:
+    """A small PNG, tonight's menu on a card: what the demo's stand-in backend serves for the
+    persona to send."""
+    img = Image.new("RGB", size, (250, 244, 230))
+    draw = ImageDraw.Draw(img)
+    width, height = size
+    draw.rectangle((12, 12, width - 13, height - 13), outline=(120, 80, 40), width=4)
+    draw.text((40, 40), "Tonight", fill=(120, 80, 40))
+    for line, dish in enumerate(("risotto", "grilled trout", "tiramisu")):
+        draw.text((40, 90 + line * 40), f"- {dish}", fill=(60, 40, 20))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..chatdb import typedstream
-from ..chatdb.rows import APPLE_EPOCH, apple_date
+from ..chatdb.rows import APPLE_EPOCH, ATTACHMENT_PLACEHOLDER, apple_date
 
 # Functions only Messages.app registers; the schema's triggers call them.
 _STAND_INS: tuple[tuple[str, int, object], ...] = (
@@ -206,19 +206,41 @@ class MessagesWriter:
         self.conn.execute("COMMIT")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
-    def record_sent(self, chat_guid: str, text: str) -> None:
+    def record_sent(self, chat_guid: str, text: str, file: Path | None = None) -> None:
         """What Messages writes after sending `text` to a chat: an outgoing row joined to it.
-        Safe from another thread (its own connection), as Messages is another process."""
+        A `file` sent instead is the row's attachment, read where it lies (U+FFFC as the text):
+        what public evidence says Messages does with a file under ~/Library/Messages (see
+        outbound.retention). Safe from another thread (its own connection), as Messages is
+        another process."""
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        for name, nargs, result in _STAND_INS:
+            conn.create_function(name, nargs, lambda *_args, _r=result: _r)
         try:
             chat = conn.execute("SELECT ROWID FROM chat WHERE guid = ?", (chat_guid,)).fetchone()
             date = apple_date(time.time())
             conn.execute("BEGIN IMMEDIATE")
             cur = conn.execute(
                 "INSERT INTO message (guid, attributedBody, handle_id, service, date, is_from_me, "
-                "is_finished, is_sent) VALUES (?, ?, 0, 'iMessage', ?, 1, 1, 1)",
-                (str(uuid.uuid4()).upper(), typedstream.encode(text), date),
+                "is_finished, is_sent, cache_has_attachments) "
+                "VALUES (?, ?, 0, 'iMessage', ?, 1, 1, 1, ?)",
+                (
+                    str(uuid.uuid4()).upper(),
+                    typedstream.encode(ATTACHMENT_PLACEHOLDER if file else text),
+                    date,
+                    int(file is not None),
+                ),
             )
+            if file is not None:
+                guid = str(uuid.uuid4()).upper()
+                attachment = conn.execute(
+                    "INSERT INTO attachment (guid, original_guid, filename, transfer_name, "
+                    "total_bytes, is_outgoing, transfer_state) VALUES (?, ?, ?, ?, ?, 1, 5)",
+                    (guid, guid, str(file), file.name, file.stat().st_size),
+                )
+                conn.execute(
+                    "INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (?, ?)",
+                    (cur.lastrowid, attachment.lastrowid),
+                )
             if chat is not None:
                 conn.execute(
                     "INSERT INTO chat_message_join (chat_id, message_id, message_date) "
