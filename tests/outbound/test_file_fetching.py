@@ -29,8 +29,10 @@ from conftest import (
     wait_until,
 )
 
+from archety_relay.backend import commands
 from archety_relay.demo.messages_writer import MessagesWriter
 from archety_relay.demo.stub_backend import Behaviour, StubBackend
+from archety_relay.relay import Relay
 
 PNG = b"\x89PNG\r\n\x1a\n" + hashlib.sha256(b"held").digest() * 400
 MSG = "/orchestrator/message"
@@ -77,7 +79,7 @@ class _HeldHandler(BaseHTTPRequestHandler):
         self.wfile.write(PNG[:1024])
         self.wfile.flush()
         self.server.holding.set()
-        released = wait_until(self.server.release, HOLD_AT_MOST_SECONDS, step=0.05)
+        released = wait_until(lambda: self.server.release(), HOLD_AT_MOST_SECONDS, step=0.05)
         self.server.let_go.append("released" if released else "gave_up")
         self.wfile.write(PNG[1024:])
 
@@ -194,3 +196,36 @@ def test_once_waits_for_the_file_it_sends(
     assert result.returncode == 0, result.stdout + result.stderr
     assert _sends(osascript) == [(ALICE_CHAT, "menu.png")]
     assert "outgoing     : 1 sent" in result.stdout
+
+
+def test_a_file_cancelled_while_it_is_fetched_is_not_sent(
+    relay: Relay, writer: MessagesWriter, osascript: FakeOsascript, held: HeldFile
+) -> None:
+    """A send cancelled while its picture is still being fetched stays cancelled once the
+    fetch is back: nothing is sent, no message_failed is reported, its staging folder goes.
+    (Before, a fetch that came back marked its row sending, whatever had happened to it.)"""
+    writer.direct_chat(ALICE)
+    back = threading.Event()
+    relay.outbound.notify = back.set
+    relay.outbound.execute(
+        commands.to_action(
+            {
+                "command_id": "c-send",
+                "command_type": "send_message",
+                "params": {"chat_guid": ALICE_CHAT, "attachments": [{"url": held.url}]},
+            }
+        ),
+        100.0,
+    )
+    relay.outbound.dispatch_step(100.0)
+    assert held.holding.wait(10)
+    (row,) = relay.store.heads_due(200.0)
+    relay.outbound.execute(commands.Cancel("c-cancel", row.id, "cancel_message"), 101.0)
+    back.clear()
+    held.release = lambda: True
+    assert back.wait(20)  # the fetch is back: it wakes the dispatcher
+    relay.outbound.dispatch_step(102.0)
+    assert osascript.calls() == []
+    assert relay.store.outgoing_counts() == {"cancelled": 1}
+    assert not [e for e in relay.store.pending_events() if e.event_type == "message_failed"]
+    assert _partials(writer) == []
