@@ -7,7 +7,8 @@
     lane threads     ARCHETY_MAX_IN_FLIGHT of them; each makes one attempt at a time
                      (`deliver_item`), so different chats wait on the backend side by side
     timer thread     heartbeat every ARCHETY_HEARTBEAT_INTERVAL, sync every ARCHETY_SYNC_INTERVAL,
-                     and within SYNC_DEBOUNCE_SECONDS of a new conversation event (`sync_soon`)
+                     and within SYNC_DEBOUNCE_SECONDS of a new conversation event or a send's
+                     outcome (`sync_soon`)
     dispatch thread  sends due replies and commanded messages through Messages.app; each send
                      and each fetch of a file to send runs on a short-lived daemon thread of
                      its own (outbound.underway, outbound.fetches), so one that hangs holds only
@@ -89,6 +90,7 @@ class Daemon:
         self.outgoing_ready = threading.Event()
         self.sync_soon = threading.Event()
         self.relay.outbound.notify = self.outgoing_ready.set
+        self.relay.outbound.reported = self.sync_soon.set
         self._threads: list[threading.Thread] = []
         self._observer: Any = None
         self._watcher_failures = 0

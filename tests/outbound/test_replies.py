@@ -589,3 +589,30 @@ def test_once_sends_a_due_reply(
     assert result.returncode == 0, result.stdout + result.stderr
     assert osascript.sent() == [(f"iMessage;-;{ALICE}", "pong")]
     assert "outgoing     : 1 sent" in result.stdout
+
+
+def test_a_sends_outcome_reaches_the_backend_without_waiting_for_the_sync_interval(
+    start_relay: Callable[..., RelayProcess],
+    replying: dict[str, str],
+    writer: MessagesWriter,
+    backend: StubBackend,
+    osascript: FakeOsascript,
+) -> None:
+    """With the sync interval at an hour, the backend still hears `message_sent` for a reply
+    within seconds, from a sync the send itself asked for: before, the outcome waited for the
+    next scheduled sync, up to ARCHETY_SYNC_INTERVAL later."""
+    alice = writer.direct_chat(ALICE)
+    backend.respond_with(
+        MSG, lambda body: Behaviour(body={"should_respond": True, "reply_text": "on my way"})
+    )
+    relay = start_relay({**replying, "ARCHETY_SYNC_INTERVAL": "3600"})
+    assert wait_until(lambda: len(backend.requests_to(SYNC)) >= 1)  # the sync at start
+    writer.message("where are you?", sender=ALICE, chat=alice)
+    assert wait_until(lambda: (f"iMessage;-;{ALICE}", "on my way") in osascript.sent())
+
+    def sent() -> list[dict[str, object]]:
+        return [e for e in _events(backend) if e["event_type"] == "message_sent"]
+
+    assert wait_until(lambda: bool(sent()), timeout=15)
+    assert sent()[0]["chat_guid"] == f"iMessage;-;{ALICE}"
+    relay.terminate()

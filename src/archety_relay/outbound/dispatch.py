@@ -101,6 +101,10 @@ class Outbound:
         self.fetch: Fetcher = fetch or Backend.from_settings(settings).fetch_file
         self.staging_root = staging.root_for(settings.chat_db)
         self.notify: Callable[[], None] = lambda: None
+        # Called once a send's outcome (message_sent / _failed / _missed) is stored as an event:
+        # the daemon syncs soon, so the backend learns it within seconds, not at the next
+        # ARCHETY_SYNC_INTERVAL (5 minutes by default), as for conversation events.
+        self.reported: Callable[[], None] = lambda: None
         self.fetch_wait = FETCH_WAIT_SECONDS
         self.fetches = Fetches(
             self.staging_root,
@@ -515,6 +519,7 @@ class Outbound:
             error,
             message_guid,
         )
+        self.reported()
         if item.file is not None:
             self._unstage(item, status, message_guid)
         if status == MISSED:
