@@ -24,7 +24,7 @@ import urllib3
 from urllib3.filepost import encode_multipart_formdata
 
 from .. import __version__
-from ..config import Secret, Settings
+from ..config import Secret, Settings, is_loopback
 from ..policy import HttpOutcome
 from . import files, transport
 
@@ -224,8 +224,8 @@ class Backend:
         # outbound.fetches), so a session kept per thread would leave a connection open for
         # every file ever sent. Not the backend's session either: its `max_redirects = 0` makes
         # requests raise on any 3xx even with allow_redirects off, and files.fetch follows
-        # redirects itself, each hop checked.
-        with requests.Session() as session:
+        # redirects itself, each hop checked. The transport's, so one deadline ends it all.
+        with transport.new_session() as session:
             session.trust_env = False
             return files.fetch(
                 session,
@@ -234,6 +234,7 @@ class Backend:
                 headers_for=headers_for,
                 max_bytes=max_bytes,
                 connect_timeout=self._timeout[0],
+                loopback=own is not None and is_loopback(own[1]),
                 deadline_seconds=deadline_seconds,
             )
 

@@ -2,7 +2,9 @@
 
 The URL comes from the backend's answer, so it is checked like anything else from outside:
 - `https`, or plain `http` only to loopback (as for ARCHETY_BACKEND_URL); `file:`, `data:` and
-  every other scheme are refused before anything is opened;
+  every other scheme are refused before anything is opened; a loopback host only while the
+  backend itself is on loopback (tests, the demo), never for a backend elsewhere;
+- the host checked is the one requests connects to (`as_sent`), not another reading of it;
 - the `Authorization` header goes only to the backend's own origin (scheme, host and port of
   ARCHETY_BACKEND_URL), never to another host, a redirect included;
 - redirects are followed by hand, at most a few, each target checked by the same rules;
@@ -30,6 +32,7 @@ import urllib3
 
 from ..config import is_loopback
 from ..model import FileToSend, clean_text
+from . import transport
 
 MAX_REDIRECTS = 3
 MAX_FILES = 10  # per command or answer
@@ -81,14 +84,20 @@ def parse_attachments(value: object) -> tuple[FileToSend, ...] | str:
     return tuple(found)
 
 
-def url_problem(url: str) -> str | None:
-    """Why this URL may not be fetched at all (`scheme_not_allowed: …`), or None."""
+def url_problem(url: str, loopback: bool = True) -> str | None:
+    """Why this URL may not be fetched at all (`scheme_not_allowed: …`), or None. `loopback`:
+    whether a loopback host may be fetched at all (only while the backend is on loopback)."""
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - a malformed port raises here, not later in requests
     except ValueError:
         return f"{SCHEME_NOT_ALLOWED}: not a URL"
+    if not loopback and is_loopback(host):
+        # The URL comes from the persona's answer, which a conversation can steer: with the
+        # backend elsewhere, a loopback URL can only be a service on this Mac (the relay's own
+        # /metrics, a dev server), and its answer would be sent into the chat.
+        return f"{SCHEME_NOT_ALLOWED}: loopback is only fetched while the backend is on it"
     if parts.scheme == "https" and host:
         return None
     if parts.scheme == "http" and is_loopback(host):
@@ -96,6 +105,22 @@ def url_problem(url: str) -> str | None:
     if parts.scheme == "http":
         return f"{SCHEME_NOT_ALLOWED}: plain http is only allowed to loopback"
     return f"{SCHEME_NOT_ALLOWED}: only https (or http to loopback) is fetched"
+
+
+def as_sent(url: str) -> str:
+    """The URL as requests will send it, so the checks below read the host it connects to.
+
+    Python's urlsplit and urllib3 (under requests) disagree on some URLs: for
+    `https://evil.example\\@backend.example/` urlsplit's host is the backend's (after the `@`)
+    while urllib3 ends the host at the backslash and connects to evil.example, so the secret
+    chosen by the first reading went to the second host. requests' own preparation writes the
+    URL the way it reads it (here `https://evil.example/%5C@backend.example/`). A URL it cannot
+    prepare is returned as it is: url_problem refuses it, and nothing is opened."""
+    try:
+        prepared = requests.Request("GET", url).prepare().url
+    except (requests.exceptions.RequestException, ValueError):
+        return url
+    return prepared or url
 
 
 def origin(url: str) -> tuple[str, str, int] | None:
@@ -119,13 +144,23 @@ def fetch(
     headers_for: Callable[[str], dict[str, str]],
     max_bytes: int,
     connect_timeout: float,
+    loopback: bool,
     deadline_seconds: float = FETCH_DEADLINE_SECONDS,
 ) -> Fetched | FetchFailed:
     """GET `url` into `dest` within the rules above. `headers_for(url)` gives the headers for
-    each hop (the secret only for the backend's origin). On failure `dest` does not exist."""
+    each hop (the secret only for the backend's origin); `loopback`: whether the backend is on
+    loopback (then, and only then, may a file come from there). On failure `dest` does not
+    exist."""
     deadline = time.monotonic() + deadline_seconds
     try:
-        outcome = _fetch(session, url, dest, headers_for, max_bytes, connect_timeout, deadline)
+        # Every read ends by the deadline, the status line and headers included (see
+        # transport): a read timeout alone bounds each wait, so headers trickled a byte at a
+        # time held the fetch for as long as the server liked. `session` must come from
+        # transport.new_session.
+        with transport.deadline(deadline):
+            outcome = _fetch(
+                session, url, dest, headers_for, max_bytes, connect_timeout, loopback, deadline
+            )
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
@@ -141,10 +176,12 @@ def _fetch(
     headers_for: Callable[[str], dict[str, str]],
     max_bytes: int,
     connect_timeout: float,
+    loopback: bool,
     deadline: float,
 ) -> Fetched | FetchFailed:
     for _hop in range(MAX_REDIRECTS + 1):
-        problem = url_problem(url)
+        url = as_sent(url)
+        problem = url_problem(url, loopback)
         if problem is not None:
             return FetchFailed(problem)
         remaining = deadline - time.monotonic()
@@ -162,7 +199,9 @@ def _fetch(
             return FetchFailed(f"{DOWNLOAD_FAILED}: timeout")
         except requests.exceptions.SSLError:
             return FetchFailed(f"{DOWNLOAD_FAILED}: tls")
-        except requests.exceptions.RequestException as exc:
+        except (requests.exceptions.RequestException, ValueError) as exc:
+            # ValueError: requests reads a 3xx's Location even with redirects off (for
+            # `response.next`), and urlsplit raises on a broken one (`http://[::1/x`).
             return FetchFailed(f"{DOWNLOAD_FAILED}: {type(exc).__name__}")
         try:
             status = response.status_code
@@ -170,7 +209,10 @@ def _fetch(
                 location = response.headers.get("Location")
                 if not location:
                     return FetchFailed(f"{DOWNLOAD_FAILED}: redirect without a Location")
-                url = urllib.parse.urljoin(url, location)
+                try:
+                    url = urllib.parse.urljoin(url, location)
+                except ValueError:  # a broken IPv6 literal: raised here, not in requests
+                    return FetchFailed(f"{SCHEME_NOT_ALLOWED}: not a URL")
                 continue
             if status in (404, 410):
                 return FetchFailed(NOT_FOUND)
@@ -210,6 +252,8 @@ def _body(
                 digest.update(chunk)
                 out.write(chunk)
     except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException):
+        if time.monotonic() >= deadline:  # the transport's deadline cut the read
+            return FetchFailed(f"{DOWNLOAD_FAILED}: deadline passed")
         return FetchFailed(f"{DOWNLOAD_FAILED}: connection broke off")
     except OSError as exc:
         return FetchFailed(f"{DOWNLOAD_FAILED}: {type(exc).__name__}")
