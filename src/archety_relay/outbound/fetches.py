@@ -13,7 +13,7 @@ What the row comes to (staged, failed) is recorded by the dispatcher, on its thr
 
 A crash or a shutdown mid-fetch leaves at most that `.download`, which is never sent: the row
 is still pending with nothing staged, so the next relay fetches it again from the start (the
-first thing a fetch does is remove an old `.download`).
+first thing a fetch does is make the row's folder anew).
 """
 
 from __future__ import annotations
@@ -38,22 +38,26 @@ def fetch_and_place(
     fetch: Fetcher, root: Path, item: Outgoing, max_bytes: int
 ) -> StagedFile | FetchFailed:
     """Fetch the row's file into its staging folder under a safe name (see staging); on
-    failure the folder is gone. Runs on the fetch's own thread."""
+    failure the folder is gone. Runs on the fetch's own thread. Never raises for what the disk
+    does: an exception here left the row pending and its chat stuck behind it."""
     assert item.file is not None
-    folder = staging.folder(root, item.id)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = staging.fresh_folder(root, item.id)  # a fetch a crash cut short goes too
+    except OSError as exc:
+        return FetchFailed(f"download_failed: could not stage ({type(exc).__name__})")
     partial = folder / staging.DOWNLOAD_NAME
-    partial.unlink(missing_ok=True)  # a fetch a crash cut short
     got = fetch(item.file.url, partial, max_bytes)
     if isinstance(got, Fetched):
-        with partial.open("rb") as f:
-            name = staging.safe_name(item.file.filename, item.file.url, f.read(64))
         try:
+            with partial.open("rb") as f:
+                name = staging.safe_name(item.file.filename, item.file.url, f.read(64))
             path = staging.place(root, item.id, name)
+            partial.rename(path)
         except ValueError:
             got = FetchFailed("invalid_filename: the staged name would leave its folder")
+        except OSError as exc:
+            got = FetchFailed(f"download_failed: could not stage ({type(exc).__name__})")
         else:
-            partial.rename(path)
             return StagedFile(str(path), got.size, got.sha256)
     staging.remove(root, item.id)
     return got

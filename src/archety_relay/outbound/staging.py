@@ -21,6 +21,9 @@ from pathlib import Path
 
 STAGING_PARTS = ("Attachments", "archety")
 MAX_NAME_CHARS = 100
+# A name's limit on disk is in bytes: 255 UTF-8 bytes on APFS and ext4 (HFS+ counts the
+# decomposed form), so 100 emoji (400 bytes) could not be written at all.
+MAX_NAME_BYTES = 255
 DOWNLOAD_NAME = ".download"  # the fetch writes here first (a leading dot: never a safe name)
 # Magic numbers of what the persona is likely to send, and the extensions that name each.
 _MAGIC: tuple[tuple[bytes, int, str, tuple[str, ...]], ...] = (
@@ -95,11 +98,37 @@ def safe_name(filename: str | None, url: str, head: bytes) -> str:
         ext = kind[0]  # the bytes decide: a PNG called menu.pdf is menu.png
     elif kind is None and ext in _SNIFFED_EXTENSIONS:
         ext = ".bin"  # it says .png but is not one: do not let Messages believe it
-    return stem[: MAX_NAME_CHARS - len(ext)].rstrip(" .") + ext or "file" + ext
+    stem = stem[: MAX_NAME_CHARS - len(ext)]
+    while stem and not _fits(stem + ext):
+        stem = stem[:-1]
+    return (stem.rstrip(" .") or "file") + ext
+
+
+def _fits(name: str) -> bool:
+    return all(
+        len(unicodedata.normalize(form, name).encode()) <= MAX_NAME_BYTES for form in ("NFC", "NFD")
+    )
 
 
 def folder(root: Path, outgoing_id: int) -> Path:
     return root / str(int(outgoing_id))
+
+
+def fresh_folder(root: Path, outgoing_id: int) -> Path:
+    """The row's staging folder, made anew as a real, empty directory of ours. Whatever stood
+    there goes first: a crash's `.download`, or a link someone on this Mac planted to have the
+    download written into a folder of theirs (a link is removed as a link, never followed).
+    OSError if it cannot be made (FileExistsError: something took its place meanwhile)."""
+    if root.is_symlink():
+        raise NotADirectoryError("the staging folder is a link")
+    path = folder(root, outgoing_id)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+    root.mkdir(parents=True, exist_ok=True)
+    path.mkdir()
+    return path
 
 
 def place(root: Path, outgoing_id: int, name: str) -> Path:
