@@ -144,3 +144,18 @@ def test_a_remote_backend_never_makes_the_relay_fetch_from_loopback(
         assert isinstance(on_loopback.fetch_file(url, tmp_path / "ok", MB), Fetched)
     finally:
         on_loopback.close()
+
+
+def test_a_redirect_from_elsewhere_into_the_backend_gets_no_secret(
+    client: Backend, backend: StubBackend, elsewhere: StubBackend, tmp_path: Path
+) -> None:
+    """Another host redirects to one of the backend's pages: that hop goes without the secret
+    (the backend answers 401 and the file fails), so a host the persona was pointed at cannot
+    choose what the relay fetches with our secret and sends into the chat. It went with it."""
+    private = backend.serve_file("private.png", PNG, "image/png")
+    elsewhere.set_default("/pic.png", Behaviour(302, headers={"Location": private}))
+    got = client.fetch_file(elsewhere.url + "/pic.png", tmp_path / "out", MB)
+    assert isinstance(got, FetchFailed), got
+    (get,) = backend.gets()
+    assert "Authorization" not in get.headers
+    assert isinstance(client.fetch_file(private, tmp_path / "direct", MB), Fetched)

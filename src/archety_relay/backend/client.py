@@ -208,15 +208,21 @@ class Backend:
         deadline_seconds: float = files.FETCH_DEADLINE_SECONDS,
     ) -> files.Fetched | files.FetchFailed:
         """A file the persona sends, into `dest` (see files): the secret goes with the request
-        only when the URL is on the backend's own origin."""
+        only when the URL is on the backend's own origin, and every hop before it was too."""
         own = files.origin(self.base_url)
+        # Once a hop has been elsewhere, no later hop gets the secret (as curl drops it): a
+        # host that redirects to the backend would otherwise choose which of the backend's
+        # pages is fetched with our secret, and its answer would be sent into the chat.
+        left: list[bool] = []
 
         def headers_for(url: str) -> dict[str, str]:
             headers = {
                 "Accept-Encoding": "identity",
                 "User-Agent": f"Archety-Edge-Client/{self.agent_id}",
             }
-            if own is not None and files.origin(url) == own:
+            if own is None or files.origin(url) != own:
+                left.append(True)
+            elif not left:
                 headers["Authorization"] = f"Bearer {self._secret().reveal()}"
             return headers
 
