@@ -4,8 +4,10 @@ location. The `.vcf` files are written the way iOS writes them (vCard 3.0, folde
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from conftest import ALICE, posted
@@ -157,4 +159,27 @@ def test_a_card_outside_messages_folders_is_not_read(
         attachments=[card(tmp_path, "x.vcf", JOHN, folder="Elsewhere")],
     )
     got = posted(relay, backend)["C4"]
+    assert got["kind"] == "contact" and "contact" not in got["attachments"][0]
+
+
+def test_a_card_hard_linked_into_attachments_is_not_read(
+    make_relay: Callable[..., Relay], writer: MessagesWriter, backend: StubBackend, tmp_path: Path
+) -> None:
+    """A file of the Mac hard-linked into Attachments resolves inside it (no `..`, no symlink),
+    yet it is never opened: the message goes without the card's contents."""
+    relay = make_relay(ARCHETY_ATTACHMENT_WAIT="0")
+    chat = writer.direct_chat(ALICE)
+    relay.capture_step(time.time())
+    elsewhere = card(tmp_path, "x.vcf", JOHN, folder="Elsewhere")
+    linked = tmp_path / "Messages" / "Attachments" / "0c" / "y.vcf"
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    os.link(elsewhere.filename, linked)
+    writer.message(
+        None,
+        sender=ALICE,
+        chat=chat,
+        guid="C5",
+        attachments=[replace(elsewhere, filename=str(linked))],
+    )
+    got = posted(relay, backend)["C5"]
     assert got["kind"] == "contact" and "contact" not in got["attachments"][0]

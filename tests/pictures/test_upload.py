@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -414,24 +415,28 @@ def test_files_outside_messages_folders_are_never_read(
     tmp_path: Path,
 ) -> None:
     """The relay reads with Full Disk Access, so chat.db's filename must not take it anywhere:
-    a path that climbs out of Attachments with `..` and a symlink inside Attachments that
-    points at a private picture are skipped (`outside_attachments`) and never uploaded; a
-    picture in Attachments and a sticker in StickerCache are (review 2026-12-04, #14)."""
+    a path that climbs out of Attachments with `..`, a symlink inside Attachments that points
+    at a private picture, and a hard link to it there (no `..`, no symlink: it resolves inside)
+    are skipped (`outside_attachments`) and never uploaded; a picture in Attachments and a
+    sticker in StickerCache are (review 2026-12-04, #14)."""
     (tmp_path / "home" / "Pictures").mkdir(parents=True, exist_ok=True)
     private = picture(tmp_path / "home" / "Pictures" / "passport.jpeg")
     (attachments / "7f" / "01").mkdir(parents=True)
     climbing = attachments / "7f" / "01" / ".." / ".." / ".." / ".." / "home" / "Pictures"
     (attachments / "ab").mkdir()
     (attachments / "ab" / "IMG_2.jpeg").symlink_to(private)
+    (attachments / "ef").mkdir()
+    os.link(private, attachments / "ef" / "IMG_4.jpeg")
     (attachments / "cd").mkdir()
     stickers = writer.path.parent / "StickerCache" / "8e682c38-ST-1"
     stickers.mkdir(parents=True)
     write(
         writer,
         relay,
-        "four",
+        "five",
         photo_spec(climbing / "passport.jpeg", "AT-UP"),
         photo_spec(attachments / "ab" / "IMG_2.jpeg", "AT-LINK"),
+        photo_spec(attachments / "ef" / "IMG_4.jpeg", "AT-HARD"),
         photo_spec(picture(attachments / "cd" / "IMG_3.jpeg"), "AT-OK"),
         photo_spec(picture(stickers / "ST-1.jpeg"), "AT-STICKER"),
     )
@@ -442,6 +447,7 @@ def test_files_outside_messages_folders_are_never_read(
     assert outcome == {
         "AT-UP": ("skipped", "outside_attachments"),
         "AT-LINK": ("skipped", "outside_attachments"),
+        "AT-HARD": ("skipped", "outside_attachments"),
         "AT-OK": ("uploaded", None),
         "AT-STICKER": ("uploaded", None),
     }

@@ -186,17 +186,21 @@ def _has_card(entry: dict[str, Any]) -> bool:
 def _read(state: AttachmentState | None, roots: list[str]) -> bytes | None:
     """The file's bytes once Messages finished it (see pictures.rules.readiness), else None;
     only from the folders where Messages keeps attachments, like a picture (`..` and symlinks
-    resolved first: a filename in chat.db must not make the relay read any file of the Mac)."""
+    resolved first, hard links refused: a filename in chat.db must not make the relay read
+    any file of the Mac; see rules.confined)."""
     if state is None or not state.path:
         return None
     path = os.path.realpath(state.path)
-    if not rules.within(path, roots):
+    try:
+        found = os.stat(path)
+    except OSError:
+        found = None
+    if not rules.confined(path, roots, found.st_nlink if found else 1):
         log.warning("attachment_outside_messages_folders", attachment_guid=state.guid)
         return None
-    try:
-        size = os.stat(path).st_size
-    except OSError:
+    if found is None:
         return None
+    size = found.st_size
     if rules.readiness(state, size) != "ready" or size > MAX_READ_BYTES:
         return None
     try:

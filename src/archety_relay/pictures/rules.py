@@ -31,7 +31,7 @@ SETTLED = (UPLOADED, PENDING, SKIPPED)
 UNSUPPORTED = "unsupported_type"
 GONE = "attachment_gone"  # the attachment row left chat.db (deleted, or the message unsent)
 NOT_DOWNLOADED = "not_downloaded"  # still not on disk after the follow-up window
-OUTSIDE = "outside_attachments"  # the file resolves outside Messages' folders (`..`, a symlink)
+OUTSIDE = "outside_attachments"  # outside Messages' folders (`..`, a symlink, a hard link)
 DECODER_CRASHED = "decoder_crashed"  # converting it killed the process, twice
 PHOTO_STEP_FAILED = "photo_step_failed"  # preparing the message's pictures kept raising
 
@@ -86,6 +86,20 @@ def within(path: str, roots: Iterable[str]) -> bool:
         for root in roots
         if posixpath.isabs(root) and posixpath.isabs(path)
     )
+
+
+def confined(resolved: str, roots: Iterable[str], links: int) -> bool:
+    """May the relay read this file? It must lie inside one of `roots` once resolved (see
+    `within`) and have one name only: `links` is its st_nlink (1 when it is missing).
+
+    A hard link needs no `..` and no symlink: a file of the Mac hard-linked into Attachments
+    resolves inside it and would pass `within` alone. Messages has no reason to make one: a
+    copy on the same APFS volume is a clone, a new inode with one link (Apple's FileManager
+    `copyItem`; eclecticlight.co, "How can you tell whether a file has been cloned in APFS",
+    2021-04-02), and we found no public report of Messages hard-linking an attachment. Not
+    checked on a Mac: if Messages ever does link one, that picture or card is skipped as
+    `outside_attachments` with a warning, and its message still goes."""
+    return links <= 1 and within(resolved, roots)
 
 
 def readiness(state: AttachmentState | None, file_size: int | None) -> str:

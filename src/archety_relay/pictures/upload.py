@@ -198,8 +198,8 @@ class Photos:
                 attachment_guid=guid,
                 message_guid=record.message_guid,
                 hint="chat.db names a file that resolves outside Messages' Attachments and "
-                "StickerCache folders (through `..` or a symlink); it is not read or uploaded "
-                "and its message goes on, listing it as skipped",
+                "StickerCache folders (through `..`, a symlink or a hard link); it is not read "
+                "or uploaded and its message goes on, listing it as skipped",
             )
             return replace(record, status=SKIPPED, skip_reason=rules.OUTSIDE), None
         converted = self._convert(guid, source, now)
@@ -262,14 +262,19 @@ class Photos:
 
     def _confined(self, path: str | None) -> Path | None:
         """The file resolved (`..` and symlinks followed), or None when it lies outside the
-        folders beside chat.db where Messages keeps attachments. What is converted is this
-        resolved path, so the file checked is the file read."""
+        folders beside chat.db where Messages keeps attachments or is a hard link (see
+        rules.confined). What is converted is this resolved path, so the file checked is the
+        file read."""
         if not path:
             return None
         folder = self.settings.chat_db.parent
         roots = [os.path.realpath(folder / name) for name in rules.MESSAGES_FOLDERS]
         resolved = os.path.realpath(path)
-        return Path(resolved) if rules.within(resolved, roots) else None
+        try:
+            links = os.stat(resolved).st_nlink
+        except OSError:  # not there (yet): the conversion reports it as before
+            links = 1
+        return Path(resolved) if rules.confined(resolved, roots, links) else None
 
     def _convert(self, guid: str, path: Path, now: float) -> conversion.Converted:
         with self._cache_lock:
