@@ -13,12 +13,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from archety_relay.backend import client as backend_module
 from archety_relay.backend.client import Backend
 from archety_relay.config import Secret
+from archety_relay.demo.stub_backend import StubBackend
 from archety_relay.policy import HttpOutcome
 
 # The trickle outlasts any deadline below by far, and still ends, so the code before the fix
@@ -69,10 +71,14 @@ def status_trickle() -> Iterator[int]:
 
 
 def client(port: int) -> Backend:
+    return client_for(f"http://127.0.0.1:{port}")
+
+
+def client_for(url: str, secret: str = "s" * 32) -> Backend:
     return Backend(
-        f"http://127.0.0.1:{port}",
+        url,
         "agent-1",
-        lambda: Secret("s" * 32),
+        lambda: Secret(secret),
         connect_timeout=1.0,
         read_timeout=1.0,
         control_read_timeout=1.0,
@@ -115,3 +121,65 @@ def test_a_status_line_trickled_byte_by_byte_ends_at_the_deadline(
     finally:
         backend.close()
     assert (outcome.status, outcome.error) == (None, "timeout")
+
+
+@pytest.fixture
+def handshake_trickle() -> Iterator[int]:
+    """A TLS server that answers the ClientHello with a 16 KiB handshake record's header, then
+    one byte of it every 0.2 s: a handshake that never completes and is never quiet."""
+    yield from trickling_server(b"\x16\x03\x03\x40\x00", lambda n: b"\x02")
+
+
+def test_a_trickled_tls_handshake_ends_by_the_connect_timeout(handshake_trickle: int) -> None:
+    """Each trickled byte would restart a per-packet timeout; the handshake instead ends as a
+    timeout with no status, well before the trickle does (CPython bounds `do_handshake` in total
+    by the socket's timeout, here urllib3's connect timeout). Passed before any change here:
+    it pins what the module docstring relies on."""
+    backend = client_for(f"https://127.0.0.1:{handshake_trickle}")
+    try:
+        outcome = backend.post_message(b'{"text":"hi"}', "GUID-3")
+    finally:
+        backend.close()
+    assert (outcome.status, outcome.error) == (None, "timeout")
+
+
+SLOW_NAME = "slow-resolver.test"
+
+
+@pytest.fixture
+def hanging_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The system resolver hangs for SLOW_NAME (TRICKLE_SECONDS, then "not found") and answers
+    every other name as usual. A stand-in: a slow resolver cannot be made on loopback without
+    root, and getaddrinfo is the one call that stands for it."""
+    real = socket.getaddrinfo
+    released = threading.Event()
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == SLOW_NAME:
+            released.wait(TRICKLE_SECONDS)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    released.set()
+
+
+def test_name_resolution_ends_by_the_deadline(
+    hanging_resolver: None, backend: StubBackend, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resolver that hangs (12 s here) no longer holds the request: it ends by its deadline
+    (connect + read + body, 3 s here) as a connect timeout, so a message is retried like any
+    unreachable backend; a name that resolves still reaches the backend. (Before the fix the
+    request waited for the resolver: "connect" after 12 s.)"""
+    monkeypatch.setattr(backend_module, "BODY_DEADLINE_SECONDS", 1.0)
+    port = backend.url.rsplit(":", 1)[1]
+    slow, usual = (client_for(f"http://{host}:{port}", secret) for host in (SLOW_NAME, "localhost"))
+    try:
+        stuck = slow.post_message(b'{"text":"hi"}', "GUID-4")
+        reached = usual.post_message(b'{"text":"hi"}', "GUID-5")
+    finally:
+        slow.close()
+        usual.close()
+    assert (stuck.status, stuck.error) == (None, "connect_timeout")
+    assert reached.status == 200

@@ -12,6 +12,15 @@ exchange's deadline before every read, so the status line, the headers and the b
 it, and a read past it fails as a read timeout. No thread is involved: a watchdog timer per
 request was measured at ~0.4 ms, a third of a message's whole cost in a burst. Sending needs no
 help: a blocking `sendall` with a timeout is bounded in total since Python 3.5.
+
+Connecting has two more waits. The TLS handshake is bounded in total by the socket timeout
+urllib3 sets for connecting (CPython's `do_handshake` computes one deadline from it, and a
+handshake trickled a byte every 0.3 s was measured to end at the connect timeout). Name
+resolution is not bounded at all: `getaddrinfo` blocks for as long as the system resolver
+takes. So on this thread, inside `deadline`, a name is resolved in a daemon thread waited for
+only until the deadline; a lookup that outlives it fails the request as a connect timeout and
+its thread ends when the resolver gives up (at most `_LINGERING_LOOKUPS` at once). An address
+given as an IP literal, and a connection kept alive, never look anything up.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import ipaddress
 import socket
 import threading
 import time
@@ -28,8 +38,14 @@ from typing import Any
 import requests
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import connection
 
 _current = threading.local()  # .at: the deadline (monotonic) of this thread's exchange
+# Lookups that may be running at once. One that outlives its request keeps its thread until the
+# system resolver gives up; while the resolver hangs, this caps how many such threads there are.
+_LINGERING_LOOKUPS = 8
+_lookups = threading.BoundedSemaphore(_LINGERING_LOOKUPS)
 
 
 @contextlib.contextmanager
@@ -87,11 +103,78 @@ class _Response(http.client.HTTPResponse):
             self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, at))
 
 
-class _Connection(HTTPConnection):
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(host: str, port: int, within: float) -> list[Any]:
+    """`getaddrinfo` for a TCP connection, waited for at most `within` seconds (TimeoutError)."""
+    started = time.monotonic()
+    if within <= 0 or not _lookups.acquire(timeout=within):
+        raise TimeoutError("no time left to resolve the name")
+    found: list[Any] = []
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def look() -> None:
+        try:
+            family = connection.allowed_gai_family()
+            found.extend(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the waiting request, raised there
+            failed.append(exc)
+        finally:
+            _lookups.release()
+            done.set()
+
+    threading.Thread(target=look, name="resolve", daemon=True).start()
+    if not done.wait(max(0.0, within - (time.monotonic() - started))):
+        raise TimeoutError("name resolution outlasted the request's deadline")
+    if failed:
+        raise failed[0]
+    return found
+
+
+class _BoundedConnect(HTTPConnection):
+    """Resolves the backend's name within the exchange's deadline, then connects as urllib3
+    does, trying each address in turn (see the module docstring)."""
+
+    def _new_conn(self) -> socket.socket:
+        at = getattr(_current, "at", None)
+        if at is None or _is_ip(self._dns_host):
+            return super()._new_conn()
+        try:
+            addresses = _resolve(self._dns_host, self.port, at - time.monotonic())
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Resolving {self.host} timed out.") from exc
+        error: Exception = NewConnectionError(self, "getaddrinfo returned no address")
+        for *_, sockaddr in addresses:
+            try:
+                return connection.create_connection(
+                    (sockaddr[0], self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError as exc:
+                error = ConnectTimeoutError(self, f"Connection to {self.host} timed out.")
+                error.__cause__ = exc
+            except OSError as exc:
+                error = NewConnectionError(self, f"Failed to establish a new connection: {exc}")
+                error.__cause__ = exc
+        raise error
+
+
+class _Connection(_BoundedConnect):
     response_class = _Response
 
 
-class _TLSConnection(HTTPSConnection):
+class _TLSConnection(_BoundedConnect, HTTPSConnection):
     response_class = _Response
 
 
